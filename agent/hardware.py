@@ -1,0 +1,143 @@
+"""Hardware detection: which devices the machine has and which kernel
+modules drive them.
+
+Every device the kernel knows publishes a `modalias` in sysfs; libkmod maps
+it to modules through the boot environment's modules.alias.  Loading a bus
+driver (virtio_pci) makes new devices appear (the virtio NIC and disk), so
+the scan repeats until a pass loads nothing new.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PciDevice:
+    slot: str  # 0000:00:03.0
+    vendor: str  # 0x1af4
+    device: str
+    subsystem_vendor: str
+    subsystem_device: str
+    pci_class: str  # 0x020000
+    modalias: str
+    driver: str | None
+
+    @property
+    def class_name(self) -> str:
+        return PCI_CLASSES.get(self.pci_class[2:4], "other")
+
+
+# PCI base classes (the first byte of the class code) an installer cares about.
+PCI_CLASSES = {"01": "storage", "02": "network", "03": "display", "06": "bridge",
+               "0c": "serial-bus"}
+
+
+@dataclass
+class HardwareReport:
+    pci: list[PciDevice] = field(default_factory=list)
+    loaded: dict[str, list[str]] = field(default_factory=dict)  # modalias -> modules
+    unmatched: list[str] = field(default_factory=list)  # modaliases no module claims
+    failed: dict[str, str] = field(default_factory=dict)  # module -> error
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "pci": [
+                {"slot": d.slot, "vendor": d.vendor, "device": d.device, "class": d.pci_class,
+                 "kind": d.class_name, "driver": d.driver} for d in self.pci
+            ],
+            "modules": sorted({m for mods in self.loaded.values() for m in mods}),
+            "unmatched": self.unmatched,
+            "failed": self.failed,
+        }
+
+
+def _read(p: Path) -> str:
+    try:
+        return p.read_text().strip()
+    except OSError:
+        return ""
+
+
+def pci_devices(sysfs: Path = Path("/sys")) -> list[PciDevice]:
+    devs: list[PciDevice] = []
+    base = sysfs / "bus/pci/devices"
+    if not base.is_dir():
+        return devs
+    for d in sorted(base.iterdir()):
+        drv = d / "driver"
+        devs.append(PciDevice(
+            slot=d.name, vendor=_read(d / "vendor"), device=_read(d / "device"),
+            subsystem_vendor=_read(d / "subsystem_vendor"),
+            subsystem_device=_read(d / "subsystem_device"), pci_class=_read(d / "class"),
+            modalias=_read(d / "modalias"),
+            driver=os.path.basename(os.readlink(drv)) if drv.is_symlink() else None,
+        ))
+    return devs
+
+
+def modaliases(sysfs: Path = Path("/sys")) -> list[str]:
+    """Every modalias of every device on every bus (sorted, unique)."""
+    found: set[str] = set()
+    bus = sysfs / "bus"
+    if not bus.is_dir():
+        return []
+    for b in bus.iterdir():
+        devices = b / "devices"
+        if not devices.is_dir():
+            continue
+        for d in devices.iterdir():
+            alias = _read(d / "modalias")
+            if alias:
+                found.add(alias)
+    return sorted(found)
+
+
+Lookup = Callable[[str], list[str]]
+Load = Callable[[str], None]
+
+
+def coldplug(lookup: Lookup, load: Load, sysfs: Path = Path("/sys"),
+             max_passes: int = 5, settle: Callable[[], object] | None = None) -> HardwareReport:
+    """Load the modules for every device, repeating while new devices appear."""
+    report = HardwareReport()
+    tried: set[str] = set()
+    for _ in range(max_passes):
+        new = [a for a in modaliases(sysfs) if a not in tried]
+        if not new:
+            break
+        for alias in new:
+            tried.add(alias)
+            mods = lookup(alias)
+            if not mods:
+                report.unmatched.append(alias)
+                continue
+            report.loaded[alias] = mods
+            for m in mods:
+                _load_one(load, m, report)
+        if settle:
+            settle()
+    report.pci = pci_devices(sysfs)
+    return report
+
+
+def _load_one(load: Load, module: str, report: HardwareReport) -> None:
+    if module in report.failed:
+        return
+    try:
+        load(module)
+    except Exception as e:  # a driver that fails to load must not stop the install
+        log.warning("loading %s failed: %s", module, e)
+        report.failed[module] = str(e)
+
+
+def load_named(load: Load, names: Iterable[str], report: HardwareReport) -> None:
+    """Modules asked for by name (filesystems, si.modules=...)."""
+    for n in names:
+        _load_one(load, n, report)

@@ -1,0 +1,123 @@
+"""The agent's entry point (the frozen `sysclone-agent` binary).
+
+    sysclone-agent run       install, as /init runs it in the boot environment
+    sysclone-agent plan      detect and validate, print the plan, touch nothing
+    sysclone-agent phases    list the phases (si.break names)
+    sysclone-agent params    describe every install parameter
+    sysclone-agent selftest  import every module the install can need (build check)
+
+Exit status 0 means the install succeeded.  The post-install action is left
+in /run/sysclone/post-action for /init to carry out.
+"""
+
+from __future__ import annotations
+
+# Only sys at module level: the ready marker is printed before the rest of
+# the agent (argparse, logging...) is even imported.
+import sys
+
+from agent.markers import READY_MARKER
+
+RUN_DIR = "/run/sysclone"
+
+
+def _setup_logging(debug: bool) -> None:
+    import logging
+    from pathlib import Path
+
+    run_dir = Path(RUN_DIR)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG)
+    fh = logging.FileHandler(run_dir / "agent.log")
+    fh.setLevel(logging.DEBUG)
+    fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(fh)
+    ch = logging.StreamHandler(sys.stdout)
+    ch.setLevel(logging.DEBUG if debug else logging.WARNING)
+    ch.setFormatter(logging.Formatter("sysclone: %(levelname)s: %(message)s"))
+    root.addHandler(ch)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args_in = sys.argv[1:] if argv is None else argv
+    if not args_in or args_in[0] == "run":
+        # The marker the boot benchmark times: the runtime is up and the
+        # agent's code runs.  Printed before anything else is imported.
+        print(f"sysclone: {READY_MARKER}", flush=True)
+    import argparse
+    from pathlib import Path
+
+    ap = argparse.ArgumentParser(prog="sysclone-agent", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("command", nargs="?", default="run",
+                    choices=("run", "plan", "phases", "params", "selftest"))
+    ap.add_argument("--cmdline", default="/proc/cmdline",
+                    help="read install parameters from this file instead")
+    args = ap.parse_args(argv)
+
+    if args.command == "phases":
+        from agent.phases import PHASES
+
+        for p in PHASES:
+            aliases = f"  (SystemImager: {', '.join(p.si_names)})" if p.si_names else ""
+            print(f"{p.name:<13} {p.title}{aliases}")
+        return 0
+    if args.command == "params":
+        from agent.params import render_docs
+
+        print(render_docs("text"))
+        return 0
+
+    if args.command == "selftest":
+        return selftest()
+
+    from agent.report import Reporter
+
+    reporter = Reporter()
+    from agent.frozen import install_find_library
+
+    install_find_library()
+    from agent.flow import run_install
+
+    debug = False
+    try:
+        from agent.params import read_cmdline
+
+        debug = bool(read_cmdline(args.cmdline).value("si.debug", False))
+    except Exception:  # a bad cmdline is reported properly inside the flow
+        pass
+    _setup_logging(debug)
+    return run_install(reporter, Path(args.cmdline), plan_only=args.command == "plan")
+
+
+# Imported lazily during an install; a frozen build must contain all of them.
+LAZY_IMPORTS = ("pyroute2", "pyroute2.dhcp.client", "pyroute2.dhcp.fsm", "pyroute2.dhcp.leases",
+                "pyroute2.dhcp.enums.dhcp", "parted", "pyudev", "blkinfo", "ipaddress")
+
+
+def selftest() -> int:
+    """Import every agent module and every lazily imported dependency."""
+    import importlib
+    import pkgutil
+
+    import agent
+    from agent.frozen import install_find_library
+
+    install_find_library()
+    names = [m.name for m in pkgutil.walk_packages(agent.__path__, "agent.")]
+    failed = []
+    for name in [*names, *LAZY_IMPORTS]:
+        try:
+            importlib.import_module(name)
+        except Exception as e:
+            failed.append(f"{name}: {type(e).__name__}: {e}")
+    for f in failed:
+        print(f"selftest: cannot import {f}")
+    print(f"selftest: {len(names) + len(LAZY_IMPORTS) - len(failed)} modules imported, "
+          f"{len(failed)} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

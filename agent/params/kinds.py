@@ -1,0 +1,278 @@
+"""Value types of install parameters: turning one raw string into a typed value.
+
+Each parser takes the raw text and returns the typed value, or raises
+`BadValue` with the reason, worded to follow the quoted value
+("'rebot' is not one of reboot, ...").  The caller adds the parameter name
+and the source, so the reasons never repeat them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum, StrEnum
+from typing import Any
+from urllib.parse import urlsplit
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class BadValue(Exception):
+    """A raw value that does not fit its type; the message is the reason."""
+
+    def __init__(self, reason: str, *, suggestion: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.suggestion = suggestion
+
+
+class Kind(Enum):
+    """The type of one value (for lists and repeatables: of one item)."""
+
+    TEXT = "text"
+    NAME = "name"
+    BOOL = "bool"
+    INT = "int"
+    PORT = "port"
+    ENUM = "enum"
+    HOST = "host"
+    HOSTNAME = "hostname"
+    HOSTPORT = "host[:port]"
+    IP = "ip"
+    NETMASK = "netmask"
+    IFACE = "iface"
+    URL = "url"
+    DEVICE = "device"
+    STEP = "step"
+
+
+class Shape(Enum):
+    """How many values a parameter holds."""
+
+    SCALAR = "scalar"  # one value; the last occurrence wins
+    LIST = "list"  # one comma-separated value; the last occurrence wins
+    REPEATABLE = "repeatable"  # every occurrence adds to the list (commas allowed too)
+
+
+@dataclass(frozen=True)
+class HostPort:
+    """A host (name or IP address) with an optional port."""
+
+    host: str
+    port: int | None = None
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port is None else f"{host}:{self.port}"
+
+
+TRUE_WORDS = frozenset({"1", "y", "yes", "true", "on"})
+FALSE_WORDS = frozenset({"0", "n", "no", "false", "off"})
+
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)\Z")
+_IFACE = re.compile(r"[^\s/]{1,15}\Z")
+_NAME = re.compile(r"[^\s/\x00]+\Z")
+_STEP = re.compile(r"[a-z0-9][a-z0-9_-]*\Z")
+_DEVICE = re.compile(r"/dev/[^\s,\x00]+\Z")
+
+
+def parse_bool(raw: str) -> bool:
+    """0/1, y/n, yes/no (and true/false, on/off); an empty value, as from a
+    bare flag, means on."""
+    word = raw.strip().lower()
+    if word == "" or word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise BadValue("is not a boolean (use 1/0, y/n or yes/no)")
+
+
+def parse_int(raw: str, minimum: int | None = None, maximum: int | None = None) -> int:
+    text = raw.strip()
+    if not re.fullmatch(r"[+-]?[0-9]+", text):
+        raise BadValue("is not a whole number")
+    value = int(text, 10)
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        if maximum is None:
+            raise BadValue(f"is below the minimum of {minimum}")
+        if minimum is None:
+            raise BadValue(f"is above the maximum of {maximum}")
+        raise BadValue(f"is not between {minimum} and {maximum}")
+    return value
+
+
+def parse_port(raw: str) -> int:
+    try:
+        return parse_int(raw, 1, 65535)
+    except BadValue:
+        raise BadValue("is not a port number (1-65535)") from None
+
+
+def _is_hostname(text: str) -> bool:
+    name = text[:-1] if text.endswith(".") else text
+    if not name or len(name) > 253:
+        return False
+    labels = name.split(".")
+    if all(label.isdigit() for label in labels):
+        return False  # 10.0.0 or 300.1.1.1: a broken address, not a name
+    return all(_LABEL.match(label) for label in labels)
+
+
+def parse_ip(raw: str) -> IPAddress:
+    text = raw.strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        raise BadValue("is not an IP address") from None
+
+
+def parse_hostname(raw: str) -> str:
+    text = raw.strip()
+    if not _is_hostname(text):
+        raise BadValue("is not a valid host name (letters, digits, '-', dot-separated)")
+    return text
+
+
+def parse_host(raw: str) -> str:
+    """A host name or an IP address (IPv6 possibly in brackets); IPs are
+    returned in their normal form."""
+    text = raw.strip()
+    try:
+        return str(parse_ip(text))
+    except BadValue:
+        pass
+    if _is_hostname(text):
+        return text
+    raise BadValue("is not a host name or IP address")
+
+
+def parse_hostport(raw: str) -> HostPort:
+    """host, host:port, IPv6, [IPv6] or [IPv6]:port."""
+    text = raw.strip()
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise BadValue("has an unclosed '[' (write [IPv6]:port)")
+        host, rest = text[1:end], text[end + 1:]
+        if rest and not rest.startswith(":"):
+            raise BadValue("is not host, host:port or [IPv6]:port")
+        port_text = rest[1:] if rest else None
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise BadValue("has no IPv6 address between '[' and ']'") from None
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    else:
+        host, port_text = text, None  # a name, an IPv4 or a bare IPv6 address
+    try:
+        host = parse_host(host)
+    except BadValue:
+        raise BadValue("is not a host name or IP address, optionally with :port") from None
+    if port_text is None:
+        return HostPort(host)
+    try:
+        return HostPort(host, parse_port(port_text))
+    except BadValue:
+        raise BadValue(f"has a bad port {port_text!r} (1-65535)") from None
+
+
+def parse_netmask(raw: str) -> int:
+    """A dotted IPv4 netmask (255.255.255.0) or a prefix length (24 or /24),
+    returned as the prefix length."""
+    text = raw.strip().removeprefix("/")
+    if text.isdigit():
+        length = int(text)
+        if length > 128:
+            raise BadValue("is not a prefix length (0-128)")
+        return length
+    try:
+        bits = int(ipaddress.IPv4Address(text))
+    except ValueError:
+        raise BadValue("is not a netmask (255.255.255.0) or prefix length (24)") from None
+    inverted = ~bits & 0xFFFFFFFF
+    if inverted & (inverted + 1):
+        raise BadValue("is not a netmask: its one-bits are not contiguous")
+    return 32 - inverted.bit_length()
+
+
+def parse_iface(raw: str) -> str:
+    text = raw.strip()
+    if not _IFACE.match(text) or text in (".", ".."):
+        raise BadValue("is not a network interface name (at most 15 characters, no '/')")
+    return text
+
+
+def parse_url(raw: str) -> str:
+    text = raw.strip()
+    parts = urlsplit(text)
+    if not parts.scheme or not parts.netloc or any(c.isspace() for c in text):
+        raise BadValue("is not a URL (scheme://host/path)")
+    return text
+
+
+def parse_name(raw: str) -> str:
+    """A file or image name: no '/' and no white space."""
+    text = raw.strip()
+    if not _NAME.match(text) or text in (".", ".."):
+        raise BadValue("is not a plain name (no '/' or spaces)")
+    return text
+
+
+def parse_text(raw: str) -> str:
+    return raw.strip()
+
+
+def parse_device(raw: str) -> str:
+    """A block device: /dev/... or a bare kernel name (sda, nvme0n1), which
+    becomes /dev/<name>."""
+    text = raw.strip()
+    if not text.startswith("/"):
+        text = "/dev/" + text
+    if not _DEVICE.match(text) or "/../" in text + "/" or text.endswith("/"):
+        raise BadValue("is not a disk (sda, nvme0n1 or /dev/...)")
+    return text
+
+
+def parse_step(raw: str) -> str:
+    text = raw.strip()
+    if not _STEP.match(text):
+        raise BadValue("is not a step name (lower-case letters, digits, '-')")
+    return text
+
+
+def parse_enum(raw: str, choices: type[StrEnum]) -> StrEnum:
+    text = raw.strip().lower()
+    try:
+        return choices(text)
+    except ValueError:
+        pass
+    names = [str(c) for c in choices]
+    from difflib import get_close_matches
+
+    close = get_close_matches(text, names, n=1)
+    raise BadValue(f"is not one of {', '.join(names)}",
+                   suggestion=close[0] if close else None) from None
+
+
+SIMPLE_PARSERS: dict[Kind, Callable[[str], Any]] = {
+    Kind.TEXT: parse_text,
+    Kind.NAME: parse_name,
+    Kind.BOOL: parse_bool,
+    Kind.PORT: parse_port,
+    Kind.HOST: parse_host,
+    Kind.HOSTNAME: parse_hostname,
+    Kind.HOSTPORT: parse_hostport,
+    Kind.IP: parse_ip,
+    Kind.NETMASK: parse_netmask,
+    Kind.IFACE: parse_iface,
+    Kind.URL: parse_url,
+    Kind.DEVICE: parse_device,
+    Kind.STEP: parse_step,
+}
+"""Parsers of the kinds that need nothing but the text (INT and ENUM need the
+parameter's bounds or choices)."""

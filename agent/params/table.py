@@ -1,0 +1,353 @@
+"""The install-parameter table: every parameter the agent reads, declared once.
+
+Parsing (kernel command line, local.cfg, DHCP, server config), the typed
+`InstallParams` fields and the documentation are all derived from `PARAMS`.
+
+Names:
+- the canonical name is the 4.9 `si.` kernel parameter (sysclone's additions
+  use the same prefix);
+- aliases are older spellings recognized exactly as written: the 4.3 manual's
+  upper-case VARIABLE names (IMAGESERVER, ...) and, for every 4.9 parameter,
+  the early 4.9 `rd.sis.` prefix.  Aliases are deprecated on the kernel
+  command line, except IMAGESERVER, IMAGENAME and HOSTNAME, which sysclone
+  documents as first-class spellings; in a local.cfg the upper-case names
+  are the native form;
+- `var` is the local.cfg variable: the first upper-case alias, else the
+  canonical name without `si.`, upper-cased, '-' as '_' (si.dl-protocol ->
+  DL_PROTOCOL).  local.cfg accepts that, every upper-case alias and the
+  canonical name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Any
+
+from agent.params.kinds import (
+    SIMPLE_PARSERS,
+    BadValue,
+    Kind,
+    Shape,
+    parse_enum,
+    parse_int,
+)
+
+
+class DlProtocol(StrEnum):
+    """How the image is transferred (si.dl-protocol)."""
+
+    RSYNC = "rsync"
+    NFS = "nfs"
+    TORRENT = "torrent"
+    FLAMETHROWER = "flamethrower"
+    SSH = "ssh"
+    DOCKER = "docker"
+
+    @property
+    def implemented(self) -> bool:
+        """Whether sysclone can install with this protocol yet."""
+        return self in SUPPORTED_PROTOCOLS
+
+
+SUPPORTED_PROTOCOLS: frozenset[DlProtocol] = frozenset({DlProtocol.RSYNC})
+
+
+class PostAction(StrEnum):
+    """What the client does once installed (si.post-action)."""
+
+    DIRECTBOOT = "directboot"
+    REBOOT = "reboot"
+    SHUTDOWN = "shutdown"
+    POWEROFF = "poweroff"
+    KEXEC = "kexec"
+    SHELL = "shell"
+
+
+SI_BREAK_STEPS: tuple[str, ...] = (
+    "parse-localcfg", "network-infos", "ping", "download-scripts", "monitor", "deploy",
+    "pre-install", "prepare-disks", "main-install", "download-image", "extract-image",
+    "install-overrides", "install-configs", "configure-network", "boot-loader",
+    "post-install", "se-linux", "umount-client", "terminate-transfer", "finished",
+)
+"""The 4.9 breakpoint names accepted by si.break; callers add their own."""
+
+
+@dataclass(frozen=True)
+class Alias:
+    """Another name for a parameter, recognized exactly as spelled."""
+
+    name: str
+    deprecated: bool = True
+    origin: str = "4.3"  # where the name comes from: 4.3, 4.9, rd.sis
+    flag_value: str | None = None
+    """For a legacy on/off switch that selects a value (BITTORRENT=y means
+    si.dl-protocol=torrent): the value it selects when on; off sets nothing."""
+
+    @property
+    def is_variable(self) -> bool:
+        """An upper-case shell-style name, usable in local.cfg."""
+        return self.name.replace("_", "").isalnum() and self.name.isupper()
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    kind: Kind
+    default: Any
+    help: str
+    aliases: tuple[Alias, ...] = ()
+    shape: Shape = Shape.SCALAR
+    choices: type[StrEnum] | None = None
+    minimum: int | None = None
+    maximum: int | None = None
+    dhcp: tuple[int, ...] = ()
+    """DHCP options that carry it, preferred first."""
+    origin: str = "4.9"  # 4.9, 4.3 (manual only) or sysclone (our addition)
+    field: str = ""
+    """The InstallParams attribute; derived from the name unless given."""
+
+    def __post_init__(self) -> None:
+        if not self.field:
+            object.__setattr__(self, "field", _field_name(self.name))
+        if self.origin == "4.9":
+            early = Alias("rd.sis." + self.name.removeprefix("si."), origin="rd.sis")
+            object.__setattr__(self, "aliases", (*self.aliases, early))
+
+    @property
+    def var(self) -> str:
+        """The local.cfg variable name."""
+        for alias in self.aliases:
+            if alias.is_variable and alias.flag_value is None:
+                return alias.name
+        return self.derived_var
+
+    @property
+    def derived_var(self) -> str:
+        return self.name.removeprefix("si.").upper().replace("-", "_").replace(".", "_")
+
+    @property
+    def multiple(self) -> bool:
+        return self.shape is not Shape.SCALAR
+
+    def parse_item(self, raw: str) -> Any:
+        """One value (or one list item) from text; raises BadValue."""
+        if self.kind is Kind.INT:
+            return parse_int(raw, self.minimum, self.maximum)
+        if self.kind is Kind.ENUM:
+            assert self.choices is not None, self.name
+            return parse_enum(raw, self.choices)
+        return SIMPLE_PARSERS[self.kind](raw)
+
+    def parse(self, raw: str) -> Any:
+        """The typed value of one occurrence: a tuple of items for lists and
+        repeatables (split at commas), else a single value."""
+        if not self.multiple:
+            return self.parse_item(raw)
+        items = [item.strip() for item in raw.split(",")]
+        if not all(items):
+            raise BadValue("has an empty item (write a,b,c)")
+        return tuple(self.parse_item(item) for item in items)
+
+    def metavar(self) -> str:
+        """How the value is written in the docs: HOST[:PORT], y|n, ..."""
+        if self.kind is Kind.ENUM and self.choices is not None:
+            return "|".join(str(c) for c in self.choices)
+        base = _METAVARS[self.kind]
+        if self.shape is Shape.LIST:
+            return f"{base}[,{base}...]"
+        return base
+
+    def format_value(self, value: Any) -> str:
+        """The text form of a typed value, as it would be written."""
+        if value is None:
+            return ""
+        if isinstance(value, bool):
+            return "yes" if value else "no"
+        if isinstance(value, tuple):
+            return ",".join(self.format_value(v) for v in value)
+        return str(value)
+
+
+_METAVARS: dict[Kind, str] = {
+    Kind.TEXT: "TEXT", Kind.NAME: "NAME", Kind.BOOL: "y|n", Kind.INT: "N",
+    Kind.PORT: "PORT", Kind.ENUM: "CHOICE", Kind.HOST: "HOST", Kind.HOSTNAME: "NAME",
+    Kind.HOSTPORT: "HOST[:PORT]", Kind.IP: "IP", Kind.NETMASK: "MASK", Kind.IFACE: "IFACE",
+    Kind.URL: "URL", Kind.DEVICE: "DISK", Kind.STEP: "STEP",
+}
+
+
+def _field_name(name: str) -> str:
+    return name.removeprefix("si.").replace("-", "_").replace(".", "_")
+
+
+def _a(*names: str, origin: str = "4.3") -> tuple[Alias, ...]:
+    return tuple(Alias(n, origin=origin) for n in names)
+
+
+def _documented(name: str, origin: str = "4.3") -> tuple[Alias, ...]:
+    """IMAGESERVER, IMAGENAME and HOSTNAME are the names sysclone's own docs
+    and boot menus use: accepted without a deprecation warning."""
+    return (Alias(name, deprecated=False, origin=origin),)
+
+
+PARAMS: tuple[Param, ...] = (
+    # -- where to install from and what ----------------------------------------------------------
+    Param("si.image-server", Kind.HOSTPORT, None,
+          "Image server, as host or host:port. A port given here is the server's HTTP API port "
+          "and wins over si.server-port.",
+          aliases=_documented("IMAGESERVER"), dhcp=(140, 100)),
+    Param("si.config", Kind.NAME, None,
+          "Name of a configuration file on the image server; its settings override every "
+          "other source."),
+    Param("si.image-name", Kind.NAME, None,
+          "Image to install (default: chosen by the server from the host name).",
+          aliases=_documented("IMAGENAME", origin="4.9")),
+    Param("si.script-name", Kind.NAME, None,
+          "Main install script on the server (default: looked up by host name, group, "
+          "image, then 'default').",
+          aliases=_a("SCRIPTNAME", origin="4.9")),
+    Param("si.disks-layout", Kind.NAME, None,
+          "Disk layout file on the server (default: looked up like the script).",
+          aliases=_a("DISKS_LAYOUT", origin="4.9")),
+    Param("si.network-config", Kind.NAME, None,
+          "Network configuration file on the server for the installed system."),
+    Param("si.dl-protocol", Kind.ENUM, DlProtocol.RSYNC,
+          "How the image is transferred. Only rsync is implemented by sysclone so far. "
+          "When not given, si.ssh-download-url selects ssh and "
+          "si.flamethrower-directory-portbase selects flamethrower, as in 4.9.",
+          choices=DlProtocol,
+          aliases=(Alias("BITTORRENT", flag_value=DlProtocol.TORRENT.value),)),
+    Param("si.rsync-port", Kind.PORT, 873,
+          "Port of the image server's rsync daemon.", origin="sysclone"),
+    Param("si.server-port", Kind.PORT, 8181,
+          "Port of the image server's HTTP API (install instructions and monitoring).",
+          origin="sysclone"),
+    Param("si.disk", Kind.DEVICE, (),
+          "Target disks to use, overriding detection (sda, nvme0n1 or /dev/...).",
+          shape=Shape.LIST, origin="sysclone", field="disks"),
+    Param("si.dry-run", Kind.BOOL, False,
+          "Show the install plan and the effective parameters, touch nothing.",
+          origin="sysclone"),
+    # -- identity and install network -------------------------------------------------------------
+    Param("si.hostname", Kind.HOSTNAME, None,
+          "Host name of the installed machine (default: from DHCP or the server).",
+          aliases=_documented("HOSTNAME"), dhcp=(12,), origin="4.3"),
+    Param("si.domainname", Kind.HOSTNAME, None,
+          "DNS domain name (default: from DHCP).",
+          aliases=_a("DOMAINNAME"), dhcp=(15,), origin="4.3"),
+    Param("si.install-iface", Kind.IFACE, None,
+          "Network interface used for the install (default: detected).",
+          aliases=_a("DEVICE")),
+    Param("si.ip-address", Kind.IP, None,
+          "Static IP address of the install interface (default: DHCP).",
+          aliases=_a("IPADDR"), origin="4.3"),
+    Param("si.netmask", Kind.NETMASK, None,
+          "Netmask of the static address, dotted (255.255.255.0) or as a prefix length (24).",
+          aliases=_a("NETMASK"), origin="4.3"),
+    Param("si.network-address", Kind.IP, None,
+          "Network address of the static address (10.0.0.0).",
+          aliases=_a("NETWORK"), origin="4.3"),
+    Param("si.broadcast", Kind.IP, None,
+          "Broadcast address of the static address.",
+          aliases=_a("BROADCAST"), origin="4.3"),
+    Param("si.gateway", Kind.IP, None,
+          "Default router.",
+          aliases=_a("GATEWAY"), origin="4.3"),
+    Param("si.gateway-iface", Kind.IFACE, None,
+          "Interface that reaches the default router.",
+          aliases=_a("GATEWAYDEV"), origin="4.3"),
+    Param("si.ether-sleep", Kind.INT, 0,
+          "Seconds to wait after bringing the interface up, before talking to the network.",
+          aliases=_a("ETHER_SLEEP"), minimum=0, maximum=3600, origin="4.3"),
+    # -- monitoring and logging ------------------------------------------------------------------
+    Param("si.monitor-server", Kind.HOST, None,
+          "Monitor server to report progress to (setting it enables monitoring).",
+          aliases=_a("MONITOR_SERVER", origin="4.9")),
+    Param("si.monitor-port", Kind.PORT, 8181,
+          "Port of the monitor server."),
+    Param("si.monitor-console", Kind.BOOL, False,
+          "Send the whole console output to the monitor.",
+          aliases=_a("MONITOR_CONSOLE", origin="4.9")),
+    Param("si.log-server", Kind.HOST, None,
+          "Syslog server for the install's messages (default: none).",
+          aliases=_a("LOG_SERVER"), dhcp=(7,), origin="4.3"),
+    Param("si.log-server-port", Kind.PORT, 514,
+          "Port of the syslog server.",
+          aliases=_a("LOG_SERVER_PORT"), dhcp=(141,)),
+    # -- other transports (accepted, not implemented) --------------------------------------------
+    Param("si.ssh-client", Kind.BOOL, False,
+          "Download through an SSH tunnel opened by the client.",
+          aliases=_a("SSH", origin="4.9")),
+    Param("si.ssh-download-url", Kind.URL, None,
+          "URL of the SSH keys/tunnel data for SSH installs.",
+          aliases=_a("SSH_DOWNLOAD_URL", origin="4.9"), dhcp=(142,)),
+    Param("si.ssh-server", Kind.BOOL, False,
+          "Start an SSH server so the image server can push the install (si_pushinstall).",
+          aliases=_a("SSHD", origin="4.9")),
+    Param("si.ssh-user", Kind.NAME, None,
+          "User on the image server for the SSH tunnel (4.9 used root when unset).",
+          aliases=_a("SSH_USER")),
+    Param("si.flamethrower-directory-portbase", Kind.PORT, None,
+          "Port where Flamethrower (multicast) advertises its directory (usually 9000).",
+          aliases=_a("FLAMETHROWER_DIRECTORY_PORTBASE"), dhcp=(143,)),
+    Param("si.tmpfs-staging", Kind.BOOL, False,
+          "Spool the image into a tmpfs before writing it to disk (needs RAM+swap of twice "
+          "the image).",
+          aliases=_a("TMPFS_STAGING"), dhcp=(144,)),
+    # -- behaviour -------------------------------------------------------------------------------
+    Param("si.skip-local-cfg", Kind.BOOL, False,
+          "Ignore local.cfg files (only the kernel command line can ask for this).",
+          aliases=_a("SKIP_LOCAL_CFG")),
+    Param("si.post-action", Kind.ENUM, PostAction.REBOOT,
+          "What to do once installed.", choices=PostAction),
+    Param("si.term", Kind.TEXT, None,
+          "TERM for the install's console (default: the system's, else linux)."),
+    Param("si.selinux-relabel", Kind.BOOL, True,
+          "Relabel the installed system for SELinux."),
+    Param("si.debug", Kind.BOOL, False,
+          "Verbose logging."),
+    Param("si.break", Kind.STEP, (),
+          "Drop to a shell before this step; repeat it (or use commas) for several steps.",
+          shape=Shape.REPEATABLE, field="breaks"),
+)
+
+
+def _index() -> tuple[dict[str, Param], dict[str, tuple[Param, Alias | None]],
+                      dict[str, tuple[Param, Alias | None]]]:
+    by_name = {p.name: p for p in PARAMS}
+    cmdline: dict[str, tuple[Param, Alias | None]] = {}
+    local: dict[str, tuple[Param, Alias | None]] = {}
+
+    def add(table: dict[str, tuple[Param, Alias | None]], key: str, p: Param,
+            alias: Alias | None) -> None:
+        other = table.get(key)
+        if other is not None and other[0] is not p:
+            raise AssertionError(f"{key} names both {other[0].name} and {p.name}")
+        table.setdefault(key, (p, alias))
+
+    for p in PARAMS:
+        add(cmdline, p.name, p, None)
+        add(local, p.name, p, None)
+        add(local, p.derived_var, p, None)
+        for alias in p.aliases:
+            add(cmdline, alias.name, p, alias)
+            if alias.is_variable:
+                add(local, alias.name, p, alias)
+    return by_name, cmdline, local
+
+
+_BY_NAME, _CMDLINE_KEYS, _LOCAL_KEYS = _index()
+
+BY_NAME: MappingProxyType[str, Param] = MappingProxyType(_BY_NAME)
+"""Canonical name -> parameter."""
+CMDLINE_KEYS: MappingProxyType[str, tuple[Param, Alias | None]] = MappingProxyType(_CMDLINE_KEYS)
+"""Every name recognized on the kernel command line (canonical and aliases)."""
+LOCAL_KEYS: MappingProxyType[str, tuple[Param, Alias | None]] = MappingProxyType(_LOCAL_KEYS)
+"""Every name recognized in local.cfg and server config files."""
+
+
+def param(name: str) -> Param:
+    """The parameter with this canonical name (KeyError otherwise)."""
+    return _BY_NAME[name]

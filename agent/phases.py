@@ -1,0 +1,101 @@
+"""The agent's install phases, as data, and the runner that reports them.
+
+Phase names are what `si.break=<name>` stops before (SystemImager's own
+step names are accepted as aliases) and what the monitor shows.  Each phase
+is timed; the timings end up in the final report.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from agent.report import Reporter
+from sysclone.errors import SyscloneError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    title: str
+    si_names: tuple[str, ...] = ()  # SystemImager 4.9 break-step names
+
+
+PHASES: tuple[Phase, ...] = (
+    Phase("hardware", "load drivers for the devices found"),
+    Phase("network", "bring up the install network", ("network-infos", "ping")),
+    Phase("monitor", "report to the image server", ("monitor",)),
+    Phase("instructions", "fetch the install instructions", ("download-scripts",)),
+    Phase("plan", "validate the install plan", ("pre-install", "deploy")),
+    Phase("partition", "partition the disks", ("prepare-disks",)),
+    Phase("format", "create filesystems and swap"),
+    Phase("mount", "mount the new filesystems", ("main-install",)),
+    Phase("fetch", "pull the image", ("download-image", "extract-image")),
+    Phase("overrides", "apply the overrides", ("install-overrides",)),
+    Phase("configure", "write fstab, hostname and network config",
+          ("install-configs", "configure-network")),
+    Phase("initrd", "regenerate the initrd in the new system"),
+    Phase("bootloader", "install the bootloader", ("boot-loader",)),
+    Phase("finish", "unmount and report", ("post-install", "umount-client", "finished")),
+)
+
+BY_NAME = {p.name: p for p in PHASES}
+ALIASES = {si: p.name for p in PHASES for si in p.si_names}
+
+
+def break_names() -> frozenset[str]:
+    """Every name si.break accepts."""
+    return frozenset(BY_NAME) | frozenset(ALIASES)
+
+
+def canonical(name: str) -> str:
+    return ALIASES.get(name, name)
+
+
+class InstallFailed(SyscloneError):
+    """Raised once a phase failed and was reported."""
+
+
+@dataclass
+class Steps:
+    reporter: Reporter
+    breaks: frozenset[str] = frozenset()
+    shell: Callable[[str], None] | None = None
+    timings: list[tuple[str, float]] = field(default_factory=list)
+    current: str | None = None
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        ph = BY_NAME[name]
+        if name in self.breaks and self.shell:
+            self.reporter.say(f"breakpoint before {name}: exit the shell to continue")
+            self.shell(name)
+        self.current = name
+        self.reporter.say(f"[{name}] {ph.title}")
+        self.reporter.event("phase", phase=name, status="start", title=ph.title)
+        t0 = time.monotonic()
+        try:
+            yield
+        except SyscloneError as e:
+            self._fail(name, e.message, e.to_dict())
+            raise InstallFailed(e.message, hint=e.hint, phase=name) from e
+        except Exception as e:  # a bug: still report it, with its type
+            log.exception("phase %s crashed", name)
+            self._fail(name, f"{type(e).__name__}: {e}", {"error": type(e).__name__})
+            raise InstallFailed(f"{type(e).__name__}: {e}", phase=name) from e
+        dt = time.monotonic() - t0
+        self.timings.append((name, dt))
+        self.reporter.event("phase", phase=name, status="done", seconds=round(dt, 2))
+        self.current = None
+
+    def _fail(self, name: str, message: str, data: dict[str, object]) -> None:
+        self.reporter.event("failed", phase=name, message=message, detail=data)
+
+    def skipped(self, name: str, why: str) -> None:
+        self.reporter.say(f"[{name}] skipped: {why}")
+        self.reporter.event("phase", phase=name, status="skipped", reason=why)

@@ -1,0 +1,87 @@
+"""Progress reports: to the console, and to the monitor on the image server.
+
+Events are plain JSON objects POSTed to the server's /v1/events.  A
+background thread sends them so a slow or absent monitor never stalls the
+install; events raised before the network is up wait in the queue.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from typing import Any, TextIO
+
+from agent.markers import DONE_MARKER, FAILED_MARKER, READY_MARKER
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DONE_MARKER", "FAILED_MARKER", "READY_MARKER", "Reporter"]
+
+
+class Reporter:
+    def __init__(self, console: TextIO = sys.stdout) -> None:
+        self.console = console
+        self.client: dict[str, Any] = {}
+        self._url: str | None = None
+        self._q: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._pending: list[dict[str, Any]] = []
+        self.send_errors = 0
+
+    def say(self, text: str) -> None:
+        print(f"sysclone: {text}", file=self.console, flush=True)
+
+    def connect(self, url: str) -> None:
+        """Start sending to the monitor at `url` (http://host:port)."""
+        self._url = url.rstrip("/") + "/v1/events"
+        self._thread = threading.Thread(target=self._sender, name="reporter", daemon=True)
+        self._thread.start()
+        for ev in self._pending:
+            self._q.put(ev)
+        self._pending.clear()
+
+    def event(self, kind: str, **data: Any) -> None:
+        ev = {"ts": round(time.time(), 3), "kind": kind, **self.client, **data}
+        if self._thread is None:
+            self._pending.append(ev)
+        else:
+            self._q.put(ev)
+
+    def _post(self, ev: dict[str, Any]) -> None:
+        assert self._url
+        body = json.dumps(ev).encode()
+        req = urllib.request.Request(self._url, data=body,
+                                     headers={"Content-Type": "application/json"})
+        for attempt in range(3):
+            try:
+                with urllib.request.urlopen(req, timeout=5) as r:
+                    r.read()
+                return
+            except (urllib.error.URLError, OSError) as e:
+                log.debug("report to %s failed (%s), attempt %d", self._url, e, attempt + 1)
+                time.sleep(0.5 * (attempt + 1))
+        self.send_errors += 1
+
+    def _sender(self) -> None:
+        while True:
+            ev = self._q.get()
+            try:
+                if ev is None:
+                    return
+                self._post(ev)
+            finally:
+                self._q.task_done()
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Wait until queued events are sent (bounded)."""
+        if self._thread is None:
+            return
+        deadline = time.monotonic() + timeout
+        while self._q.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.05)

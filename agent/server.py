@@ -1,0 +1,65 @@
+"""The agent's side of the image server's HTTP API."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+from sysclone.errors import SyscloneError
+
+log = logging.getLogger(__name__)
+
+
+class ServerError(SyscloneError):
+    pass
+
+
+@dataclass(frozen=True)
+class ImageServer:
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def get(self, path: str, query: dict[str, str | None], *, attempts: int = 4,
+            timeout: float = 10.0) -> dict[str, Any]:
+        q = urllib.parse.urlencode({k: v for k, v in query.items() if v})
+        url = f"{self.url}{path}?{q}"
+        last: Exception | None = None
+        for i in range(attempts):
+            try:
+                with urllib.request.urlopen(url, timeout=timeout) as r:
+                    data: dict[str, Any] = json.loads(r.read())
+                    return data
+            except urllib.error.HTTPError as e:
+                # The server explains itself in a JSON body: pass its words on.
+                try:
+                    body = json.loads(e.read())
+                except ValueError:
+                    body = {}
+                raise ServerError(body.get("message") or f"image server answered {e.code}",
+                                  hint=body.get("hint"), status=e.code) from None
+            except (urllib.error.URLError, OSError) as e:
+                last = e
+                reason = getattr(e, "reason", e)
+                log.info("image server %s: %s (attempt %d/%d)", self.url, reason, i + 1,
+                         attempts)
+                time.sleep(min(2.0 * (i + 1), 5.0))
+        reason = getattr(last, "reason", last)
+        raise ServerError(f"image server {self.host}:{self.port} is unreachable: {reason}",
+                          hint="check IMAGESERVER= / si.server-port= and that "
+                               "`sysclone serve` runs")
+
+    def instructions(self, *, hostname: str | None, mac: str | None, image: str | None,
+                     layout: str | None) -> dict[str, Any]:
+        return self.get("/v1/instructions", {"hostname": hostname, "mac": mac,
+                                             "image": image, "layout": layout})

@@ -1,0 +1,1 @@
+"""Boot environment builder: kernel + initramfs carrying the frozen agent."""

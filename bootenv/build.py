@@ -1,0 +1,261 @@
+"""Assembling a boot environment: kernel + initramfs + manifest.
+
+    build(state, spec, output)  ->  output/kernel, output/initrd.img,
+                                    output/manifest.json
+
+The initramfs holds busybox, the tools the agent runs (rsync, mkfs.*,
+kmod, udev...), the kernel modules of the chosen groups and the frozen
+agent.  The same inputs give a byte-identical initrd.img: the archive is
+written by bootenv.cpio (sorted, fixed owners and mtimes) and compressed
+single-threaded with a fixed level.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from bootenv import cpio, modules, tools
+from bootenv.freeze import PYVER, FrozenAgent, python_version
+from bootenv.staging import Staging
+from sysclone.errors import ConfigError, SyscloneError
+from sysclone.run import output, run
+
+log = logging.getLogger(__name__)
+
+LIBDIR = "usr/lib/x86_64-linux-gnu"
+FORMAT = 1
+
+COMPRESSORS: dict[str, tuple[str, ...]] = {
+    # Single-threaded and fixed levels: reproducible output.
+    "zstd": ("zstd", "-q", "-19", "-T1", "--no-check", "-c"),
+    "xz": ("xz", "-q", "-9", "--check=crc32", "-T1", "-c"),
+    "gzip": ("gzip", "-n", "-9", "-c"),
+    "none": (),
+}
+
+PASSWD = "root:x:0:0:root:/root:/bin/sh\n"
+GROUP = ("root:x:0:\ntty:x:5:\ndisk:x:6:\nkmem:x:15:\ndialout:x:20:\ncdrom:x:24:\n"
+         "tape:x:26:\naudio:x:29:\nvideo:x:44:\ninput:x:101:\nkvm:x:102:\nrender:x:103:\n"
+         "sgx:x:104:\n")
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    kernel_image: Path  # vmlinuz
+    modules_dir: Path  # .../lib/modules/<kver>
+    kver: str
+    flavor: str = "standard"
+    module_groups: tuple[str, ...] = modules.STANDARD_GROUPS
+    extra_modules: tuple[str, ...] = ()
+    tool_groups: tuple[str, ...] = tools.DEFAULT_TOOLS
+    compression: str = "zstd"
+    local_cfg: Path | None = None  # embedded as /local.cfg
+    source_date_epoch: int = 1700000000
+    kernel_info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    kernel: Path
+    initrd: Path
+    manifest: Path
+    data: dict[str, Any]
+
+
+def _sha256(p: Path) -> str:
+    h = hashlib.sha256()
+    with p.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _tree_size(top: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(top):
+        for f in files:
+            p = os.path.join(dirpath, f)
+            if not os.path.islink(p):
+                total += os.path.getsize(p)
+    return total
+
+
+def _base(st: Staging, spec: BuildSpec) -> None:
+    st.mkdir("usr/bin", "usr/sbin", "usr/lib", "usr/lib64", "dev", "proc", "sys", "run",
+             "tmp", "root", "etc", "var", "mnt", "sysroot")
+    for d in ("bin", "sbin", "lib", "lib64"):
+        st.symlink(d, f"usr/{d}")
+    st.symlink("var/run", "../run")
+    st.write("etc/passwd", PASSWD)
+    st.write("etc/group", GROUP)
+    st.symlink("etc/mtab", "../proc/self/mounts")
+    st.write("etc/os-release", 'NAME="sysclone boot environment"\nID=sysclone-bootenv\n'
+             f'VERSION_ID="{spec.flavor}"\n')
+    init = resources.files("bootenv").joinpath("init.sh").read_text()
+    st.write("init", init, 0o755)
+    if spec.local_cfg:
+        if not spec.local_cfg.is_file():
+            raise ConfigError(f"--local-cfg {spec.local_cfg}: no such file")
+        st.copy(spec.local_cfg, "local.cfg", 0o644)
+
+
+def _busybox(st: Staging) -> None:
+    bb = "/usr/bin/busybox"
+    if not Path(bb).is_file():
+        raise SyscloneError("busybox is not installed on the build host",
+                            hint="apt install busybox-static")
+    st.install(bb)
+    for applet in output([bb, "--list-full"]).split():
+        dest = "/" + applet
+        if dest.startswith(("/bin/", "/sbin/")):
+            dest = "/usr" + dest
+        if st.path(dest).exists() or st.path(dest).is_symlink():
+            continue
+        st.symlink(dest, os.path.relpath(bb, os.path.dirname(dest)))
+
+
+def _tools(st: Staging, groups: tuple[str, ...]) -> list[str]:
+    installed = [st.install_binary(t) for t in tools.resolve(groups)]
+    kmod = st.install_binary("kmod")
+    for name in tools.KMOD_NAMES:
+        dest = f"/usr/sbin/{name}"
+        if not st.path(dest).exists():
+            st.symlink(dest, os.path.relpath(kmod, "/usr/sbin"))
+    # udev: the daemon is udevadm under another name.
+    st.symlink("/usr/lib/systemd/systemd-udevd", "../../bin/udevadm")
+    for r in tools.UDEV_RULES:
+        if Path("/usr/lib/udev/rules.d", r).is_file():
+            st.install(f"/usr/lib/udev/rules.d/{r}", follow_libs=False)
+    for h in tools.UDEV_HELPERS:
+        if Path("/usr/lib/udev", h).is_file():
+            st.install(f"/usr/lib/udev/{h}")
+    # ctypes loads libkmod and libudev by soname (agent.kmod, pyudev).
+    for lib in ("libkmod.so.2", "libudev.so.1"):
+        st.install(f"/{LIBDIR}/{lib}")
+    return installed
+
+
+def _agent(st: Staging, agent: FrozenAgent) -> dict[str, int]:
+    """The frozen agent: the host's Python binary, the agent's bytecode tree,
+    and the system libraries its binaries need."""
+    st.install(agent.python)
+    st.symlink("/usr/bin/python3", os.path.basename(agent.python))
+    files = modules_ = 0
+    for src in sorted(agent.path.rglob("*")):
+        rel = "/" + src.relative_to(agent.path).as_posix()
+        if src.is_dir():
+            st.mkdir(rel)
+            continue
+        st.copy(src, rel)
+        files += 1
+        if src.suffix == ".so":
+            modules_ += 1
+            for lib in st.needed_libs(src):
+                st.install(lib)
+    return {"files": files, "extension_modules": modules_}
+
+
+def _host_packages(paths: list[str]) -> dict[str, str]:
+    """Debian package and version of each host file that went in: the
+    inputs of the build, for the manifest."""
+    pkgs: dict[str, str] = {}
+    real = sorted({os.path.realpath(p) for p in paths})
+    res = run(["dpkg-query", "-S", *real], check=False)
+    names: set[str] = set()
+    for line in res.stdout.splitlines():
+        if ": " in line:
+            names.update(n.strip().split(":")[0] for n in line.split(": ")[0].split(","))
+    if names:
+        ver = run(["dpkg-query", "-W", "-f", "${Package} ${Version}\n", *sorted(names)],
+                  check=False)
+        for line in ver.stdout.splitlines():
+            n, _, v = line.partition(" ")
+            pkgs[n] = v
+    return dict(sorted(pkgs.items()))
+
+
+def _compress(raw: Path, out: Path, method: str) -> None:
+    if method not in COMPRESSORS:
+        raise ConfigError(f"compression {method!r} is not supported",
+                          hint="one of " + ", ".join(COMPRESSORS))
+    if method == "none":
+        shutil.copyfile(raw, out)
+        return
+    with out.open("wb") as f:
+        run([*COMPRESSORS[method], str(raw)], stdout=f, capture=False)
+
+
+def build(spec: BuildSpec, agent: FrozenAgent, out_dir: Path,
+          step: Callable[[str], None] | None = None) -> BuildResult:
+    say = step or (lambda s: None)
+    if not spec.kernel_image.is_file():
+        raise ConfigError(f"kernel image {spec.kernel_image} not found")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = out_dir / ".staging"
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir()
+    try:
+        st = Staging(work / "root")
+        st.top.mkdir()
+        say("base layout and busybox")
+        _base(st, spec)
+        say("tools: " + ", ".join(spec.tool_groups))
+        tool_paths = _tools(st, spec.tool_groups)
+        _busybox(st)
+        say("kernel modules: " + ", ".join(spec.module_groups))
+        sel = modules.select(spec.modules_dir, spec.module_groups, spec.extra_modules)
+        modules.install(sel, spec.modules_dir, st.top)
+        say("frozen agent")
+        agent_files = _agent(st, agent)
+        sizes = {
+            "agent": _tree_size(st.path(f"usr/lib/python{PYVER}"))
+            + st.path(agent.python).stat().st_size,
+            "modules": _tree_size(st.path(f"usr/lib/modules/{spec.kver}")),
+        }
+        sizes["total"] = _tree_size(st.top)
+        sizes["tools_and_libraries"] = sizes["total"] - sizes["agent"] - sizes["modules"]
+        say(f"archive ({spec.compression})")
+        raw = work / "initrd.cpio"
+        entries = [*cpio.scan_tree(st.top), cpio.char_device("dev/console", 5, 1),
+                   cpio.char_device("dev/null", 1, 3, 0o666)]
+        with raw.open("wb") as f:
+            cpio_size = cpio.write_archive(f, entries, mtime=spec.source_date_epoch)
+        initrd = out_dir / "initrd.img"
+        _compress(raw, initrd, spec.compression)
+        kernel = out_dir / "kernel"
+        shutil.copyfile(spec.kernel_image, kernel)
+        data: dict[str, Any] = {
+            "format": FORMAT,
+            "flavor": spec.flavor,
+            "kernel": {"version": spec.kver, "sha256": _sha256(kernel),
+                       "size": kernel.stat().st_size, **spec.kernel_info},
+            "initrd": {"sha256": _sha256(initrd), "size": initrd.stat().st_size,
+                       "uncompressed_size": cpio_size, "compression": spec.compression,
+                       "files": len(entries)},
+            "contents": sizes,
+            "modules": {"groups": list(spec.module_groups), "count": len(sel.modules),
+                        "list": list(sel.modules)},
+            "tools": sorted(t for t in tool_paths),
+            "agent": {"freeze_key": agent.key, "python": python_version(), **agent_files},
+            "inputs": {"host_packages": _host_packages([*tool_paths, "/usr/bin/busybox"]),
+                       "tool_groups": list(spec.tool_groups),
+                       "extra_modules": list(spec.extra_modules),
+                       "source_date_epoch": spec.source_date_epoch},
+        }
+        manifest = out_dir / "manifest.json"
+        manifest.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        return BuildResult(kernel, initrd, manifest, data)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+

@@ -1,0 +1,1 @@
+"""The QEMU harness and CI helpers."""

@@ -1,0 +1,1 @@
+"""The image server: image store, capture, serving, cluster config, monitor."""

@@ -1,0 +1,111 @@
+"""The image server's HTTP API: install instructions out, events in.
+
+    GET  /v1/instructions?hostname=&mac=&image=&layout=   -> JSON instructions
+    POST /v1/events                                      <- JSON event
+    GET  /v1/clients                                     -> monitor snapshot
+    GET  /v1/health                                      -> "ok"
+
+Errors are JSON objects {"error", "message", "hint"} with a 4xx status, so
+the agent can show the server's own words on the client's console.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from imageserver.instructions import ClientQuery, ServerPolicy, resolve
+from imageserver.monitor import Monitor
+from sysclone.errors import SyscloneError
+from sysclone.paths import StateRoot
+
+log = logging.getLogger(__name__)
+
+MAX_EVENT = 64 * 1024
+
+
+class ApiServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], state: StateRoot, policy: ServerPolicy,
+                 monitor: Monitor) -> None:
+        super().__init__(address, _Handler)
+        self.state = state
+        self.policy = policy
+        self.monitor = monitor
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.serve_forever, name="api", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        # shutdown() waits for serve_forever(): it would hang if never started.
+        if self._thread is not None:
+            self.shutdown()
+            self._thread = None
+        self.server_close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: ApiServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("api %s: " + format, self.client_address[0], *args)
+
+    def _send(self, status: int, body: Any) -> None:
+        data = json.dumps(body).encode() if not isinstance(body, bytes) else body
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        url = urlsplit(self.path)
+        q = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        if url.path == "/v1/health":
+            self._send(200, {"status": "ok"})
+        elif url.path == "/v1/clients":
+            self._send(200, self.server.monitor.snapshot())
+        elif url.path == "/v1/instructions":
+            query = ClientQuery(hostname=q.get("hostname") or None, mac=q.get("mac") or None,
+                                image=q.get("image") or None, layout=q.get("layout") or None)
+            try:
+                body = resolve(self.server.state, query, self.server.policy)
+            except SyscloneError as e:
+                self._send(HTTPStatus.NOT_FOUND, e.to_dict())
+                return
+            self._send(200, body)
+        else:
+            self._send(404, {"error": "NotFound", "message": f"no such endpoint {url.path}"})
+
+    def do_POST(self) -> None:
+        url = urlsplit(self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        if url.path != "/v1/events":
+            self._send(404, {"error": "NotFound", "message": f"no such endpoint {url.path}"})
+            return
+        if length <= 0 or length > MAX_EVENT:
+            self._send(400, {"error": "BadRequest", "message": "event body size out of range"})
+            return
+        try:
+            ev = json.loads(self.rfile.read(length))
+            if not isinstance(ev, dict):
+                raise ValueError("not an object")
+        except ValueError as e:
+            self._send(400, {"error": "BadRequest", "message": f"event is not JSON: {e}"})
+            return
+        ev.setdefault("ip", self.client_address[0])
+        self.server.monitor.record(ev)
+        self._send(200, {"status": "ok"})

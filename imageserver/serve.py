@@ -1,0 +1,61 @@
+"""`sysclone serve`: the rsync daemon plus the HTTP API, run together."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from imageserver.api import ApiServer
+from imageserver.instructions import ServerPolicy
+from imageserver.monitor import Monitor
+from imageserver.rsyncd import Rsyncd, RsyncdConfig
+from sysclone.errors import SyscloneError
+from sysclone.paths import StateRoot
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    address: str = "127.0.0.1"
+    rsync_port: int = 873
+    http_port: int = 8181
+    default_image: str | None = None
+    post_action: str | None = None
+    hosts_allow: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Running:
+    config: ServeConfig
+    monitor: Monitor
+    api: ApiServer
+    rsyncd: Rsyncd
+
+
+def free_port(address: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now (for tests and the demo)."""
+    with socket.socket() as s:
+        s.bind((address, 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def serving(state: StateRoot, cfg: ServeConfig, monitor: Monitor | None = None
+            ) -> Iterator[Running]:
+    monitor = monitor or Monitor(state.logs)
+    policy = ServerPolicy(rsync_port=cfg.rsync_port, default_image=cfg.default_image,
+                          post_action=cfg.post_action)
+    try:
+        api = ApiServer((cfg.address, cfg.http_port), state, policy, monitor)
+    except OSError as e:
+        raise SyscloneError(f"cannot listen on {cfg.address}:{cfg.http_port}: {e.strerror}",
+                            hint="choose another port with --http-port") from None
+    rsyncd = Rsyncd(state, RsyncdConfig(cfg.address, cfg.rsync_port, cfg.hosts_allow))
+    try:
+        rsyncd.start()
+        api.start()
+        yield Running(cfg, monitor, api, rsyncd)
+    finally:
+        api.stop()
+        rsyncd.stop()

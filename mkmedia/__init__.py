@@ -1,0 +1,1 @@
+"""Boot media for the boot environment: PXE trees, ISO images, USB disks."""

@@ -1,0 +1,339 @@
+"""`sysclone`: the one command, with subcommands.
+
+Every subcommand works on the state root (--root / SYSCLONE_ROOT, default
+/var/lib/sysclone); heavy downloads are cached in --cache / SYSCLONE_CACHE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from sysclone.errors import SyscloneError
+from sysclone.paths import StateRoot
+from sysclone.ui import Ui, print_table
+
+log = logging.getLogger("sysclone")
+
+Handler = Callable[[argparse.Namespace, StateRoot, Ui], int]
+
+
+# ----------------------------------------------------------------- images ---
+
+def cmd_image_bootstrap(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
+    from imageserver.bootstrap import DEFAULT_PACKAGES, BootstrapSpec, bootstrap_image
+    from kernels.aptsources import find_debian_mirror
+
+    mirror, suite = a.mirror, a.suite
+    if not mirror:
+        m = find_debian_mirror()
+        mirror = m.uri
+        ui.info(f"mirror {mirror} (from {m.where})")
+    packages = tuple(dict.fromkeys([*DEFAULT_PACKAGES, *a.include]))
+    spec = BootstrapSpec(mirror=mirror, suite=suite, arch=a.arch, packages=packages,
+                         serial_console=not a.no_serial_console)
+    with ui.step(f"bootstrap image {a.name} ({suite}, {len(packages)} packages)") as update:
+        info = bootstrap_image(state, a.name, spec, force=a.force, use_cache=not a.no_cache,
+                               on_line=update)
+    assert info.usage
+    ui.info(f"image {a.name}: {info.usage.bytes / 2**20:,.0f} MiB, {info.usage.files:,} files "
+            f"in {state.images / a.name}")
+    return 0
+
+
+def cmd_image_list(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
+    from imageserver.store import ImageStore
+
+    store = ImageStore(state)
+    rows = []
+    for n in store.names():
+        info = store.info(n)
+        size = f"{info.usage.bytes / 2**20:,.0f} MiB" if info.usage else "?"
+        rows.append({"name": n, "origin": info.origin, "size": size,
+                     "files": f"{info.usage.files:,}" if info.usage else "?"})
+    print_table(rows, ["name", "origin", "size", "files"])
+    return 0
+
+
+def cmd_image_show(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
+    from imageserver.store import ImageStore
+
+    print(ImageStore(state).info(a.name).to_json())
+    return 0
+
+
+def cmd_image_delete(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
+    from imageserver.store import ImageStore
+
+    ImageStore(state).delete(a.name)
+    ui.info(f"deleted image {a.name}")
+    return 0
+
+
+# ---------------------------------------------------------------- kernels ---
+
+def cmd_kernel_fetch(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
+    from kernels.standard import fetch_standard
+
+    with ui.progress(f"linux-image-{a.flavor}", None) as update:
+        tree = fetch_standard(state, flavor=a.flavor, suite=a.suite, mirror=a.mirror,
+                              arch=a.arch, progress=update)
+    ui.info(f"kernel {tree.kver} ({tree.package.name} {tree.package.version}) in {tree.path}")
+    return 0
+
+
+def cmd_kernel_list(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
+    from kernels.tree import list_kernels
+
+    rows = [{"flavor": k.flavor, "version": k.kver, "package": k.package.version,
+             "path": k.path} for k in list_kernels(state.kernels)]
+    print_table(rows, ["flavor", "version", "package", "path"])
+    return 0
+
+
+# --------------------------------------------------------------- bootenv ---
+
+def cmd_bootenv_build(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
+    from bootenv.standard import build_bootenv
+
+    result = build_bootenv(state, ui, output=Path(a.output) if a.output else None,
+                           kernel=a.kernel, flavor=a.flavor,
+                           module_groups=_split(a.modules), extra_modules=_split(a.add_modules),
+                           tool_groups=_split(a.tools), compression=a.compression,
+                           local_cfg=Path(a.local_cfg) if a.local_cfg else None,
+                           use_cache=not a.no_cache)
+    d = result.data
+    ui.info(f"kernel     {result.kernel} ({d['kernel']['version']})")
+    ui.info(f"initrd.img {result.initrd} ({d['initrd']['size'] / 2**20:.1f} MiB "
+            f"{d['initrd']['compression']}, {d['initrd']['uncompressed_size'] / 2**20:.1f} MiB "
+            "unpacked)")
+    ui.info(f"manifest   {result.manifest}")
+    return 0
+
+
+def _split(v: str | None) -> tuple[str, ...] | None:
+    if v is None:
+        return None
+    return tuple(x for x in v.replace(" ", ",").split(",") if x)
+
+
+# ----------------------------------------------------------------- serve ---
+
+def cmd_serve(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
+    import signal
+    import threading
+
+    from imageserver.serve import ServeConfig, serving
+
+    cfg = ServeConfig(address=a.address, rsync_port=a.rsync_port, http_port=a.http_port,
+                      default_image=a.default_image, post_action=a.post_action,
+                      hosts_allow=tuple(a.hosts_allow or ()))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with serving(state, cfg) as srv:
+        srv.monitor.subscribe(lambda ev: _print_event(ui, ev))
+        ui.info(f"serving images {', '.join(_image_names(state)) or '(none yet)'}: "
+                f"rsync://{a.address}:{a.rsync_port}/  http://{a.address}:{srv.api.port}/")
+        try:
+            while not stop.wait(1.0):
+                pass
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def _print_event(ui: Ui, ev: dict[str, object]) -> None:
+    from imageserver.monitor import format_event
+
+    line = format_event(ev)
+    if line:
+        ui.info(line)
+
+
+def _image_names(state: StateRoot) -> list[str]:
+    from imageserver.store import ImageStore
+
+    return ImageStore(state).names()
+
+
+# -------------------------------------------------------------------- pxe ---
+
+def cmd_pxe_build(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
+    from mkmedia.pxe import PxeSpec, write_tree
+
+    bootenv = Path(a.bootenv) if a.bootenv else state.bootenvs / "standard"
+    out = Path(a.output) if a.output else state.pxe
+    append = " ".join(a.append)
+    tree = write_tree(out, PxeSpec(bootenv / "kernel", bootenv / "initrd.img", append))
+    ui.info(f"PXE tree in {tree} (serve it over TFTP; boot file pxelinux.0)")
+    return 0
+
+
+# ------------------------------------------------------------------- demo ---
+
+def cmd_demo(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
+    from sysclone.demo import DemoOptions, run_demo
+
+    opts = DemoOptions(image=a.image, hostname=a.hostname, memory_mib=a.memory,
+                       disk_gib=a.disk_size, timeout=a.timeout, flavor=a.flavor)
+    return run_demo(state, ui, opts)
+
+
+def cmd_params(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
+    from agent.params import render_docs
+
+    print(render_docs("markdown" if a.markdown else "text"))
+    return 0
+
+
+def cmd_clients(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
+    """Last known state of every client from the monitor's logs."""
+    rows = []
+    for f in sorted(state.logs.glob("*.jsonl")) if state.logs.is_dir() else []:
+        last = {}
+        phase = ""
+        for line in f.read_text().splitlines():
+            ev = json.loads(line)
+            last = ev
+            phase = ev.get("phase") or phase
+        rows.append({"client": f.stem, "last": last.get("kind", ""), "phase": phase,
+                     "message": str(last.get("message", ""))[:60]})
+    print_table(rows, ["client", "last", "phase", "message"])
+    return 0
+
+
+# ----------------------------------------------------------------- parser ---
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="sysclone",
+        description="Capture a golden Linux machine as an image and install it, unattended, "
+                    "onto bare metal (or QEMU machines standing in for it).")
+    ap.add_argument("--root", help="state directory (default: $SYSCLONE_ROOT or "
+                                   "/var/lib/sysclone)")
+    ap.add_argument("--cache", help="download cache (default: $SYSCLONE_CACHE or ROOT/cache)")
+    ap.add_argument("--debug", action="store_true", help="log every command; show tracebacks")
+    ap.add_argument("-q", "--quiet", action="store_true", help="only errors")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(parent: argparse._SubParsersAction[argparse.ArgumentParser], name: str,
+            fn: Handler, help: str) -> argparse.ArgumentParser:
+        p = parent.add_parser(name, help=help, description=help)
+        p.set_defaults(fn=fn)
+        return p
+
+    img = sub.add_parser("image", help="manage images (golden system trees)",
+                         description="Manage the images in the image store.")
+    isub = img.add_subparsers(dest="image_command", metavar="ACTION", required=True)
+    p = add(isub, "bootstrap", cmd_image_bootstrap,
+            "build a golden Debian image from scratch with debootstrap and store it")
+    p.add_argument("name", help="image name")
+    p.add_argument("--suite", default="bookworm", help="Debian suite (default: bookworm)")
+    p.add_argument("--mirror", help="Debian mirror URL (default: from the apt sources)")
+    p.add_argument("--arch", default="amd64")
+    p.add_argument("--include", action="append", default=[], metavar="PKG",
+                   help="extra package (repeatable)")
+    p.add_argument("--no-serial-console", action="store_true",
+                   help="do not put the console on ttyS0 too")
+    p.add_argument("--force", action="store_true", help="replace an existing image")
+    p.add_argument("--no-cache", action="store_true", help="debootstrap even if cached")
+    add(isub, "list", cmd_image_list, "list images with their size")
+    p = add(isub, "show", cmd_image_show, "show what is known about an image (JSON)")
+    p.add_argument("name")
+    p = add(isub, "delete", cmd_image_delete, "delete an image")
+    p.add_argument("name")
+
+    k = sub.add_parser("kernel", help="kernel flavors for boot environments",
+                       description="Fetch and list kernels for boot environments.")
+    ksub = k.add_subparsers(dest="kernel_command", metavar="ACTION", required=True)
+    p = add(ksub, "fetch", cmd_kernel_fetch,
+            "download a standard kernel flavor from Debian (verified) and unpack it "
+            "with its modules")
+    p.add_argument("--flavor", default="cloud-amd64",
+                   help="linux-image-<flavor> (default: cloud-amd64)")
+    p.add_argument("--suite", help="Debian suite (default: the machine's)")
+    p.add_argument("--mirror", help="Debian mirror URL (default: from the apt sources)")
+    p.add_argument("--arch", default="amd64")
+    add(ksub, "list", cmd_kernel_list, "list fetched kernels")
+
+    b = sub.add_parser("bootenv", help="boot environments (kernel + initramfs + agent)",
+                       description="Build boot environments.")
+    bsub = b.add_subparsers(dest="bootenv_command", metavar="ACTION", required=True)
+    p = add(bsub, "build", cmd_bootenv_build,
+            "build kernel + initrd.img with the frozen agent, its tools and drivers, "
+            "plus a manifest.json")
+    p.add_argument("--output", help="output directory (default: ROOT/bootenv/standard)")
+    p.add_argument("--kernel", help="kernel tree directory (default: the newest fetched of "
+                                    "--flavor, fetched if needed)")
+    p.add_argument("--flavor", default="cloud-amd64")
+    p.add_argument("--modules", help="module groups, comma-separated (default: storage, "
+                                     "raid-dm, network, filesystems, watchdog)")
+    p.add_argument("--add-modules", help="extra modules by name, comma-separated")
+    p.add_argument("--tools", help="tool groups, comma-separated (default: core,ext4,xfs,vfat; "
+                                   "others: btrfs, raid, lvm, crypt)")
+    p.add_argument("--compression", default="zstd", choices=("zstd", "xz", "gzip", "none"))
+    p.add_argument("--local-cfg", help="embed this local.cfg in the initrd")
+    p.add_argument("--no-cache", action="store_true", help="re-freeze the agent")
+
+    p = add(sub, "serve", cmd_serve,
+            "run the image server: an rsync daemon exporting the images read-only and the "
+            "HTTP API clients fetch instructions from and report progress to")
+    p.add_argument("--address", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--rsync-port", type=int, default=873)
+    p.add_argument("--http-port", type=int, default=8181)
+    p.add_argument("--default-image", help="image for clients that name none")
+    p.add_argument("--post-action", choices=("reboot", "poweroff", "shell"),
+                   help="override the clients' post-install action")
+    p.add_argument("--hosts-allow", action="append", metavar="NET",
+                   help="rsync 'hosts allow' entry (repeatable)")
+
+    x = sub.add_parser("pxe", help="PXE boot trees", description="PXE boot trees.")
+    xsub = x.add_subparsers(dest="pxe_command", metavar="ACTION", required=True)
+    p = add(xsub, "build", cmd_pxe_build,
+            "write a pxelinux tree (BIOS) with the boot environment and install parameters")
+    p.add_argument("--bootenv", help="boot environment directory (default: "
+                                     "ROOT/bootenv/standard)")
+    p.add_argument("--output", help="TFTP root to write (default: ROOT/pxe)")
+    p.add_argument("append", nargs="*", help="kernel command line: install parameters "
+                                             "(IMAGESERVER=... IMAGENAME=...) and options")
+
+    p = add(sub, "demo", cmd_demo,
+            "the whole job on a QEMU machine: bootstrap an image, build the boot environment, "
+            "serve, PXE-install a blank VM, then boot it from its own disk")
+    p.add_argument("--image", default="demo")
+    p.add_argument("--hostname", default="demo-node1")
+    p.add_argument("--memory", type=int, default=512, help="VM memory in MiB (default 512)")
+    p.add_argument("--disk-size", type=int, default=4, help="VM disk in GiB (default 4)")
+    p.add_argument("--timeout", type=int, default=1800, help="seconds before giving up")
+    p.add_argument("--flavor", default="cloud-amd64", help="kernel flavor of the boot env")
+
+    p = add(sub, "params", cmd_params, "describe every install parameter the agent reads")
+    p.add_argument("--markdown", action="store_true")
+    add(sub, "clients", cmd_clients, "show what the monitor last heard from each client")
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    ui = Ui(quiet=args.quiet)
+    state = StateRoot.from_options(args.root, args.cache)
+    try:
+        return int(args.fn(args, state, ui))
+    except SyscloneError as e:
+        if args.debug:
+            raise
+        print(f"sysclone: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("sysclone: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

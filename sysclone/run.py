@@ -1,0 +1,171 @@
+"""The one place where sysclone runs external commands.
+
+Commands are argv lists only (never a shell string), run with a trimmed,
+predictable environment and stdin closed, and logged as `+ cmd` at debug
+level.  A failure raises CommandError carrying the command, its exit code and
+the tail of its output.  `target=` runs the command chrooted into a tree.
+
+Unit tests replace `_popen` so that no real command can run by accident.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import subprocess
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+from sysclone.errors import CommandError, SyscloneError
+
+log = logging.getLogger(__name__)
+
+# A fixed PATH: the host's and the boot environment's tools live in these.
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+Arg = str | os.PathLike[str]
+
+
+def base_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment commands run in: C locale, fixed PATH, nothing inherited
+    that could change a tool's output (LANGUAGE, LC_*, GREP_OPTIONS...)."""
+    env = {"PATH": DEFAULT_PATH, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": "/root"}
+    for keep in ("TERM", "TMPDIR", "SOURCE_DATE_EPOCH"):
+        if keep in os.environ:
+            env[keep] = os.environ[keep]
+    if extra:
+        env.update(extra)
+    return env
+
+
+def _argv(argv: Sequence[Arg], target: Path | None) -> list[str]:
+    args = [os.fspath(a) for a in argv]
+    if not args:
+        raise ValueError("empty command")
+    if target is not None:
+        args = ["chroot", os.fspath(target), *args]
+    return args
+
+
+def _popen(args: list[str], **kwargs: Any) -> subprocess.Popen[str]:
+    return subprocess.Popen(args, text=True, **kwargs)
+
+
+def run(
+    argv: Sequence[Arg],
+    *,
+    check: bool = True,
+    capture: bool = True,
+    input: str | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    target: Path | None = None,
+    timeout: float | None = None,
+    stdout: IO[Any] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run a command to completion.  Output is captured by default (and shown
+    in the error when it fails); pass capture=False to let it through."""
+    args = _argv(argv, target)
+    log.debug("+ %s", shlex.join(args))
+    out: Any = stdout if stdout is not None else (subprocess.PIPE if capture else None)
+    err: Any = subprocess.PIPE if capture else None
+    try:
+        proc = _popen(
+            args,
+            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            env=base_env(env),
+            cwd=cwd,
+        )
+    except FileNotFoundError as e:
+        raise SyscloneError(
+            f"command not found: {args[0]}", hint="install the package that provides it"
+        ) from e
+    try:
+        out_text, err_text = proc.communicate(input, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out_text, _ = proc.communicate()
+        raise CommandError(args, -9, out_text or "", f"timed out after {timeout}s") from None
+    out_text, err_text = out_text or "", err_text or ""
+    result = subprocess.CompletedProcess(args, proc.returncode, out_text, err_text)
+    if check and proc.returncode != 0:
+        log.debug("command failed (%d): %s\n%s", proc.returncode, shlex.join(args),
+                  err_text or out_text)
+        raise CommandError(args, proc.returncode, out_text, err_text)
+    return result
+
+
+@contextmanager
+def spawn(
+    argv: Sequence[Arg],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    target: Path | None = None,
+    merge_stderr: bool = True,
+) -> Iterator[subprocess.Popen[str]]:
+    """Start a long-running command whose output is read as it comes (rsync
+    progress, daemons).  The process is killed if the block exits early."""
+    args = _argv(argv, target)
+    log.debug("+ %s &", shlex.join(args))
+    proc = _popen(
+        args,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
+        env=base_env(env),
+        cwd=cwd,
+        bufsize=1,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            if stream:
+                stream.close()
+
+
+def output(argv: Sequence[Arg], **kwargs: Any) -> str:
+    """Run a command and return its stdout."""
+    return run(argv, **kwargs).stdout
+
+
+def which(name: str) -> str | None:
+    """Find a tool on the fixed PATH commands run with."""
+    for d in DEFAULT_PATH.split(":"):
+        p = Path(d) / name
+        if p.is_file() and os.access(p, os.X_OK):
+            return str(p)
+    return None
+
+
+def daemon(argv: Sequence[Arg], *, env: Mapping[str, str] | None = None,
+           stdout: IO[Any] | int | None = subprocess.DEVNULL,
+           stderr: IO[Any] | int | None = subprocess.PIPE) -> subprocess.Popen[str]:
+    """Start a process that outlives this call (a daemon in the foreground,
+    a virtual machine).  The caller owns it and must stop it."""
+    args = _argv(argv, None)
+    log.debug("+ %s &", shlex.join(args))
+    try:
+        return _popen(args, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
+                      env=base_env(env))
+    except FileNotFoundError as e:
+        raise SyscloneError(f"command not found: {args[0]}",
+                            hint="install the package that provides it") from e
+
+
+def interactive(argv: Sequence[Arg], *, env: Mapping[str, str] | None = None) -> int:
+    """Run a command on this process's terminal (a rescue shell), stdin
+    included, and return its exit status."""
+    args = _argv(argv, None)
+    log.debug("+ %s (interactive)", shlex.join(args))
+    proc = _popen(args, env=base_env(env))
+    return proc.wait()

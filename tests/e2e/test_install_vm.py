@@ -1,0 +1,165 @@
+"""A blank QEMU machine is installed over the network and must then boot
+from its own disk.  The result is checked without trusting the agent:
+rsync's itemized dry run against the image, blkid against fstab, the
+installed system's own boot, and the DHCP lease its network config got."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from agent.markers import DONE_MARKER, FAILED_MARKER
+from agent.phases import PHASES
+from ci.qemu import Vm, VmSpec, allocated_bytes, blank_disk
+from sysclone.demo import INSTALL_FAILED
+from tests.e2e.conftest import IMAGE, Installer
+from tests.verify import blkid_uuid, fstab_uuids, itemized_differences, sh
+
+HOSTNAME = "e2e-node1"
+INSTALL_TIMEOUT = 2400  # TCG is slow: the initrd is rebuilt inside the VM
+
+
+@contextmanager
+def mounted_disk(disk: Path, partition: int, where: Path) -> Iterator[Path]:
+    dev = sh("losetup", "--find", "--show", "--partscan", "--read-only", str(disk)).strip()
+    try:
+        part = f"{dev}p{partition}"
+        for _ in range(50):
+            if Path(part).exists():
+                break
+            sh("partx", "-a", dev, check=False)
+            time.sleep(0.1)
+        where.mkdir(parents=True, exist_ok=True)
+        sh("mount", "-o", "ro", part, str(where))
+        try:
+            yield where
+        finally:
+            sh("umount", str(where))
+    finally:
+        sh("losetup", "-d", dev)
+
+
+@pytest.fixture(scope="module")
+def installed(installer: Installer) -> Path:
+    """Install HOSTNAME once; the tests below inspect the result."""
+    disk = blank_disk(installer.state.vms / f"{HOSTNAME}.img", 4 << 30)
+    with installer.boot(f"{HOSTNAME}-install", disk, installer.append(HOSTNAME)) as vm:
+        vm.wait_for(DONE_MARKER, INSTALL_TIMEOUT, fail=INSTALL_FAILED)
+        assert vm.wait_exit(180) == 0  # the agent powered the machine off
+    return disk
+
+
+def test_agent_reported_every_phase(installer: Installer, installed: Path) -> None:
+    events = installer.events_of(HOSTNAME)
+    done = [e["phase"] for e in events if e.get("kind") == "phase" and e["status"] == "done"]
+    assert done == [p.name for p in PHASES]
+    progress = [e for e in events if e.get("kind") == "progress"]
+    assert progress and progress[-1]["bytes"] > 100 << 20 and progress[-1]["rate"] > 0
+    final = [e for e in events if e.get("kind") == "done"]
+    assert len(final) == 1 and set(final[0]["timings"]) == set(done)
+
+
+def test_installed_files_match_the_image(installer: Installer, installed: Path,
+                                         tmp_path: Path) -> None:
+    golden = installer.state.images / IMAGE
+    kver = next((golden / "lib/modules").iterdir()).name
+    with mounted_disk(installed, 2, tmp_path / "root") as root:
+        diffs = itemized_differences(golden, root)
+        fstab = (root / "etc/fstab").read_text()
+        netfiles = sorted(p.name for p in (root / "etc/network/interfaces.d").iterdir())
+    # What the configure, initrd and bootloader steps are meant to write,
+    # and nothing else.
+    expected = {"etc/fstab", "etc/hostname", "etc/hosts", f"boot/initrd.img-{kver}",
+                f"var/lib/initramfs-tools/{kver}", "lost+found",
+                *(f"etc/network/interfaces.d/{n}" for n in netfiles)}
+    unexpected = {p for p in diffs if p not in expected and not p.startswith("boot/grub/")}
+    assert not unexpected, {p: diffs[p] for p in unexpected}
+    assert "boot/grub/grub.cfg" in diffs and "boot/grub/i386-pc/core.img" in diffs
+    assert netfiles == ["enp0s2"]  # the name udev gives the NIC on the installed system
+    # fstab names the new filesystems by the UUIDs blkid reads off the disk.
+    uuids = fstab_uuids(fstab)
+    assert set(uuids) == {"/", "swap"}
+    dev = sh("losetup", "--find", "--show", "--partscan", "--read-only", str(installed)).strip()
+    try:
+        for _ in range(50):
+            if Path(f"{dev}p3").exists():
+                break
+            sh("partx", "-a", dev, check=False)
+            time.sleep(0.1)
+        assert blkid_uuid(f"{dev}p2") == uuids["/"]
+        assert blkid_uuid(f"{dev}p3") == uuids["swap"]
+    finally:
+        sh("losetup", "-d", dev)
+
+
+def test_installed_machine_boots_from_its_own_disk(installer: Installer, installed: Path,
+                                                   tmp_path: Path) -> None:
+    spec = VmSpec(name=f"{HOSTNAME}-boot", workdir=installer.state.vms, disks=(installed,),
+                  boot="c")
+    with Vm(spec) as vm:
+        _, prompt = vm.wait_for(r"login:", 900)
+        assert prompt.strip().startswith(f"{HOSTNAME} login:")
+        # Let the network come up, then press the power button (logind acts on it).
+        time.sleep(20)
+        assert vm.powerdown(300) == 0
+    # The network configuration the agent wrote worked: the installed system
+    # got a DHCP lease on the predicted interface name.
+    with mounted_disk(installed, 2, tmp_path / "root") as root:
+        leases = (root / "var/lib/dhcp/dhclient.enp0s2.leases").read_text()
+    assert re.search(r"fixed-address 10\.0\.2\.15;", leases), leases
+
+
+# --------------------------------------------------------- bad parameters ---
+
+def expect_failure(installer: Installer, name: str, disk: Path, append: str,
+                   timeout: float = 600) -> str:
+    """Boot the installer, wait for its failure line, return it."""
+    with installer.boot(name, disk, append) as vm:
+        _, line = vm.wait_for(FAILED_MARKER, timeout, fail=DONE_MARKER)
+        console = vm.console_text()
+    assert allocated_bytes(disk) == 0, "the disk was written to"
+    assert "Traceback" not in console, console
+    return line
+
+
+def failed_event(installer: Installer, hostname: str) -> dict:
+    for _ in range(50):
+        found = [e for e in installer.events_of(hostname) if e.get("kind") == "failed"]
+        if found:
+            return found[-1]
+        time.sleep(0.1)
+    raise AssertionError(f"no failure reported by {hostname}")
+
+
+def test_unknown_image(installer: Installer) -> None:
+    disk = blank_disk(installer.state.vms / "bad-image.img", 4 << 30)
+    line = expect_failure(installer, "bad-image", disk,
+                          installer.append("bad-image", image="nosuchimage"))
+    assert "unknown image 'nosuchimage'" in line and IMAGE in line
+    ev = failed_event(installer, "bad-image")
+    assert ev["phase"] == "instructions" and "unknown image 'nosuchimage'" in ev["message"]
+
+
+def test_unreachable_server(installer: Installer) -> None:
+    from imageserver.serve import free_port
+
+    disk = blank_disk(installer.state.vms / "bad-server.img", 4 << 30)
+    port = free_port()  # nothing listens there
+    line = expect_failure(installer, "bad-server", disk,
+                          installer.append("bad-server", http_port=port))
+    assert f"image server 10.0.2.2:{port} is unreachable" in line
+
+
+def test_disk_too_small(installer: Installer) -> None:
+    disk = blank_disk(installer.state.vms / "small-disk.img", 300 << 20)
+    line = expect_failure(installer, "small-disk", disk, installer.append("small-disk"))
+    assert "the image does not fit: / needs" in line
+    ev = failed_event(installer, "small-disk")
+    assert ev["phase"] == "plan" and "does not fit" in ev["message"]
+
+

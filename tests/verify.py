@@ -1,0 +1,42 @@
+"""Checks of an installed system that do not trust the code under test:
+rsync's own itemized dry run, blkid, the on-disk partition table."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+
+def sh(*argv: str, check: bool = True) -> str:
+    return subprocess.run(argv, check=check, capture_output=True, text=True).stdout
+
+
+def itemized_differences(image: Path, installed: Path) -> dict[str, str]:
+    """path -> rsync itemize code, for every file whose content, type, owner,
+    permissions, ACLs or xattrs differ, or that exists on one side only.
+    Directory timestamp changes alone are not differences."""
+    out = sh("rsync", "-aHAXn", "--checksum", "--numeric-ids", "--delete", "-i",
+             f"{image}/", f"{installed}/")
+    diffs = {}
+    for line in out.splitlines():
+        if not line.strip():
+            continue
+        code, name = line[:11], line[12:].rstrip("/")
+        if code.startswith(".d") and set(code[2:]) <= {".", "t", " "}:
+            continue  # a directory whose mtime moved because a file in it changed
+        diffs[name] = code.strip()
+    return diffs
+
+
+def fstab_uuids(fstab_text: str) -> dict[str, str]:
+    """mountpoint (or 'swap') -> UUID, from an fstab."""
+    out = {}
+    for line in fstab_text.splitlines():
+        f = line.split()
+        if len(f) >= 3 and not f[0].startswith("#") and f[0].startswith("UUID="):
+            out["swap" if f[2] == "swap" else f[1]] = f[0][5:]
+    return out
+
+
+def blkid_uuid(device: str) -> str:
+    return sh("blkid", "-s", "UUID", "-o", "value", device).strip()
