@@ -89,7 +89,7 @@ def detect_hardware(s: Session) -> hardware.HardwareReport:
         finally:
             kmod.close()
         _start_udev()
-        mods = sorted({m for ms in report.loaded.values() for m in ms})
+        mods = report.modules()
         s.reporter.say(f"{len(report.pci)} PCI devices, loaded: {', '.join(mods) or 'none'}")
         return report
 
@@ -231,7 +231,7 @@ def mount_target(s: Session, plan: InstallPlan, stack: ExitStack) -> Path:
 
 def pull_image(s: Session, plan: InstallPlan, root: Path) -> None:
     with s.steps.phase("fetch"):
-        total = plan.image.bytes
+        total = plan.image.transfer_bytes or plan.image.bytes
 
         def progress(pr: Progress) -> None:
             pct = min(100, pr.bytes * 100 // total) if total else pr.percent
@@ -339,8 +339,12 @@ def install(s: Session, plan_only: bool) -> InstallPlan | None:
         apply_overrides(s, plan, root)
         configure_system(s, plan, net, root)
         with chroot_target(root, efi=plan.firmware == "uefi"):
-            regenerate_initrd(s, root)
-            install_bootloader(s, plan, root)
+            # Independent of each other, and both mostly shell scripts that
+            # take minutes on a slow machine: run them side by side.
+            s.steps.concurrently({
+                "initrd": lambda: regenerate_initrd(s, root),
+                "bootloader": lambda: install_bootloader(s, plan, root),
+            })
         with s.steps.phase("finish"):
             mounts.close()  # unmount everything, innermost first
             run(["sync"])

@@ -46,13 +46,17 @@ class HardwareReport:
     unmatched: list[str] = field(default_factory=list)  # modaliases no module claims
     failed: dict[str, str] = field(default_factory=dict)  # module -> error
 
+    def modules(self) -> list[str]:
+        """Modules loaded for the devices found (failed loads left out)."""
+        return sorted({m for mods in self.loaded.values() for m in mods} - set(self.failed))
+
     def to_dict(self) -> dict[str, object]:
         return {
             "pci": [
                 {"slot": d.slot, "vendor": d.vendor, "device": d.device, "class": d.pci_class,
                  "kind": d.class_name, "driver": d.driver} for d in self.pci
             ],
-            "modules": sorted({m for mods in self.loaded.values() for m in mods}),
+            "modules": self.modules(),
             "unmatched": self.unmatched,
             "failed": self.failed,
         }

@@ -93,6 +93,24 @@ class Steps:
         self.reporter.event("phase", phase=name, status="done", seconds=round(dt, 2))
         self.current = None
 
+    def concurrently(self, jobs: dict[str, Callable[[], None]]) -> None:
+        """Run independent phases at the same time (each reports itself as
+        usual); one after the other when a breakpoint is set on any of them,
+        so that only one shell ever owns the console.  The first failure is
+        raised once all have ended."""
+        if self.breaks & set(jobs):
+            for job in jobs.values():
+                job()
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="phase") as pool:
+            futures = [pool.submit(job) for job in jobs.values()]
+        for f in futures:
+            err = f.exception()
+            if err is not None:
+                raise err
+
     def _fail(self, name: str, message: str, data: dict[str, object]) -> None:
         self.reporter.event("failed", phase=name, message=message, detail=data)
 

@@ -50,6 +50,7 @@ class ImageRef:
     bytes: int | None
     files: int | None
     usage: dict[str, int]
+    transfer_bytes: int | None = None  # what rsync will count as it goes
 
     @property
     def url(self) -> str:
@@ -190,7 +191,8 @@ def make_plan(*, instructions: dict[str, Any], server: str, hostname: str,
         raise ConfigError("the server's instructions name no image")
     image = ImageRef(name=img["name"], module=img.get("module") or img["name"], server=server,
                      rsync_port=int(img.get("rsync_port") or 873), bytes=img.get("bytes"),
-                     files=img.get("files"), usage=dict(img.get("usage") or {}))
+                     files=img.get("files"), usage=dict(img.get("usage") or {}),
+                     transfer_bytes=img.get("transfer_bytes"))
     layout, layout_name = load_layout(instructions.get("layout"), targets[0], fw, ram_bytes)
     if layout.raids or layout.volume_groups:
         raise ConfigError(f"layout {layout_name}: software RAID and LVM are not supported by "

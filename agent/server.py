@@ -38,8 +38,15 @@ class ImageServer:
         for i in range(attempts):
             try:
                 with urllib.request.urlopen(url, timeout=timeout) as r:
-                    data: dict[str, Any] = json.loads(r.read())
-                    return data
+                    body = r.read()
+                try:
+                    data = json.loads(body)
+                except ValueError:
+                    data = None
+                if not isinstance(data, dict):
+                    raise ServerError(f"{self.url}{path} did not answer with a JSON object",
+                                      hint="is this a sysclone image server?")
+                return data
             except urllib.error.HTTPError as e:
                 # The server explains itself in a JSON body: pass its words on.
                 try:
@@ -53,7 +60,8 @@ class ImageServer:
                 reason = getattr(e, "reason", e)
                 log.info("image server %s: %s (attempt %d/%d)", self.url, reason, i + 1,
                          attempts)
-                time.sleep(min(2.0 * (i + 1), 5.0))
+                if i + 1 < attempts:  # no wait after the last attempt
+                    time.sleep(min(2.0 * (i + 1), 5.0))
         reason = getattr(last, "reason", last)
         raise ServerError(f"image server {self.host}:{self.port} is unreachable: {reason}",
                           hint="check IMAGESERVER= / si.server-port= and that "

@@ -67,7 +67,11 @@ class VmSpec:
             return self.cpu
         if self.accel() == "kvm":
             return "host"
-        return os.environ.get("SYSCLONE_QEMU_CPU", "max")
+        # Nehalem (x86-64-v2, no AVX): glibc then avoids AVX code paths,
+        # which TCG emulates slowly.  Measured on a fork/exec-heavy loop
+        # (what update-initramfs does): 1.45x faster than "max", 1.25x
+        # faster than "qemu64".
+        return os.environ.get("SYSCLONE_QEMU_CPU", "Nehalem")
 
 
 def qemu_argv(spec: VmSpec, qmp: Path) -> list[str]:

@@ -96,6 +96,7 @@ def resolve(state: StateRoot, q: ClientQuery, policy: ServerPolicy) -> dict[str,
         "image": {
             "name": image, "module": image, "rsync_port": policy.rsync_port,
             "bytes": usage.bytes if usage else None, "files": usage.files if usage else None,
+            "transfer_bytes": usage.transfer if usage else None,
             "usage": usage.by_dir if usage else {},
         },
         "layout": layout,

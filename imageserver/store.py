@@ -40,6 +40,9 @@ class ImageUsage:
     bytes: int  # allocated bytes, hard links counted once
     files: int
     by_dir: dict[str, int]  # "/usr" -> bytes below it (depth <= USAGE_DEPTH)
+    # What rsync counts while transferring: file sizes (sparse files at full
+    # length), hard links once.  Progress percentages are of this.
+    transfer: int = 0
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,7 @@ def measure(tree: Path, depth: int = USAGE_DEPTH) -> ImageUsage:
     """Allocated size of a tree, and its split by directory."""
     seen: set[tuple[int, int]] = set()
     by_dir: dict[str, int] = {}
-    total = files = 0
+    total = files = transfer = 0
     for dirpath, dirnames, filenames in os.walk(tree):
         rel = os.path.relpath(dirpath, tree)
         parts = [] if rel == "." else rel.split("/")
@@ -84,10 +87,12 @@ def measure(tree: Path, depth: int = USAGE_DEPTH) -> ImageUsage:
                         continue
                     seen.add((st.st_dev, st.st_ino))
                 size = st.st_blocks * 512
+                if stat.S_ISREG(st.st_mode):
+                    transfer += st.st_size
             total += size
             for k in keys:
                 by_dir[k] = by_dir.get(k, 0) + size
-    return ImageUsage(total, files, dict(sorted(by_dir.items())))
+    return ImageUsage(total, files, dict(sorted(by_dir.items())), transfer)
 
 
 @dataclass(frozen=True)
@@ -107,7 +112,9 @@ class ImageStore:
     def names(self) -> list[str]:
         if not self.top.is_dir():
             return []
-        return sorted(p.name for p in self.top.iterdir() if p.is_dir() and _NAME.match(p.name))
+        # lost+found: the images directory may be a filesystem of its own.
+        return sorted(p.name for p in self.top.iterdir()
+                      if p.is_dir() and _NAME.match(p.name) and p.name != "lost+found")
 
     def info(self, name: str) -> ImageInfo:
         meta = self.top / f"{check_name(name)}.json"

@@ -55,6 +55,7 @@ def mac_config_name(mac: str) -> str:
 
 def write_tree(out: Path, spec: PxeSpec, per_mac: dict[str, str] | None = None) -> Path:
     """Write (or refresh) a PXE tree; `per_mac` maps MACs to their own APPEND."""
+    per_mac_names = {mac_config_name(m): a for m, a in (per_mac or {}).items()}  # validate first
     for f in (PXELINUX, *(SYSLINUX_BIOS / m for m in MODULES)):
         if not f.is_file():
             raise SyscloneError(f"{f} not found", hint="apt install pxelinux syslinux-common")
@@ -67,7 +68,7 @@ def write_tree(out: Path, spec: PxeSpec, per_mac: dict[str, str] | None = None) 
     cfg = out / "pxelinux.cfg"
     cfg.mkdir(exist_ok=True)
     (cfg / "default").write_text(render_config(spec))
-    for mac, append in (per_mac or {}).items():
-        (cfg / mac_config_name(mac)).write_text(render_config(
+    for name, append in per_mac_names.items():
+        (cfg / name).write_text(render_config(
             PxeSpec(spec.kernel, spec.initrd, append, spec.label, spec.timeout_ds)))
     return out

@@ -26,8 +26,10 @@ Handler = Callable[[argparse.Namespace, StateRoot, Ui], int]
 
 def cmd_image_bootstrap(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
     from imageserver.bootstrap import DEFAULT_PACKAGES, BootstrapSpec, bootstrap_image
+    from imageserver.store import check_name
     from kernels.aptsources import find_debian_mirror
 
+    check_name(a.name)  # a bad name is one line of error, before any step starts
     mirror, suite = a.mirror, a.suite
     if not mirror:
         m = find_debian_mirror()

@@ -73,7 +73,9 @@ class Ui:
             yield update
 
 
-def print_table(rows: list[dict[str, Any]], columns: list[str], out: TextIO = sys.stdout) -> None:
+def print_table(rows: list[dict[str, Any]], columns: list[str], out: TextIO | None = None
+                ) -> None:
+    out = out or sys.stdout  # at call time, so redirections (and tests) see the table
     widths = {c: max([len(c), *(len(str(r.get(c, ""))) for r in rows)]) for c in columns}
     print("  ".join(c.upper().ljust(widths[c]) for c in columns), file=out)
     for r in rows:

@@ -58,7 +58,7 @@ def parse_net_id(text: str) -> dict[str, str]:
 def name_policy(root: Path) -> tuple[str, ...] | None:
     """The image's NamePolicy, or None when predictable names are off."""
     grub = root / "etc/default/grub"
-    if grub.is_file() and "net.ifnames=0" in grub.read_text():
+    if grub.is_file() and re.search(r"^[^#]*net\.ifnames=0", grub.read_text(), re.M):
         return None
     for d in ("etc/systemd/network", "run/systemd/network", "usr/lib/systemd/network",
               "lib/systemd/network"):
@@ -104,8 +104,10 @@ def _write(root: Path, rel: str, text: str, mode: int = 0o644) -> str:
 
 
 def _enabled(root: Path, unit: str) -> bool:
+    # systemctl enable makes absolute symlinks (/lib/systemd/system/...):
+    # dangling when seen from outside the image, and glob() skips those.
     wants = root / "etc/systemd/system"
-    return any(wants.glob(f"*.wants/{unit}"))
+    return any((d / unit).is_symlink() or (d / unit).exists() for d in wants.glob("*.wants"))
 
 
 class Networkd(Style):
@@ -225,5 +227,7 @@ class NetworkScripts(Style):
                        "\n".join(lines) + "\n")]
 
 
-STYLES: tuple[Style, ...] = (Networkd(), NetworkManager(), Netplan(), Ifupdown(),
+# Netplan first: where it is installed it generates the networkd or
+# NetworkManager configuration, so it must be the one written to.
+STYLES: tuple[Style, ...] = (Netplan(), Networkd(), NetworkManager(), Ifupdown(),
                              NetworkScripts())

@@ -57,7 +57,9 @@ def installed(installer: Installer) -> Path:
 def test_agent_reported_every_phase(installer: Installer, installed: Path) -> None:
     events = installer.events_of(HOSTNAME)
     done = [e["phase"] for e in events if e.get("kind") == "phase" and e["status"] == "done"]
-    assert done == [p.name for p in PHASES]
+    # initrd and bootloader run side by side: their order may vary.
+    assert sorted(done) == sorted(p.name for p in PHASES) and len(done) == len(PHASES)
+    assert done[:9] == [p.name for p in PHASES[:9]] and done[-1] == "finish"
     progress = [e for e in events if e.get("kind") == "progress"]
     assert progress and progress[-1]["bytes"] > 100 << 20 and progress[-1]["rate"] > 0
     final = [e for e in events if e.get("kind") == "done"]

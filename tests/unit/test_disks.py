@@ -4,7 +4,6 @@ and composed samples fed to blkinfo itself), and the target rules."""
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -86,7 +85,7 @@ def test_si_disk_naming_a_missing_disk(lsblk: Any) -> None:
 
 def test_si_disk_naming_a_read_only_disk(lsblk: Any) -> None:
     lsblk("installer")
-    with pytest.raises(DiskError, match="^si.disk: sdc is read-only$"):
+    with pytest.raises(DiskError, match=r"^si\.disk: sdc is read-only$"):
         install_targets(list_disks(), ["sdc"])
 
 
@@ -102,7 +101,7 @@ def test_no_disks_at_all() -> None:
 def test_from_blkinfo_entries() -> None:
     part = {"name": "sdb1", "type": "part", "mountpoint": "", "children": [
         {"name": "vg-home", "type": "lvm", "mountpoint": "/home", "children": []}]}
-    entries = [
+    entries: list[dict[str, Any]] = [
         {"name": "sdb", "type": "disk", "size": "4000787030016", "model": " WDC  WD40EFRX ",
          "serial": "WD-WCC7K1", "tran": "sata", "rota": "1", "rm": "0", "ro": "0",
          "mountpoint": "", "children": [part]},

@@ -116,10 +116,13 @@ def test_coldplug_loads_bus_driver_then_the_devices_it_reveals(tmp_path: Path) -
     assert len(report.pci) == 6
 
     d = report.to_dict()
+    # Modules that failed to load are not reported as loaded.
     assert d["modules"] == ["virtio_balloon", "virtio_blk", "virtio_net", "virtio_pci",
-                            "virtio_rng", "vmw_vsock_virtio_transport"]
-    assert d["pci"][3] == {"slot": "0000:00:03.0", "vendor": "0x1af4", "device": "0x1041",
-                           "class": "0x020000", "kind": "network", "driver": "virtio-pci"}
+                            "virtio_rng"]
+    pci = d["pci"]
+    assert isinstance(pci, list)
+    assert pci[3] == {"slot": "0000:00:03.0", "vendor": "0x1af4", "device": "0x1041",
+                      "class": "0x020000", "kind": "network", "driver": "virtio-pci"}
     assert d["failed"] == report.failed
     assert d["unmatched"] == report.unmatched
 

@@ -4,11 +4,10 @@ pyroute2 itself), resolv.conf, static addressing."""
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import ipaddress
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -137,8 +136,8 @@ class FakeLease:
     """Like pyroute2's Lease: options are properties that raise a
     LookupError (MissingOptionError) when the server did not send them."""
 
-    _props = {"routers": "router", "name_servers": "name_server",
-              "domain_name": "domain_name", "server_id": "server_id"}
+    _props: ClassVar[dict[str, str]] = {"routers": "router", "name_servers": "name_server",
+                                         "domain_name": "domain_name", "server_id": "server_id"}
 
     def __init__(self, ack: dict[str, Any]) -> None:
         self.ack = ack
@@ -188,10 +187,11 @@ def test_minimal_lease_leaves_the_rest_unset() -> None:
 
 
 def test_options_by_number() -> None:
-    opts = _options_by_number({"host_name": "node07", "domain_name": "lab.example",
+    decoded: dict[Any, Any] = {"host_name": "node07", "domain_name": "lab.example",
                                "mos_fqdn": list(b"10.0.0.2"), "option224": [1, 2, 3],
                                "log_server": ["10.0.0.5", "10.0.0.6"],
-                               66: "tftp.lab", "no_such_option_name": "x"})
+                               66: "tftp.lab", "no_such_option_name": "x"}
+    opts = _options_by_number(decoded)
     assert opts == {12: "node07", 15: "lab.example", 140: b"10.0.0.2", 224: b"\x01\x02\x03",
                     7: "10.0.0.5,10.0.0.6", 66: "tftp.lab"}
 
@@ -295,7 +295,7 @@ def test_static_config_rejects_a_bad_address(applied: list[NetConfig]) -> None:
 
 def test_dhcp_without_answer(monkeypatch: pytest.MonkeyPatch, applied: list[NetConfig]) -> None:
     async def no_answer(nic: Nic, timeout: float, hostname: str | None) -> NetConfig:
-        raise asyncio.TimeoutError
+        raise TimeoutError
 
     monkeypatch.setattr(network, "_dhcp", no_answer)
     with pytest.raises(NetworkError) as e:

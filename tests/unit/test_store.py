@@ -116,6 +116,18 @@ def test_measure_sparse_file_is_not_its_length(tmp_path):
     assert measure(tree).bytes < 1 << 20
 
 
+def test_measure_transfer_size_is_what_rsync_counts(tmp_path):
+    """File lengths (sparse ones in full), hard links once, no directories."""
+    tree = tmp_path / "img"
+    f = blob(tree / "usr/bin/tool", 300 * KIB + 7)
+    os.link(f, tree / "usr/bin/tool2")
+    (tree / "var/lib").mkdir(parents=True)
+    with (tree / "var/lib/sparse").open("wb") as sp:
+        sp.truncate(1 << 30)
+    (tree / "link").symlink_to("usr/bin/tool")
+    assert measure(tree).transfer == 300 * KIB + 7 + (1 << 30)
+
+
 def test_image_info_json_round_trip():
     info = ImageInfo("deb", 1700000000.5, "bootstrap", {"suite": "bookworm"},
                      ImageUsage(1234, 5, {"/": 1234, "/usr": 1000}))
