@@ -12,8 +12,9 @@ function below; `install()` reads top to bottom.
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,7 @@ class Session:
     params: InstallParams
     reporter: Reporter
     steps: Steps
+    cmdline: Path = Path("/proc/cmdline")
     written: list[str] = field(default_factory=list)  # files configure wrote
 
     def add_layer(self, layer: Layer) -> None:
@@ -108,14 +110,12 @@ def _start_udev() -> None:
 def bring_up_network(s: Session) -> network.NetConfig:
     with s.steps.phase("network"):
         p = s.params
-        bootif = _bootif()
+        bootif = _bootif(s.cmdline)
         nics = network.list_nics()
         nic = network.choose_nic(nics, p.install_iface, bootif, network.has_carrier)
         network.link_up(nic)
         if p.ether_sleep:
             s.reporter.say(f"waiting {p.ether_sleep}s for the switch (ETHER_SLEEP)")
-            import time
-
             time.sleep(p.ether_sleep)
         if p.static_ip:
             cfg = network.static_config(nic, str(p.ip_address), str(p.netmask or 24),
@@ -130,8 +130,9 @@ def bring_up_network(s: Session) -> network.NetConfig:
         return cfg
 
 
-def _bootif() -> str | None:
-    for word in Path("/proc/cmdline").read_text().split():
+def _bootif(cmdline: Path) -> str | None:
+    """pxelinux's IPAPPEND 2 adds BOOTIF=01-<mac>: the NIC that PXE booted."""
+    for word in cmdline.read_text().split():
         if word.startswith("BOOTIF="):
             return word.split("=", 1)[1]
     return None
@@ -185,8 +186,6 @@ def validate_plan(s: Session, instr: dict[str, Any], server: ImageServer,
                          targets=targets, fw=firmware(), ram_bytes=_ram_bytes())
         if s.params.rsync_port != 873:
             # Asked for explicitly on the command line: it wins over the server's word.
-            from dataclasses import replace
-
             plan = replace(plan, image=replace(plan.image, rsync_port=s.params.rsync_port))
         _check_module(plan)
         for line in plan.describe().splitlines():
@@ -378,7 +377,7 @@ def run_install(reporter: Reporter, cmdline: Path, plan_only: bool = False) -> i
     params = resolved.params
     steps = Steps(reporter, breaks=frozenset(canonical(b) for b in params.breaks),
                   shell=_shell)
-    s = Session(layers, params, reporter, steps)
+    s = Session(layers, params, reporter, steps, cmdline)
     if params.hostname:
         reporter.client["hostname"] = params.hostname
     try:

@@ -21,6 +21,9 @@ from agent.markers import DONE_MARKER, FAILED_MARKER, READY_MARKER
 
 log = logging.getLogger(__name__)
 
+POST_ATTEMPTS = 5
+POST_TIMEOUT = 15.0
+
 __all__ = ["DONE_MARKER", "FAILED_MARKER", "READY_MARKER", "Reporter"]
 
 
@@ -58,14 +61,17 @@ class Reporter:
         body = json.dumps(ev).encode()
         req = urllib.request.Request(self._url, data=body,
                                      headers={"Content-Type": "application/json"})
-        for attempt in range(3):
+        # Generous: a busy server (or an emulated machine) is slow, and a lost
+        # report is worse than a late one.
+        for attempt in range(POST_ATTEMPTS):
             try:
-                with urllib.request.urlopen(req, timeout=5) as r:
+                with urllib.request.urlopen(req, timeout=POST_TIMEOUT) as r:
                     r.read()
                 return
             except (urllib.error.URLError, OSError) as e:
                 log.debug("report to %s failed (%s), attempt %d", self._url, e, attempt + 1)
-                time.sleep(0.5 * (attempt + 1))
+                if attempt + 1 < POST_ATTEMPTS:
+                    time.sleep(min(2.0 ** attempt, 8.0))
         self.send_errors += 1
 
     def _sender(self) -> None:
@@ -78,7 +84,7 @@ class Reporter:
             finally:
                 self._q.task_done()
 
-    def flush(self, timeout: float = 10.0) -> None:
+    def flush(self, timeout: float = 60.0) -> None:
         """Wait until queued events are sent (bounded)."""
         if self._thread is None:
             return

@@ -122,7 +122,10 @@ def expect_failure(installer: Installer, name: str, disk: Path, append: str,
                    timeout: float = 600) -> str:
     """Boot the installer, wait for its failure line, return it."""
     with installer.boot(name, disk, append) as vm:
-        _, line = vm.wait_for(FAILED_MARKER, timeout, fail=DONE_MARKER)
+        _, line = vm.wait_for(FAILED_MARKER, timeout, fail=DONE_MARKER, partial=False)
+        # /init speaks once the agent has exited, i.e. after it has flushed
+        # its reports to the monitor: only then may the machine be killed.
+        vm.wait_for(r"agent exited with status 1", 180)
         console = vm.console_text()
     assert allocated_bytes(disk) == 0, "the disk was written to"
     assert "Traceback" not in console, console
