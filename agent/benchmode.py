@@ -4,6 +4,7 @@ else.  Booted with `sysclone.bench=rsync` on the kernel command line."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -46,8 +47,9 @@ def rsync_baseline(s: Session, reporter: Reporter) -> int:
         t0 = time.monotonic()
         run(["rsync", "-aHAX", "--numeric-ids", url, f"{TARGET}/"])
         seconds = time.monotonic() - t0
-        used = run(["df", "-B1", "--output=used", str(TARGET)]).stdout.split()[-1]
-    reporter.event("bench", name="rsync-baseline", seconds=round(seconds, 2), bytes=int(used))
+        st = os.statvfs(TARGET)
+        used = (st.f_blocks - st.f_bfree) * st.f_frsize
+    reporter.event("bench", name="rsync-baseline", seconds=round(seconds, 2), bytes=used)
     reporter.flush()
     reporter.say(f"{MARKER} seconds={seconds:.2f} bytes={used}")
     return 0

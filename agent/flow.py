@@ -363,6 +363,7 @@ def _write_post_action(action: str) -> None:
 def run_install(reporter: Reporter, cmdline: Path, plan_only: bool = False) -> int:
     """Run the whole install; the exit status and post-action say how it went."""
     _write_post_action("shell")
+    started = time.monotonic()
     try:
         layers = [read_cmdline(cmdline)]
         if LOCAL_CFG.is_file() and not local_cfg_skipped(layers):
@@ -392,8 +393,14 @@ def run_install(reporter: Reporter, cmdline: Path, plan_only: bool = False) -> i
         reporter.say(f"{FAILED_MARKER}: [{phase}] {e}")
         reporter.flush()
         return 1
-    total = sum(t for _, t in steps.timings)
-    reporter.event("done", message=f"installed in {total:.0f}s",
+    except SyscloneError as e:  # outside any phase
+        reporter.event("failed", phase=None, message=e.message, detail=e.to_dict())
+        reporter.say(f"{FAILED_MARKER}: {e}")
+        reporter.flush()
+        return 1
+    # Wall clock: initrd and bootloader overlap, their times do not add up.
+    total = time.monotonic() - started
+    reporter.event("done", message=f"installed in {total:.0f}s", seconds=round(total, 2),
                    timings={n: round(t, 2) for n, t in steps.timings},
                    written=s.written)
     reporter.flush()

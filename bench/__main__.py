@@ -119,11 +119,11 @@ def bench_install(state: StateRoot, ui: Ui, bootenv: Path, image: str) -> None:
             vm.wait_for("SYSCLONE-BENCH-RSYNC", 3600, fail="SYSCLONE-INSTALL-FAILED")
             vm.wait_exit(120)
     timings = got["done"]["timings"]
-    install_s = sum(timings.values())
+    install_s = got["done"]["seconds"]  # wall clock, start of the agent to the end
     rsync_s = got["bench"]["seconds"]
     RESULTS["install"] = {"agent_phases": timings, "install_seconds": round(install_s, 1),
                           "raw_rsync_seconds": rsync_s, "ratio": round(install_s / rsync_s, 2)}
-    print(f"install: {install_s:.0f}s (agent phases) vs raw rsync -aHAX {rsync_s:.0f}s "
+    print(f"install: {install_s:.0f}s (agent, start to finish) vs raw rsync -aHAX {rsync_s:.0f}s "
           f"-> ratio {install_s / rsync_s:.2f}")
     print("      phases: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
 

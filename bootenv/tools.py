@@ -9,12 +9,15 @@ mount helpers, chroot, ip, reboot...).
 from __future__ import annotations
 
 TOOL_GROUPS: dict[str, tuple[str, ...]] = {
+    # Partitioning itself is pyparted's (libparted); sfdisk is left to the
+    # "debug" group: with libfdisk, readline and tinfo it weighs 1.2 MB.
     "core": ("rsync", "kmod", "udevadm", "lsblk", "blkid", "wipefs", "partx", "blockdev",
-             "sfdisk", "mount", "umount", "mkswap", "swapon"),
+             "mount", "umount", "mkswap", "swapon"),
     "ext4": ("mke2fs", "mkfs.ext4", "mkfs.ext3", "mkfs.ext2"),
     "xfs": ("mkfs.xfs",),
     "vfat": ("mkfs.fat", "mkfs.vfat"),
     "fsck": ("e2fsck", "tune2fs", "xfs_repair", "fsck.fat"),
+    "debug": ("sfdisk",),
     "btrfs": ("mkfs.btrfs",),
     "raid": ("mdadm",),
     "lvm": ("lvm", "dmsetup"),

@@ -140,9 +140,16 @@ def cmd_serve(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
         srv.monitor.subscribe(lambda ev: _print_event(ui, ev))
         ui.info(f"serving images {', '.join(_image_names(state)) or '(none yet)'}: "
                 f"rsync://{a.address}:{a.rsync_port}/  http://{a.address}:{srv.api.port}/")
+        served = _image_names(state)
         try:
-            while not stop.wait(1.0):
-                pass
+            while not stop.wait(2.0):
+                # rsync reads its config per connection: images added or
+                # removed while serving are picked up by rewriting it.
+                names = _image_names(state)
+                if names != served:
+                    srv.rsyncd.reload()
+                    ui.info(f"now serving images {', '.join(names) or '(none)'}")
+                    served = names
         except KeyboardInterrupt:
             pass
     return 0

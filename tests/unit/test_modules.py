@@ -202,8 +202,10 @@ def test_tool_groups_resolve_in_order_without_duplicates():
 
 def test_default_tools_cover_what_the_agent_formats_with():
     got = tools.resolve(tools.DEFAULT_TOOLS)
-    for t in ("rsync", "sfdisk", "mkfs.ext4", "mkfs.xfs", "mkfs.vfat", "mkswap", "kmod"):
+    for t in ("rsync", "wipefs", "partx", "mkfs.ext4", "mkfs.xfs", "mkfs.vfat", "mkswap", "kmod"):
         assert t in got
+    # The agent partitions with libparted; sfdisk is only in the debug group.
+    assert "sfdisk" not in got and "sfdisk" in tools.resolve(("debug",))
 
 
 def test_unknown_tool_group():
