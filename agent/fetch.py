@@ -20,6 +20,11 @@ from sysclone.run import spawn
 
 log = logging.getLogger(__name__)
 
+
+class FetchError(SyscloneError):
+    pass
+
+
 # Incremental recursion stays on: the whole file list of a big image never
 # sits in memory at once.  Its percentages are then rough, so the caller
 # computes progress against the image size the server announced.
@@ -87,9 +92,5 @@ def pull(url: str, target: Path, *, on_progress: Callable[[Progress], None] | No
     if latest and on_progress:
         on_progress(latest)
     return FetchResult(latest.bytes if latest else 0, seconds)
-
-
-class FetchError(SyscloneError):
-    pass
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from pathlib import Path
 
 from agent.plan import DiskPlan, FsPlan
 from agent.storage.model import Flag, PartType
@@ -72,14 +71,17 @@ def write_table(plan: DiskPlan, swap_devices: set[str]) -> None:
     disk.commit()
 
 
-def settle(devices: list[str], timeout: float = 30.0) -> None:
-    """Make the kernel and udev show the new partitions; wait for the nodes."""
+def settle(disks: list[str], devices: list[str], timeout: float = 30.0) -> None:
+    """Make the kernel and udev show the new partitions of `disks`; wait for
+    the `devices` nodes.  The disks are given, not derived from the devices:
+    while the kernel re-reads a table, partition entries in sysfs vanish and
+    come back, so nothing here may depend on them."""
     deadline = time.monotonic() + timeout
-    disks = sorted({_parent(d) for d in devices})
     for d in disks:
         run(["partx", "-u", d], check=False)
     run(["udevadm", "settle", f"--timeout={int(timeout)}"], check=False)
     missing = [d for d in devices if not os.path.exists(d)]
+    waited = bool(missing)
     while missing and time.monotonic() < deadline:
         for d in disks:
             run(["partx", "-a", d], check=False)
@@ -87,18 +89,9 @@ def settle(devices: list[str], timeout: float = 30.0) -> None:
         missing = [d for d in devices if not os.path.exists(d)]
     if missing:
         raise PartitionError("partition device nodes did not appear: " + ", ".join(missing))
-
-
-def _parent(dev: str) -> str:
-    name = Path(dev).name
-    sys_link = Path("/sys/class/block") / name / "partition"
-    if sys_link.exists():
-        return "/dev/" + Path(os.path.realpath(f"/sys/class/block/{name}")).parent.name
-    # Not there yet: strip the partition number (sda1, nvme0n1p1, loop0p1).
-    import re
-
-    m = re.match(r"^(.*\d)p\d+$", name) or re.match(r"^(.*\D)\d+$", name)
-    return "/dev/" + (m.group(1) if m else name)
+    if waited:
+        # Nodes added by partx: let udev finish their events before mkfs.
+        run(["udevadm", "settle", f"--timeout={int(timeout)}"], check=False)
 
 
 def partition(disks: tuple[DiskPlan, ...], filesystems: tuple[FsPlan, ...]) -> None:
@@ -106,4 +99,4 @@ def partition(disks: tuple[DiskPlan, ...], filesystems: tuple[FsPlan, ...]) -> N
     for d in disks:
         wipe(d.disk.path)
         write_table(d, swap)
-    settle([p.device for d in disks for p in d.partitions])
+    settle([d.disk.path for d in disks], [p.device for d in disks for p in d.partitions])

@@ -25,23 +25,29 @@ INSTALL_TIMEOUT = 2400  # TCG is slow: the initrd is rebuilt inside the VM
 
 
 @contextmanager
-def mounted_disk(disk: Path, partition: int, where: Path) -> Iterator[Path]:
+def attached(disk: Path, partitions: int) -> Iterator[str]:
+    """The disk image on a read-only loop device, its partition nodes there."""
     dev = sh("losetup", "--find", "--show", "--partscan", "--read-only", str(disk)).strip()
     try:
-        part = f"{dev}p{partition}"
-        for _ in range(50):
-            if Path(part).exists():
+        for _ in range(50):  # partition nodes may appear late, or only with partx
+            if Path(f"{dev}p{partitions}").exists():
                 break
             sh("partx", "-a", dev, check=False)
             time.sleep(0.1)
+        yield dev
+    finally:
+        sh("losetup", "-d", dev)
+
+
+@contextmanager
+def mounted_disk(disk: Path, partition: int, where: Path) -> Iterator[Path]:
+    with attached(disk, partition) as dev:
         where.mkdir(parents=True, exist_ok=True)
-        sh("mount", "-o", "ro", part, str(where))
+        sh("mount", "-o", "ro", f"{dev}p{partition}", str(where))
         try:
             yield where
         finally:
             sh("umount", str(where))
-    finally:
-        sh("losetup", "-d", dev)
 
 
 @pytest.fixture(scope="module")
@@ -86,17 +92,9 @@ def test_installed_files_match_the_image(installer: Installer, installed: Path,
     # fstab names the new filesystems by the UUIDs blkid reads off the disk.
     uuids = fstab_uuids(fstab)
     assert set(uuids) == {"/", "swap"}
-    dev = sh("losetup", "--find", "--show", "--partscan", "--read-only", str(installed)).strip()
-    try:
-        for _ in range(50):
-            if Path(f"{dev}p3").exists():
-                break
-            sh("partx", "-a", dev, check=False)
-            time.sleep(0.1)
+    with attached(installed, 3) as dev:
         assert blkid_uuid(f"{dev}p2") == uuids["/"]
         assert blkid_uuid(f"{dev}p3") == uuids["swap"]
-    finally:
-        sh("losetup", "-d", dev)
 
 
 def test_installed_machine_boots_from_its_own_disk(installer: Installer, installed: Path,
