@@ -74,6 +74,27 @@ class _FakeProc:
         pass
 
 
+class FakeDaemon:
+    """Stands for a daemon process (rsync --daemon) started with
+    sysclone.run.daemon: it runs until signalled."""
+
+    def __init__(self) -> None:
+        self.returncode: int | None = None
+        self.stderr = None
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        self.returncode = -sig
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        return self.returncode
+
+    def kill(self) -> None:
+        self.returncode = -9
+
+
 def _is_unit(request: pytest.FixtureRequest) -> bool:
     marks = {m.name for m in request.node.iter_markers()}
     return not marks & {"integration", "e2e", "lint"}

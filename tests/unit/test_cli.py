@@ -23,6 +23,7 @@ from mkmedia import pxe
 from sysclone.cli import build_parser, main
 from sysclone.errors import ConfigError
 from sysclone.paths import StateRoot
+from tests.conftest import FakeDaemon
 
 LEAVES = {"image bootstrap", "image list", "image show", "image delete", "kernel fetch",
           "kernel list", "bootenv build", "serve", "pxe build", "demo", "params", "clients"}
@@ -227,24 +228,10 @@ def test_bad_option_values_are_usage_errors(root, capsys):
         main(["--root", str(root), "bootenv", "build", "--compression", "lz4"])
 
 
-class _Rsync:
-    returncode = None
-    stderr = None
-
-    def poll(self) -> int | None:
-        return self.returncode
-
-    def send_signal(self, sig: int) -> None:
-        self.returncode = -sig
-
-    def wait(self, timeout: float | None = None) -> int | None:
-        return self.returncode
-
-
 def test_serve_until_sigterm(root, capsys, monkeypatch):
     """`sysclone serve` answers clients, prints their events, stops on SIGTERM."""
     make_images(root)
-    monkeypatch.setattr(rsyncd, "daemon", lambda argv, **kw: _Rsync())
+    monkeypatch.setattr(rsyncd, "daemon", lambda argv, **kw: FakeDaemon())
     http_port = free_port()
     old = signal.getsignal(signal.SIGTERM)
     done: list[Any] = []

@@ -23,6 +23,7 @@ from imageserver.serve import ServeConfig, free_port, serving
 from imageserver.store import ImageStore
 from sysclone.errors import SyscloneError
 from sysclone.paths import StateRoot
+from tests.conftest import FakeDaemon
 
 # ------------------------------------------------------------- monitor ---
 
@@ -266,30 +267,12 @@ def test_free_port_is_bindable():
         s.bind(("127.0.0.1", port))
 
 
-class _Daemon:
-    def __init__(self) -> None:
-        self.returncode: int | None = None
-        self.stderr = None
-
-    def poll(self) -> int | None:
-        return self.returncode
-
-    def send_signal(self, sig: int) -> None:
-        self.returncode = -sig
-
-    def wait(self, timeout: float | None = None) -> int | None:
-        return self.returncode
-
-    def kill(self) -> None:
-        self.returncode = -9
-
-
 def test_serving_runs_api_and_rsyncd_together(state, monkeypatch):
-    daemons: list[_Daemon] = []
+    daemons: list[FakeDaemon] = []
 
     def daemon(argv, **kw):
         assert argv[:3] == ["rsync", "--daemon", "--no-detach"]
-        daemons.append(_Daemon())
+        daemons.append(FakeDaemon())
         return daemons[-1]
 
     monkeypatch.setattr(rsyncd, "daemon", daemon)
