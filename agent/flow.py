@@ -27,7 +27,7 @@ from agent.configure import netconfig as netlib
 from agent.configure import system
 from agent.configure.footprint import best
 from agent.configure.fstab import write_fstab
-from agent.fetch import Progress, pull
+from agent.fetch import Progress, pull, rsync_url
 from agent.filesystems import make_filesystems, mount_all
 from agent.kmod import Kmod
 from agent.params import (
@@ -248,8 +248,7 @@ def apply_overrides(s: Session, plan: InstallPlan, root: Path) -> None:
             return
         # Applied least important first, so the most important one wins.
         for name in reversed(plan.overrides):
-            url = plan.image.url.replace(f"/{plan.image.module}/", f"/{name}/")
-            pull(url, root)
+            pull(rsync_url(plan.image.server, plan.image.rsync_port, name), root)
 
 
 def configure_system(s: Session, plan: InstallPlan, net: network.NetConfig,

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.disks import Disk
+from agent.fetch import rsync_url
 from agent.storage.defaults import default_layout
 from agent.storage.geometry import PlannedPartition, plan_partitions
 from agent.storage.mapping import map_disks
@@ -54,8 +55,7 @@ class ImageRef:
 
     @property
     def url(self) -> str:
-        host = f"[{self.server}]" if ":" in self.server else self.server
-        return f"rsync://{host}:{self.rsync_port}/{self.module}/"
+        return rsync_url(self.server, self.rsync_port, self.module)
 
 
 @dataclass(frozen=True)

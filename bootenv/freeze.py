@@ -88,13 +88,6 @@ class FrozenAgent:
     def executable(self) -> Path:
         return self.path / "usr/bin/sysclone-agent"
 
-    def run_here(self, *args: str) -> list[str]:
-        """argv running the frozen agent on this host (for checks)."""
-        return [self.python, "-I", "-S", "-c",
-                "import sys; sys.path[:] = [sys.argv.pop(1)] + sys.path; "
-                "from agent.main import main; sys.exit(main())",
-                str(self.path / f"usr/lib/python{PYVER}"), *args]
-
 
 def python_binary() -> str:
     """The interpreter of this venv, resolved to the real binary."""
