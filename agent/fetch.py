@@ -3,15 +3,23 @@
 rsync writes each file straight to the target filesystem, so the image is
 streamed to disk and never staged in RAM: a 512 MB machine installs images
 of any size.  Hard links, ACLs, xattrs, sparse files and numeric ids are
-kept.  Progress comes from rsync's own --info=progress2 lines.
+kept.
+
+Progress is measured, not parsed: a thread looks at the target
+filesystems' used space once a second.  rsync's own --info=progress2 prints
+a line per file, and reading tens of thousands of lines in Python took CPU
+from rsync itself (under emulation the fetch ran 30 % slower than the same
+rsync alone).  rsync prints only its --stats, once, at the end.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,34 +34,39 @@ class FetchError(SyscloneError):
 
 
 # Incremental recursion stays on: the whole file list of a big image never
-# sits in memory at once.  Its percentages are then rough, so the caller
-# computes progress against the image size the server announced.
-RSYNC_FLAGS = ("-aHAXS", "--numeric-ids", "--info=progress2")
+# sits in memory at once.
+RSYNC_FLAGS = ("-aHAXS", "--numeric-ids", "--stats")
 
-_PROGRESS = re.compile(
-    r"^\s*([\d,]+)\s+(\d+)%\s+([\d.]+)([kMGT]?B)/s\s+(\d+:\d\d:\d\d)")
-_UNITS = {"B": 1, "kB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
+_TRANSFERRED = re.compile(r"^Total transferred file size: ([\d,]+) bytes", re.M)
 
 
 @dataclass(frozen=True)
 class Progress:
-    bytes: int
-    percent: int
-    rate: float  # bytes/s
-
-    @classmethod
-    def parse(cls, line: str) -> Progress | None:
-        m = _PROGRESS.match(line)
-        if not m:
-            return None
-        return cls(int(m.group(1).replace(",", "")), int(m.group(2)),
-                   float(m.group(3)) * _UNITS[m.group(4)])
+    bytes: int  # written to the target so far
+    rate: float  # bytes/s over the last interval
 
 
 @dataclass(frozen=True)
 class FetchResult:
-    bytes: int
+    bytes: int  # rsync's "total transferred file size" (or what was measured)
     seconds: float
+
+
+def used_bytes(mountpoints: Iterable[Path]) -> int:
+    """Space in use on the filesystems mounted at `mountpoints`."""
+    total = 0
+    for m in mountpoints:
+        try:
+            st = os.statvfs(m)
+        except OSError:
+            continue
+        total += (st.f_blocks - st.f_bfree) * st.f_frsize
+    return total
+
+
+def transferred(stats: str) -> int | None:
+    m = _TRANSFERRED.search(stats)
+    return int(m.group(1).replace(",", "")) if m else None
 
 
 def rsync_url(server: str, port: int, module: str) -> str:
@@ -62,35 +75,56 @@ def rsync_url(server: str, port: int, module: str) -> str:
 
 
 def pull(url: str, target: Path, *, on_progress: Callable[[Progress], None] | None = None,
-         interval: float = 1.0, extra: tuple[str, ...] = ()) -> FetchResult:
-    """rsync `url` into `target`; raises with rsync's own message on failure."""
+         interval: float = 1.0, extra: tuple[str, ...] = (),
+         measure: Callable[[], int] | None = None) -> FetchResult:
+    """rsync `url` into `target`; raises with rsync's own message on failure.
+    `measure` gives the bytes in use on the target (default: its statvfs)."""
     argv = ["rsync", *RSYNC_FLAGS, *extra, url, f"{target}/"]
+    measure = measure or (lambda: used_bytes([target]))
+    base = measure()
     t0 = time.monotonic()
-    last_report = 0.0
-    latest: Progress | None = None
-    tail: list[str] = []
-    with spawn(argv) as proc:
-        assert proc.stdout is not None
-        # Text mode reads universal newlines: progress2's \r-rewritten line
-        # arrives as one line per update.
-        for line in proc.stdout:
-            p = Progress.parse(line)
-            if p:
-                latest = p
-                now = time.monotonic()
-                if on_progress and now - last_report >= interval:
-                    last_report = now
-                    on_progress(p)
-            elif line.strip():
-                tail = [*tail, line.strip()][-10:]
-                log.debug("rsync: %s", line.strip())
-        rc = proc.wait()
-    if rc != 0:
-        msg = "; ".join(tail[-3:]) or f"exit code {rc}"
-        raise FetchError(f"rsync from {url} failed: {msg}", returncode=rc)
+    stop = threading.Event()
+    watcher = None
+    if on_progress is not None:
+        report = on_progress
+
+        def watch() -> None:
+            last_t, last_b = t0, 0
+            while not stop.wait(interval):
+                b, now = max(0, measure() - base), time.monotonic()
+                report(Progress(b, (b - last_b) / max(now - last_t, 1e-6)))
+                last_t, last_b = now, b
+
+        watcher = threading.Thread(target=watch, name="fetch-progress", daemon=True)
+        watcher.start()
+    lines: list[str] = []
+    try:
+        with spawn(argv) as proc:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                if line.strip():
+                    lines.append(line.rstrip("\n"))
+                    log.debug("rsync: %s", line.strip())
+            rc = proc.wait()
+    finally:
+        stop.set()
+        if watcher:
+            watcher.join()
     seconds = time.monotonic() - t0
-    if latest and on_progress:
-        on_progress(latest)
-    return FetchResult(latest.bytes if latest else 0, seconds)
+    if rc != 0:
+        errors = [x.strip() for x in lines if not _is_stats(x)]
+        msg = "; ".join(errors[-3:]) or f"exit code {rc}"
+        raise FetchError(f"rsync from {url} failed: {msg}", returncode=rc)
+    measured = max(0, measure() - base)
+    if on_progress:
+        on_progress(Progress(measured, measured / max(seconds, 1e-6)))
+    sent = transferred("\n".join(lines))
+    return FetchResult(sent if sent is not None else measured, seconds)
 
 
+_STATS_PREFIXES = ("Number of ", "Total ", "Literal data", "Matched data", "File list ",
+                   "sent ", "total size is")
+
+
+def _is_stats(line: str) -> bool:
+    return line.strip().startswith(_STATS_PREFIXES)

@@ -48,3 +48,19 @@ def mount_all(filesystems: list[FsPlan], root: Path, stack: ExitStack) -> None:
         assert f.mountpoint
         target = root / f.mountpoint.lstrip("/")
         stack.enter_context(mounted(f.device, target, fstype=mount_fstype(f.fs)))
+
+
+def use_swap(filesystems: tuple[FsPlan, ...], stack: ExitStack) -> list[str]:
+    """Swap on the new swap partitions for the rest of the install, off
+    again (via `stack`) before the disks are unmounted.  A small client
+    (128 MiB) otherwise has nowhere to put the agent's memory while rsync
+    and the chrooted tools need theirs; the image itself still goes
+    straight to disk.  Returns the devices swapped on."""
+    used = []
+    for f in filesystems:
+        if f.fs != "swap":
+            continue
+        run(["swapon", f.device])
+        stack.callback(run, ["swapoff", f.device])
+        used.append(f.device)
+    return used

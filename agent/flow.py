@@ -12,7 +12,9 @@ function below; `install()` reads top to bottom.
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,25 +25,31 @@ from agent import hardware, network
 from agent.chroot import chroot_target
 from agent.configure import bootloader as bootlib
 from agent.configure import initrd as initrdlib
+from agent.configure import initrdpolicy as policy
 from agent.configure import netconfig as netlib
-from agent.configure import system
+from agent.configure import selinux, system
 from agent.configure.footprint import best
 from agent.configure.fstab import write_fstab
-from agent.fetch import Progress, pull, rsync_url
-from agent.filesystems import make_filesystems, mount_all
+from agent.fetch import Progress, pull, rsync_url, used_bytes
+from agent.filesystems import make_filesystems, mount_all, use_swap
 from agent.kmod import Kmod
+from agent.logsetup import LogTargets
 from agent.params import (
     InstallParams,
     Layer,
+    Resolved,
+    Source,
     dhcp_layer,
     local_cfg_skipped,
+    param,
     read_cmdline,
     read_local_cfg,
     resolve,
     server_layer,
 )
+from agent.params.static import static_network
 from agent.partition import partition
-from agent.phases import InstallFailed, Steps, break_names, canonical
+from agent.phases import PARAMS_STEP, InstallFailed, Steps, break_names, canonical
 from agent.plan import InstallPlan, firmware, make_plan
 from agent.report import DONE_MARKER, FAILED_MARKER, Reporter
 from agent.server import ImageServer
@@ -53,7 +61,18 @@ log = logging.getLogger(__name__)
 RUN_DIR = Path("/run/sysclone")
 TARGET = Path("/sysroot")
 LOCAL_CFG = Path("/local.cfg")
+MEMINFO = Path("/proc/meminfo")
 DHCP_TIMEOUT = 60.0
+
+
+# Install parameters the agent has used by the time the server's
+# instructions arrive: a server config that changes them comes too late for
+# this install, and says so rather than being silently ignored.
+USED_BEFORE_INSTRUCTIONS = (
+    "si.install-iface", "si.ip-address", "si.netmask", "si.network-address", "si.broadcast",
+    "si.gateway", "si.gateway-iface", "si.dns-servers", "si.ether-sleep", "si.image-server",
+    "si.server-port", "si.monitor-server", "si.monitor-port",
+)
 
 
 @dataclass
@@ -67,13 +86,42 @@ class Session:
     steps: Steps
     cmdline: Path = Path("/proc/cmdline")
     written: list[str] = field(default_factory=list)  # files configure wrote
+    resolved: Resolved | None = None
+    logs: LogTargets = field(default_factory=LogTargets)
 
     def add_layer(self, layer: Layer) -> None:
+        """A new source of parameters (DHCP, the server's instructions):
+        re-resolve, refuse what sysclone cannot do, act on what changed and
+        say what comes too late to matter."""
         self.layers.append(layer)
         resolved = resolve(self.layers, break_steps=break_names())
-        self.params = resolved.params
+        resolved.require_supported()
+        before = self.resolved.warnings if self.resolved else ()
         for w in resolved.warnings:
-            log.warning("%s", w)
+            if w not in before:
+                self.reporter.say(f"warning: {w}")
+        if layer.source is Source.SERVER:
+            for name in USED_BEFORE_INSTRUCTIONS:
+                field_ = param(name).field
+                if getattr(resolved.params, field_) != getattr(self.params, field_):
+                    self.reporter.say(f"warning: {layer.name}: {name} is used before the "
+                                      "instructions are fetched: it has no effect on this "
+                                      "install")
+        old_breaks = set(self.params.breaks)
+        self.resolved, self.params = resolved, resolved.params
+        for b in self.params.breaks:
+            if b not in old_breaks and self.steps.passed(b):
+                self.reporter.say(f"warning: {layer.name}: si.break={b} comes too late, "
+                                  "that step has passed")
+        self.steps.breaks = frozenset(canonical(b) for b in self.params.breaks)
+        self.follow_params()
+
+    def follow_params(self) -> None:
+        """Logging, syslog and TERM as the parameters now say."""
+        p = self.params
+        for change in self.logs.apply(debug=p.debug, log_server=p.log_server,
+                                      log_server_port=p.log_server_port, term=p.term):
+            self.reporter.say(change)
 
 
 # ---------------------------------------------------------------- phases ---
@@ -113,16 +161,28 @@ def bring_up_network(s: Session) -> network.NetConfig:
         bootif = _bootif(s.cmdline)
         nics = network.list_nics()
         nic = network.choose_nic(nics, p.install_iface, bootif, network.has_carrier)
+        static = static_network(p)  # checked with its origins before any phase
+        if static and static.gateway_iface and \
+                static.gateway_iface.lower() not in (nic.name.lower(), nic.mac):
+            raise network.NetworkError(
+                f"si.gateway-iface={static.gateway_iface}: the install interface is "
+                f"{nic.name} ({nic.mac}), the only one the agent configures",
+                hint=f"set si.gateway-iface={nic.name}, or si.install-iface to pick the NIC")
         network.link_up(nic)
         if p.ether_sleep:
             s.reporter.say(f"waiting {p.ether_sleep}s for the switch (ETHER_SLEEP)")
             time.sleep(p.ether_sleep)
-        if p.static_ip:
-            cfg = network.static_config(nic, str(p.ip_address), str(p.netmask or 24),
-                                        str(p.gateway) if p.gateway else None)
+        dns = tuple(str(d) for d in p.dns_servers)
+        if static:
+            cfg = network.static_config(nic, static.address, str(static.prefixlen),
+                                        str(static.gateway) if static.gateway else None, dns,
+                                        broadcast=static.broadcast, domain=p.domainname)
         else:
             cfg = network.dhcp(nic, DHCP_TIMEOUT, hostname=p.hostname)
             s.add_layer(dhcp_layer(cfg.options))
+            # Given explicitly, they win over the lease's (the command line
+            # beats DHCP for every parameter).
+            cfg = replace(cfg, dns=dns or cfg.dns, domain=s.params.domainname or cfg.domain)
         network.write_resolv_conf(cfg)
         s.reporter.client.update({"mac": nic.mac, "ip": cfg.address})
         s.reporter.say(f"{nic.name} ({nic.mac}): {cfg.address}/{cfg.prefixlen} by "
@@ -225,19 +285,26 @@ def mount_target(s: Session, plan: InstallPlan, stack: ExitStack) -> Path:
     with s.steps.phase("mount"):
         TARGET.mkdir(exist_ok=True)
         mount_all(plan.mounts, TARGET, stack)
+        swaps = use_swap(plan.filesystems, stack)
+        if swaps:
+            s.reporter.say(f"swap on {', '.join(swaps)} until the install ends")
         return TARGET
 
 
 def pull_image(s: Session, plan: InstallPlan, root: Path) -> None:
     with s.steps.phase("fetch"):
-        total = plan.image.transfer_bytes or plan.image.bytes
+        # Progress is the space used on the new filesystems, against what
+        # the image occupies on the server's.
+        total = plan.image.bytes or plan.image.transfer_bytes
+        mounts = [root / (f.mountpoint or "/").lstrip("/") for f in plan.mounts]
 
         def progress(pr: Progress) -> None:
-            pct = min(100, pr.bytes * 100 // total) if total else pr.percent
+            pct = min(100, pr.bytes * 100 // total) if total else None
             s.reporter.event("progress", phase="fetch", bytes=pr.bytes, rate=pr.rate,
                              percent=pct)
 
-        res = pull(plan.image.url, root, on_progress=progress)
+        res = pull(plan.image.url, root, on_progress=progress,
+                   measure=lambda: used_bytes(mounts))
         s.reporter.say(f"{res.bytes / 2**20:,.0f} MiB in {res.seconds:.1f}s")
 
 
@@ -259,6 +326,8 @@ def configure_system(s: Session, plan: InstallPlan, net: network.NetConfig,
         s.written += system.reset_machine_id(root)
         s.written += _write_network(s, net, root)
         s.written += system.regenerate_ssh_host_keys(root)
+        s.written += selinux.relabel_on_first_boot(root, s.params.selinux_relabel)
+        prepare_initrd(s, plan, root)
 
 
 def _write_network(s: Session, net: network.NetConfig, root: Path) -> list[str]:
@@ -295,18 +364,84 @@ def _udev_net_names(ifname: str) -> dict[str, str]:
     return netlib.parse_net_id(res.stdout)
 
 
-def regenerate_initrd(s: Session, root: Path) -> None:
+def prepare_initrd(s: Session, plan: InstallPlan, root: Path) -> None:
+    """Point the image's initrd tool at the new disks (its resume device)."""
+    tool = best(initrdlib.TOOLS, root)
+    if tool is not None:
+        swap = next((f.uuid for f in plan.filesystems if f.fs == "swap"), None)
+        s.written += tool.configure(root, swap)
+
+
+def initrd(s: Session, plan: InstallPlan, server: ImageServer, root: Path) -> None:
     with s.steps.phase("initrd"):
         tool = best(initrdlib.TOOLS, root)
         kvers = initrdlib.kernel_versions(root)
         if tool is None or not kvers:
-            s.steps.reporter.say("no initrd tool or no kernel in the image: nothing to do")
+            s.reporter.say("no initrd tool or no kernel in the image: nothing to do")
             return
-        s.reporter.say(f"{tool.name} for {', '.join(kvers)}")
+        needs = _storage_needs(plan)
+        facts = [_initrd_facts(tool, root, k) for k in kvers] \
+            if s.params.initrd == "auto" else []
+        decision = policy.decide(str(s.params.initrd), tool.name, facts, needs)
+        where = "server" if decision.regenerate and tool.builds_generic(root) else "client"
+        s.reporter.say(f"{tool.name} for {', '.join(kvers)}: {decision.describe()}")
+        s.reporter.event("initrd", tool=tool.name, kernels=kvers, needs=needs.to_dict(),
+                         where=where if decision.regenerate else None, **decision.to_dict())
+        if not decision.regenerate:
+            return
+        if where == "server":
+            try:
+                for k in kvers:
+                    _initrd_from_server(s, plan, server, tool, root, k)
+                return
+            except SyscloneError as e:
+                s.reporter.say(f"the image server could not build it ({e.message}): "
+                               "regenerating here instead")
         tool.regenerate(root, kvers)
 
 
-def install_bootloader(s: Session, plan: InstallPlan, root: Path) -> None:
+def _initrd_from_server(s: Session, plan: InstallPlan, server: ImageServer,
+                        tool: initrdlib.InitrdTool, root: Path, kver: str) -> None:
+    """A generic initrd does not depend on this machine: the image server
+    builds it with the image's own tool at native speed (imageserver.
+    initrdbuild), from the image plus the files this install wrote."""
+    files = {}
+    for rel in sorted(set(s.written)):
+        p = root / rel
+        if rel.startswith("etc/") and p.is_file() and not p.is_symlink():
+            files[rel] = p.read_text(errors="replace")
+    t0 = time.monotonic()
+    data = server.post("/v1/initrd", {"module": plan.image.module, "kver": kver,
+                                      "tool": tool.name, "files": files,
+                                      "overrides": list(plan.overrides)})
+    written = initrdlib.unpack_result(data, root, kver)
+    s.written += written
+    s.reporter.say(f"initrd for {kver} built by the image server in "
+                   f"{time.monotonic() - t0:.1f}s: {', '.join(written)}")
+
+
+def _storage_needs(plan: InstallPlan) -> policy.StorageNeeds:
+    root_fs = next((f.fs for f in plan.filesystems if f.mountpoint == "/"), "ext4")
+    drivers: list[str] = []
+    for d in plan.disks:
+        drivers += [m for m in hardware.block_driver_modules(d.disk.name) if m not in drivers]
+    idents = {f.uuid for f in plan.filesystems} | {f.device for f in plan.filesystems}
+    return policy.storage_needs(root_fs, drivers, set(), set(), idents)
+
+
+def _initrd_facts(tool: initrdlib.InitrdTool, root: Path, kver: str) -> policy.InitrdFacts:
+    path = tool.initrd_path(root, kver)
+    listing, problem = None, None
+    if path is not None:
+        try:
+            listing = initrdlib.list_initrd(root, path)
+        except SyscloneError as e:
+            problem = f"{path.name} cannot be read: {e.message}"
+    return policy.InitrdFacts(kver, path, listing, policy.builtin_modules(root, kver), problem)
+
+
+def install_bootloader(s: Session, plan: InstallPlan, root: Path,
+                       initrd_ready: Callable[[], object] = lambda: None) -> None:
     with s.steps.phase("bootloader"):
         bl = best(bootlib.BOOTLOADERS, root)
         if bl is None:
@@ -314,7 +449,7 @@ def install_bootloader(s: Session, plan: InstallPlan, root: Path) -> None:
                                 hint="install GRUB 2 (grub-pc / grub-efi) in the golden image")
         esp = next((f.mountpoint for f in plan.filesystems
                     if f.mountpoint in ("/boot/efi", "/efi")), "/boot/efi")
-        bl.install(root, bootlib.BootTarget(plan.firmware, plan.boot_disks, esp))
+        bl.install(root, bootlib.BootTarget(plan.firmware, plan.boot_disks, esp), initrd_ready)
         s.reporter.say(f"{bl.name} for {plan.firmware} on {', '.join(plan.boot_disks)}")
 
 
@@ -337,11 +472,20 @@ def install(s: Session, plan_only: bool) -> InstallPlan | None:
         apply_overrides(s, plan, root)
         configure_system(s, plan, net, root)
         with chroot_target(root, efi=plan.firmware == "uefi"):
-            # Independent of each other, and both mostly shell scripts that
-            # take minutes on a slow machine: run them side by side.
+            # Mostly shell scripts that take minutes on a slow machine: run
+            # side by side.  Only the bootloader's configuration, which
+            # lists the initrds, waits for the initrd phase.
+            initrd_done = threading.Event()
+
+            def initrd_phase() -> None:
+                try:
+                    initrd(s, plan, server, root)
+                finally:
+                    initrd_done.set()
+
             s.steps.concurrently({
-                "initrd": lambda: regenerate_initrd(s, root),
-                "bootloader": lambda: install_bootloader(s, plan, root),
+                "initrd": initrd_phase,
+                "bootloader": lambda: install_bootloader(s, plan, root, initrd_done.wait),
             })
         with s.steps.phase("finish"):
             mounts.close()  # unmount everything, innermost first
@@ -350,7 +494,8 @@ def install(s: Session, plan_only: bool) -> InstallPlan | None:
 
 
 def _shell(phase: str) -> None:
-    """si.break: a shell on the console; the install goes on when it exits."""
+    """si.break: a shell on the console; the install goes on when it exits.
+    TERM (si.term) comes through sysclone.run's environment."""
     interactive(["setsid", "cttyhack", "sh", "-l"], env={"PS1": f"(break before {phase}) # "})
 
 
@@ -363,29 +508,58 @@ def run_install(reporter: Reporter, cmdline: Path, plan_only: bool = False) -> i
     """Run the whole install; the exit status and post-action say how it went."""
     _write_post_action("shell")
     started = time.monotonic()
+    logs = LogTargets()
     try:
-        layers = [read_cmdline(cmdline)]
-        if LOCAL_CFG.is_file() and not local_cfg_skipped(layers):
-            layers.append(read_local_cfg(LOCAL_CFG))
-        resolved = resolve(layers, break_steps=break_names())
-        resolved.require_supported_protocol()
+        layers, resolved = _read_parameters(reporter, cmdline, logs)
     except SyscloneError as e:
         reporter.say(f"{FAILED_MARKER}: bad install parameters: {e}")
+        logs.close()
         return 2
-    for w in resolved.warnings:
-        reporter.say(f"warning: {w}")
     params = resolved.params
     steps = Steps(reporter, breaks=frozenset(canonical(b) for b in params.breaks),
-                  shell=_shell)
-    s = Session(layers, params, reporter, steps, cmdline)
+                  shell=_shell, meminfo=MEMINFO)
+    s = Session(layers, params, reporter, steps, cmdline, resolved=resolved, logs=logs)
     if params.hostname:
         reporter.client["hostname"] = params.hostname
     try:
-        from agent import benchmode
+        return _run(s, plan_only, started)
+    finally:
+        logs.close()
 
-        if benchmode.wanted(cmdline):
-            _write_post_action("poweroff")
-            return benchmode.rsync_baseline(s, reporter)
+
+def _read_parameters(reporter: Reporter, cmdline: Path, logs: LogTargets
+                     ) -> tuple[list[Layer], Resolved]:
+    """The kernel command line, then local.cfg, resolved and checked: every
+    parameter is acted on or refused here, before any phase runs.
+    si.break=parse-localcfg stops in between, as in SystemImager."""
+    layers = [read_cmdline(cmdline)]
+    early = resolve(layers, break_steps=break_names())
+    if PARAMS_STEP in early.params.breaks:
+        logs.apply(debug=early.params.debug, log_server=None, log_server_port=0,
+                   term=early.params.term)
+        reporter.say(f"breakpoint before {PARAMS_STEP}: exit the shell to continue")
+        _shell(PARAMS_STEP)
+    if LOCAL_CFG.is_file() and not local_cfg_skipped(layers):
+        layers.append(read_local_cfg(LOCAL_CFG))
+    resolved = resolve(layers, break_steps=break_names())
+    resolved.require_supported()
+    static_network(resolved.params, resolved.origin)
+    for w in resolved.warnings:
+        reporter.say(f"warning: {w}")
+    for s in resolved.effective.get("si.break", ()):
+        if s.value == PARAMS_STEP and s.source is not Source.CMDLINE:
+            reporter.say(f"warning: {s.where}: si.break={PARAMS_STEP} comes too late, "
+                         "local.cfg is read already; set it on the kernel command line")
+    p = resolved.params
+    for change in logs.apply(debug=p.debug, log_server=p.log_server,
+                             log_server_port=p.log_server_port, term=p.term):
+        reporter.say(change)
+    return layers, resolved
+
+
+def _run(s: Session, plan_only: bool, started: float) -> int:
+    reporter, steps = s.reporter, s.steps
+    try:
         install(s, plan_only)
     except InstallFailed as e:
         phase = e.fields.get("phase", "?")
@@ -397,6 +571,9 @@ def run_install(reporter: Reporter, cmdline: Path, plan_only: bool = False) -> i
         reporter.say(f"{FAILED_MARKER}: {e}")
         reporter.flush()
         return 1
+    if (plan_only or s.params.dry_run) and s.resolved is not None:
+        for line in s.resolved.explain(show_defaults=False).splitlines():
+            reporter.say(line)
     # Wall clock: initrd and bootloader overlap, their times do not add up.
     total = time.monotonic() - started
     reporter.event("done", message=f"installed in {total:.0f}s", seconds=round(total, 2),

@@ -145,3 +145,24 @@ def load_named(load: Load, names: Iterable[str], report: HardwareReport) -> None
     """Modules asked for by name (filesystems, si.modules=...)."""
     for n in names:
         _load_one(load, n, report)
+
+
+def block_driver_modules(disk: str, sysfs: Path = Path("/sys")) -> list[str]:
+    """The kernel modules a block device depends on, from the disk up to the
+    bus it hangs off: for a virtio disk [virtio_blk, virtio_pci], for a SATA
+    disk [sd_mod, ahci].  Built-in drivers have no module and are left out;
+    the installed system's initrd must carry the rest to find its root."""
+    start = sysfs / "class/block" / disk / "device"
+    if not start.exists():
+        return []
+    out: list[str] = []
+    node = Path(os.path.realpath(start))
+    devices_top = Path(os.path.realpath(sysfs / "devices"))
+    while node != devices_top and devices_top in node.parents:
+        mod = node / "driver" / "module"
+        if mod.exists():
+            name = os.path.basename(os.path.realpath(mod))
+            if name not in out:
+                out.append(name)
+        node = node.parent
+    return out

@@ -92,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # Imported lazily during an install; a frozen build must contain all of them.
-LAZY_IMPORTS = ("pyroute2", "pyroute2.dhcp.client", "pyroute2.dhcp.fsm", "pyroute2.dhcp.leases",
-                "pyroute2.dhcp.enums.dhcp", "parted", "pyudev", "blkinfo", "ipaddress")
+# pyroute2's are in agent.pyroute2_light.MODULES (imported without its __init__).
+LAZY_IMPORTS = ("parted", "pyudev", "blkinfo", "ipaddress", "tarfile", "urllib.request")
 
 
 def selftest() -> int:
@@ -105,13 +105,30 @@ def selftest() -> int:
     from agent.frozen import install_find_library
 
     install_find_library()
+    from agent import pyroute2_light
+
     names = [m.name for m in pkgutil.walk_packages(agent.__path__, "agent.")]
     failed = []
+    try:
+        pyroute2_light.import_all()
+    except Exception as e:
+        failed.append(f"pyroute2: {type(e).__name__}: {e}")
     for name in [*names, *LAZY_IMPORTS]:
         try:
             importlib.import_module(name)
         except Exception as e:
             failed.append(f"{name}: {type(e).__name__}: {e}")
+    import codecs
+
+    # Codecs are looked up by name, not imported: a missing one is a
+    # LookupError in the middle of a phase.
+    for enc in ("utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-16-be", "utf-32",
+                "utf-32-le", "utf-32-be", "latin-1", "ascii", "cp437", "cp1252", "idna",
+                "unicode-escape", "raw-unicode-escape"):
+        try:
+            codecs.lookup(enc)
+        except LookupError as e:
+            failed.append(f"codec {enc}: {e}")
     for f in failed:
         print(f"selftest: cannot import {f}")
     print(f"selftest: {len(names) + len(LAZY_IMPORTS) - len(failed)} modules imported, "

@@ -18,6 +18,10 @@ from sysclone.errors import SyscloneError
 log = logging.getLogger(__name__)
 
 ARPHRD_ETHER = "1"
+# Where the kernel and the resolver are; module attributes so that tests can
+# point the whole network phase at a fake tree.
+SYSFS = Path("/sys")
+RESOLV_CONF = Path("/etc/resolv.conf")
 
 # DHCP options asked for: the lease's basics, host and domain name, log
 # server, and SystemImager's private options (140 image server, 141 log
@@ -57,6 +61,7 @@ class NetConfig:
     gateway: str | None = None
     dns: tuple[str, ...] = ()
     domain: str | None = None
+    broadcast: str | None = None  # static only: DHCP's is left to the kernel's default
     server_id: str | None = None  # the DHCP server
     next_server: str | None = None  # siaddr: where PXE files came from
     options: dict[int | str, Any] = field(default_factory=dict)
@@ -74,10 +79,10 @@ def _read(p: Path) -> str:
         return ""
 
 
-def list_nics(sysfs: Path = Path("/sys")) -> list[Nic]:
+def list_nics(sysfs: Path | None = None) -> list[Nic]:
     """Physical network interfaces (those backed by a device), sorted by name."""
     nics: list[Nic] = []
-    base = sysfs / "class/net"
+    base = (sysfs or SYSFS) / "class/net"
     if not base.is_dir():
         return nics
     for d in sorted(base.iterdir()):
@@ -117,15 +122,13 @@ def choose_nic(nics: list[Nic], wanted: str | None, bootif: str | None,
     return nics[0]
 
 
-def has_carrier(nic: Nic, sysfs: Path = Path("/sys")) -> bool:
-    return _read(sysfs / "class/net" / nic.name / "carrier") == "1"
+def has_carrier(nic: Nic, sysfs: Path | None = None) -> bool:
+    return _read((sysfs or SYSFS) / "class/net" / nic.name / "carrier") == "1"
 
 
 def link_up(nic: Nic, wait: float = 10.0) -> None:
     """Set the link up and wait (bounded) for carrier."""
-    from pyroute2 import IPRoute  # heavy: imported only when the network is needed
-
-    with IPRoute() as ipr:
+    with _iproute()() as ipr:
         idx = ipr.link_lookup(ifname=nic.name)
         if not idx:
             raise NetworkError(f"interface {nic.name} vanished")
@@ -139,7 +142,10 @@ def link_up(nic: Nic, wait: float = 10.0) -> None:
 
 
 def static_config(nic: Nic, address: str, netmask: str | None, gateway: str | None,
-                  dns: tuple[str, ...] = ()) -> NetConfig:
+                  dns: tuple[str, ...] = (), *, broadcast: str | None = None,
+                  domain: str | None = None) -> NetConfig:
+    """Configure a static address (the install parameters were checked as a
+    whole by agent.params.static before any phase)."""
     from ipaddress import IPv4Interface
 
     try:
@@ -147,7 +153,8 @@ def static_config(nic: Nic, address: str, netmask: str | None, gateway: str | No
                               else address)
     except ValueError as e:
         raise NetworkError(f"IPADDR/NETMASK: {e}") from None
-    cfg = NetConfig(nic, "static", str(iface.ip), iface.network.prefixlen, gateway, dns)
+    cfg = NetConfig(nic, "static", str(iface.ip), iface.network.prefixlen, gateway, dns,
+                    domain, broadcast)
     apply(cfg)
     return cfg
 
@@ -168,16 +175,25 @@ def apply(cfg: NetConfig) -> None:
     """Put the address and default route on the interface.  Done here rather
     than in the DHCP client's hooks, which run after BOUND is signalled and
     could still be in flight when the client is shut down."""
-    from pyroute2 import IPRoute
-
-    with IPRoute() as ipr:
+    with _iproute()() as ipr:
         idx = ipr.link_lookup(ifname=cfg.nic.name)[0]
-        ipr.addr("replace", index=idx, address=cfg.address, prefixlen=cfg.prefixlen)
+        extra = {"broadcast": cfg.broadcast} if cfg.broadcast else {}
+        ipr.addr("replace", index=idx, address=cfg.address, prefixlen=cfg.prefixlen, **extra)
         if cfg.gateway:
             ipr.route("replace", dst="0.0.0.0/0", gateway=cfg.gateway, oif=idx)
 
 
+def _iproute() -> Any:
+    """pyroute2's IPRoute class (a function, so tests can put a fake here)."""
+    from agent import pyroute2_light
+
+    return pyroute2_light.iproute()
+
+
 async def _dhcp(nic: Nic, timeout: float, hostname: str | None) -> NetConfig:
+    from agent import pyroute2_light
+
+    pyroute2_light.register()
     from pyroute2.dhcp.client import AsyncDHCPClient, ClientConfig
     from pyroute2.dhcp.fsm import State
     from pyroute2.dhcp.leases import Lease
@@ -235,6 +251,9 @@ def _from_lease(nic: Nic, lease: Any) -> NetConfig:
 def _options_by_number(options: dict[str, Any]) -> dict[int | str, Any]:
     """pyroute2 names the options it decodes; the parameter table wants
     their numbers (12 host name, 140 image server...)."""
+    from agent import pyroute2_light
+
+    pyroute2_light.register()
     from pyroute2.dhcp.enums.dhcp import Option
 
     out: dict[int | str, Any] = {}
@@ -266,8 +285,10 @@ def _option_value(number: int, value: Any) -> Any:
     return value
 
 
-def write_resolv_conf(cfg: NetConfig, path: Path = Path("/etc/resolv.conf")) -> None:
+def write_resolv_conf(cfg: NetConfig, path: Path | None = None) -> None:
+    """The install's resolver: the lease's (or the static si.dns-servers)
+    name servers and search domain.  Left alone when there are none."""
     lines = [f"search {cfg.domain}"] if cfg.domain else []
     lines += [f"nameserver {d}" for d in cfg.dns]
     if lines:
-        path.write_text("\n".join(lines) + "\n")
+        (path or RESOLV_CONF).write_text("\n".join(lines) + "\n")

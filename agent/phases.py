@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from agent.report import Reporter
 from sysclone.errors import SyscloneError
@@ -26,6 +27,13 @@ class Phase:
     si_names: tuple[str, ...] = ()  # SystemImager 4.9 break-step names
 
 
+# Every SystemImager 4.9 break step stops somewhere: at the phase doing
+# that step's work, else at the nearest phase after it (si.break stops
+# *before* a phase).  Two need a word: se-linux relabelling is prepared by
+# configure, so it stops there; terminate-transfer (ending a torrent or SSH
+# transfer, after umount-client) has nothing to end with rsync, so it
+# stops where the rest of the tail does, before finish.  parse-localcfg is
+# before any phase: see PARAMS_STEP.
 PHASES: tuple[Phase, ...] = (
     Phase("hardware", "load drivers for the devices found"),
     Phase("network", "bring up the install network", ("network-infos", "ping")),
@@ -34,15 +42,22 @@ PHASES: tuple[Phase, ...] = (
     Phase("plan", "validate the install plan", ("pre-install", "deploy")),
     Phase("partition", "partition the disks", ("prepare-disks",)),
     Phase("format", "create filesystems and swap"),
-    Phase("mount", "mount the new filesystems", ("main-install",)),
+    Phase("mount", "mount the new filesystems, swap on", ("main-install",)),
     Phase("fetch", "pull the image", ("download-image", "extract-image")),
     Phase("overrides", "apply the overrides", ("install-overrides",)),
     Phase("configure", "write fstab, hostname and network config",
-          ("install-configs", "configure-network")),
-    Phase("initrd", "regenerate the initrd in the new system"),
+          ("install-configs", "configure-network", "se-linux")),
+    Phase("initrd", "keep or regenerate the installed system's initrd"),
     Phase("bootloader", "install the bootloader", ("boot-loader",)),
-    Phase("finish", "unmount and report", ("post-install", "umount-client", "finished")),
+    Phase("finish", "unmount and report",
+          ("post-install", "umount-client", "terminate-transfer", "finished")),
 )
+
+PARAMS_STEP = "parse-localcfg"
+"""SystemImager's first break step: before local.cfg is read, when only the
+kernel command line is known.  It comes before every phase, so the agent
+stops for it itself (agent.flow.run_install), and only the kernel command
+line can ask for it."""
 
 BY_NAME = {p.name: p for p in PHASES}
 ALIASES = {si: p.name for p in PHASES for si in p.si_names}
@@ -50,7 +65,7 @@ ALIASES = {si: p.name for p in PHASES for si in p.si_names}
 
 def break_names() -> frozenset[str]:
     """Every name si.break accepts."""
-    return frozenset(BY_NAME) | frozenset(ALIASES)
+    return frozenset(BY_NAME) | frozenset(ALIASES) | {PARAMS_STEP}
 
 
 def canonical(name: str) -> str:
@@ -68,6 +83,9 @@ class Steps:
     shell: Callable[[str], None] | None = None
     timings: list[tuple[str, float]] = field(default_factory=list)
     current: str | None = None
+    # When set (/proc/meminfo), each phase's "done" event says how much
+    # memory was left: what a 128 MiB client has to spare, phase by phase.
+    meminfo: Path | None = None
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -90,8 +108,20 @@ class Steps:
             raise InstallFailed(f"{type(e).__name__}: {e}", phase=name) from e
         dt = time.monotonic() - t0
         self.timings.append((name, dt))
-        self.reporter.event("phase", phase=name, status="done", seconds=round(dt, 2))
+        extra = {}
+        if self.meminfo is not None:
+            avail = mem_available_kib(self.meminfo)
+            if avail is not None:
+                extra["mem_available_kib"] = avail
+        self.reporter.event("phase", phase=name, status="done", seconds=round(dt, 2), **extra)
         self.current = None
+
+    def passed(self, name: str) -> bool:
+        """Whether a break before this step can no longer happen: the phase
+        has started (or is the early parameters step)."""
+        name = canonical(name)
+        return name == PARAMS_STEP or name == self.current or \
+            any(done == name for done, _ in self.timings)
 
     def concurrently(self, jobs: dict[str, Callable[[], None]]) -> None:
         """Run independent phases at the same time (each reports itself as
@@ -117,3 +147,13 @@ class Steps:
     def skipped(self, name: str, why: str) -> None:
         self.reporter.say(f"[{name}] skipped: {why}")
         self.reporter.event("phase", phase=name, status="skipped", reason=why)
+
+
+def mem_available_kib(meminfo: Path) -> int | None:
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None

@@ -71,3 +71,23 @@ class ImageServer:
                      layout: str | None) -> dict[str, Any]:
         return self.get("/v1/instructions", {"hostname": hostname, "mac": mac,
                                              "image": image, "layout": layout})
+
+    def post(self, path: str, body: dict[str, Any], *, timeout: float = 900.0) -> bytes:
+        """POST a JSON body, return the raw answer (one attempt: the work
+        behind it is not always safe to repeat blindly)."""
+        req = urllib.request.Request(f"{self.url}{path}", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"},
+                                     method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return bytes(r.read())
+        except urllib.error.HTTPError as e:
+            try:
+                err = json.loads(e.read())
+            except ValueError:
+                err = {}
+            raise ServerError(err.get("message") or f"image server answered {e.code}",
+                              hint=err.get("hint"), status=e.code) from None
+        except (urllib.error.URLError, OSError) as e:
+            raise ServerError(f"image server {self.host}:{self.port}: "
+                              f"{getattr(e, 'reason', e)}") from None

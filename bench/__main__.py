@@ -1,18 +1,25 @@
-"""sysclone benchmarks, each printed as a ratio against a baseline measured
-in the same run:
+"""sysclone benchmarks, each a ratio against a baseline measured in the same
+run, printed with its target and PASS/MISS:
 
-  size     initrd.img (compressed, unpacked) vs Debian's initramfs-tools
-           image for the same kernel (MODULES=most, from the golden image)
-  build    boot environment build time, from scratch (agent frozen anew),
-           and whether a second build is byte-identical
-  boot     VM start to "agent ready" vs VM start to userspace with a bare
-           busybox initramfs, same kernel, same VM
-  install  a full install (agent phases) vs a plain `rsync -aHAX` of the
-           same image onto a fresh filesystem, in the same VM
+  size      initrd.img vs Debian's initramfs-tools image for the same kernel
+            (MODULES=most, from the golden image)                 <= 1.0
+  build     boot environment build from scratch, and whether a second
+            build is byte-identical                               identical
+  boot      VM start to "agent ready" vs VM start to userspace with a bare
+            busybox initramfs, same kernel and VM                 <= 1.5
+  install   the agent's whole install vs a raw `rsync -aHAX` of the same
+            image in the same VM                                  <= 1.5
+  transfer  the agent's fetch phase vs its rsync command line run bare
+            (speed: bare time / fetch time)                       >= 0.9
+  overhead  the agent from network up vs a scripted install (sfdisk, mkfs,
+            rsync, grub-install, update-grub) from network up     <= 1.2
 
-    python -m bench [--only size,build,boot,install] [--runs N]
+    python -m bench [--only size,build,boot,install] [--runs N] [--json FILE]
 
-State lives in $SYSCLONE_ROOT (default .state); downloads in $SYSCLONE_CACHE.
+Timings under emulation are noisy: only ratios from one run mean anything,
+and --runs N repeats the VM measurements (min and median are printed; the
+ratio uses the medians).  State lives in $SYSCLONE_ROOT (default .state);
+downloads in $SYSCLONE_CACHE.
 """
 
 from __future__ import annotations
@@ -21,137 +28,206 @@ import argparse
 import hashlib
 import json
 import os
+import platform
 import statistics
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sysclone.paths import StateRoot
 from sysclone.ui import Ui
 
-RESULTS: dict[str, Any] = {}
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    limit: float
+    higher_is_better: bool = False
+
+    def check(self, ratio: float) -> bool:
+        return ratio >= self.limit if self.higher_is_better else ratio <= self.limit
+
+    def __str__(self) -> str:
+        return f"{'>=' if self.higher_is_better else '<='} {self.limit:g}"
+
+
+TARGETS = {
+    "size": Target("initrd / Debian initramfs-tools", 1.0),
+    "boot": Target("agent ready / busybox userspace", 1.5),
+    "install": Target("install / raw rsync -aHAX", 1.5),
+    "transfer": Target("raw same rsync / fetch phase", 0.9, higher_is_better=True),
+    "overhead": Target("install from network up / scripted install", 1.2),
+}
+
+
+class Results:
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {"machine": _machine(), "results": {}}
+        self.verdicts: list[tuple[str, float | None, str, bool | None]] = []
+
+    def record(self, key: str, row: dict[str, Any]) -> None:
+        self.data["results"][key] = row
+
+    def ratio(self, key: str, ratio: float, detail: str) -> None:
+        t = TARGETS[key]
+        ok = t.check(ratio)
+        self.data["results"].setdefault(key, {}).update(
+            {"ratio": round(ratio, 3), "target": str(t), "pass": ok})
+        self.verdicts.append((t.name, ratio, str(t), ok))
+        print(f"{key:<9} {ratio:6.2f}  target {t}  {'PASS' if ok else 'MISS'}   {detail}")
+
+    def flag(self, key: str, name: str, ok: bool, detail: str) -> None:
+        self.data["results"].setdefault(key, {}).update({"pass": ok})
+        self.verdicts.append((name, None, "yes", ok))
+        print(f"{key:<9} {'yes' if ok else 'no':>6}  target yes  {'PASS' if ok else 'MISS'}   "
+              f"{detail}")
+
+
+def _machine() -> dict[str, Any]:
+    return {"host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
+            "kernel": platform.release(), "accel": os.environ.get("SYSCLONE_QEMU_ACCEL", "tcg"),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
 def _sha(p: Path) -> str:
     return hashlib.sha256(p.read_bytes()).hexdigest()
 
 
-def bench_build(state: StateRoot, ui: Ui) -> Path:
+def _stats(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.1f}s"
+    return f"min {min(values):.1f}s median {statistics.median(values):.1f}s"
+
+
+def bench_build(state: StateRoot, ui: Ui, res: Results) -> Path:
     from bootenv.standard import build_bootenv
 
     times, shas = [], []
     out = state.bootenvs / "standard"
     for i in range(2):
         t0 = time.monotonic()
-        res = build_bootenv(state, ui, output=out if i == 0 else state.bootenvs / "bench-rebuild",
-                            use_cache=False)
+        r = build_bootenv(state, ui, output=out if i == 0 else state.bootenvs / "bench-rebuild",
+                          use_cache=False)
         times.append(time.monotonic() - t0)
-        shas.append(_sha(res.initrd))
-    RESULTS["build"] = {"seconds": [round(t, 1) for t in times],
-                        "byte_identical": shas[0] == shas[1], "sha256": shas[0]}
-    print(f"build: {times[0]:.1f}s from scratch (agent frozen anew), rebuild {times[1]:.1f}s, "
-          f"byte-identical: {shas[0] == shas[1]}")
+        shas.append(_sha(r.initrd))
+    res.record("build", {"seconds": [round(t, 1) for t in times], "sha256": shas})
+    res.flag("build", "byte-identical rebuild", shas[0] == shas[1],
+             f"from scratch {times[0]:.0f}s (agent frozen anew), rebuild {times[1]:.0f}s")
     return out
 
 
-def bench_size(state: StateRoot, bootenv: Path, image: str) -> None:
+def bench_size(state: StateRoot, bootenv: Path, image: str, res: Results) -> None:
+    from imageserver.store import ImageStore
+
     m = json.loads((bootenv / "manifest.json").read_text())
     kver = m["kernel"]["version"]
     ours, unpacked = m["initrd"]["size"], m["initrd"]["uncompressed_size"]
-    debian = state.images / image / "boot" / f"initrd.img-{kver}"
+    debian = ImageStore(state).path(image) / "boot" / f"initrd.img-{kver}"
     row: dict[str, Any] = {"initrd": ours, "unpacked": unpacked, "kernel": kver,
-                           "contents": m["contents"]}
-    if debian.is_file():
-        row["debian_initramfs_tools"] = debian.stat().st_size
-        row["ratio"] = round(ours / debian.stat().st_size, 3)
-        print(f"size: initrd.img {ours / 2**20:.1f} MiB ({unpacked / 2**20:.1f} MiB unpacked) vs "
-              f"Debian initramfs-tools {debian.stat().st_size / 2**20:.1f} MiB "
-              f"-> ratio {row['ratio']:.2f}")
-    else:
-        print(f"size: initrd.img {ours / 2**20:.1f} MiB; no Debian initrd for {kver} in image "
-              f"{image} to compare with")
-    print("      contents (unpacked): " + ", ".join(
+                           "packing": m["initrd"].get("packing"), "contents": m["contents"]}
+    res.record("size", row)
+    if not debian.is_file():
+        print(f"size: no Debian initrd for {kver} in image {image} to compare with")
+        return
+    row["debian_initramfs_tools"] = debian.stat().st_size
+    res.ratio("size", ours / debian.stat().st_size,
+              f"{ours / 2**20:.1f} MiB ({unpacked / 2**20:.1f} MiB unpacked at boot) vs "
+              f"{debian.stat().st_size / 2**20:.1f} MiB")
+    print("          contents: " + ", ".join(
         f"{k} {v / 2**20:.1f} MiB" for k, v in m["contents"].items()))
-    RESULTS["size"] = row
 
 
-def bench_boot(bootenv: Path, runs: int) -> None:
+def bench_boot(bootenv: Path, runs: int, res: Results) -> None:
     from bench.boot import run
 
-    res = run(bootenv, runs)
-    RESULTS["boot"] = {"busybox": res.baseline, "agent_ready": res.agent,
-                       "ratio": round(res.ratio, 3)}
-    print(f"boot: agent ready after {statistics.median(res.agent):.1f}s, busybox userspace "
-          f"after {statistics.median(res.baseline):.1f}s -> ratio {res.ratio:.2f} "
-          f"(median of {runs})")
+    b = run(bootenv, runs)
+    res.record("boot", {"busybox": b.baseline, "agent_ready": b.agent,
+                        "busybox_init": b.baseline_init, "agent_init": b.agent_init})
+    res.ratio("boot", b.ratio, f"agent ready {_stats(b.agent)}, busybox {_stats(b.baseline)}")
+    med = statistics.median
+    print(f"          kernel to /init: agent {med(b.agent_init):.1f}s, busybox "
+          f"{med(b.baseline_init):.1f}s; /init to ready: agent "
+          f"{med(b.agent) - med(b.agent_init):.1f}s, busybox "
+          f"{med(b.baseline) - med(b.baseline_init):.1f}s")
 
 
-def bench_install(state: StateRoot, ui: Ui, bootenv: Path, image: str) -> None:
-    from ci.qemu import blank_disk
-    from sysclone.demo import DemoOptions, install_vm
+def bench_install(state: StateRoot, bootenv: Path, image: str, runs: int,
+                  res: Results) -> None:
+    from bench.install import build_baseline_bootenv, run_agent, run_baseline
 
-    got: dict[str, Any] = {}
+    base_env = build_baseline_bootenv(state, state.bootenvs / "bench-baseline")
+    agent, raw, same, scripted = [], [], [], []
+    for _ in range(runs):
+        agent.append(run_agent(state, bootenv, image))
+        raw.append(run_baseline(state, base_env, image, "rsync"))
+        same.append(run_baseline(state, base_env, image, "rsync-agent-flags"))
+        scripted.append(run_baseline(state, base_env, image, "scripted"))
 
-    def keep(ev: dict[str, Any]) -> None:
-        if ev.get("kind") in ("done", "bench"):
-            got[ev["kind"]] = ev
+    def med(f: Callable[[Any], float], xs: list[Any]) -> float:
+        return statistics.median(f(x) for x in xs)
 
-    quiet = Ui(quiet=True)
-    opts = DemoOptions(image=image, hostname="bench-node")
-    disk = blank_disk(state.vms / "bench-node.img", 4 << 30)
-    install_vm(state, quiet, opts, bootenv, disk, on_event=keep)
-    disk = blank_disk(state.vms / "bench-node.img", 4 << 30)
-    from ci.qemu import Vm, VmSpec
-    from imageserver.serve import ServeConfig, free_port, serving
-    from mkmedia.pxe import PxeSpec, write_tree
-    from sysclone.demo import install_append
-
-    cfg = ServeConfig(rsync_port=free_port(), http_port=free_port(), default_image=image)
-    with serving(state, cfg) as srv:
-        srv.monitor.subscribe(keep)
-        tftp = state.pxe / "bench-rsync"
-        append = install_append("bench-rsync", image, cfg.http_port, cfg.rsync_port, "poweroff",
-                                "sysclone.bench=rsync")
-        write_tree(tftp, PxeSpec(bootenv / "kernel", bootenv / "initrd.img", append))
-        spec = VmSpec(name="bench-rsync", workdir=state.vms, disks=(disk,), tftp_root=tftp,
-                      bootfile="pxelinux.0", boot="n")
-        with Vm(spec) as vm:
-            vm.wait_for("SYSCLONE-BENCH-RSYNC", 3600, fail="SYSCLONE-INSTALL-FAILED")
-            vm.wait_exit(120)
-    timings = got["done"]["timings"]
-    install_s = got["done"]["seconds"]  # wall clock, start of the agent to the end
-    rsync_s = got["bench"]["seconds"]
-    RESULTS["install"] = {"agent_phases": timings, "install_seconds": round(install_s, 1),
-                          "raw_rsync_seconds": rsync_s, "ratio": round(install_s / rsync_s, 2)}
-    print(f"install: {install_s:.0f}s (agent, start to finish) vs raw rsync -aHAX {rsync_s:.0f}s "
-          f"-> ratio {install_s / rsync_s:.2f}")
-    print("      phases: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
+    install_s, raw_s = med(lambda r: r.seconds, agent), med(lambda r: r.rsync, raw)
+    fetch_s = med(lambda r: r.timings["fetch"], agent)
+    same_s = med(lambda r: r.rsync, same)
+    netup_s, scripted_s = med(lambda r: r.from_network, agent), med(lambda r: r.seconds, scripted)
+    res.record("install", {
+        "agent": [{"seconds": r.seconds, "from_network": r.from_network, "timings": r.timings,
+                   "initrd": r.initrd, "vm_seconds": round(r.vm_seconds, 1)} for r in agent],
+        "raw_rsync": [r.rsync for r in raw], "same_rsync": [r.rsync for r in same],
+        "scripted": [{"seconds": r.seconds, "rsync": r.rsync} for r in scripted]})
+    res.ratio("install", install_s / raw_s,
+              f"agent {_stats([r.seconds for r in agent])} vs raw rsync "
+              f"{_stats([r.rsync for r in raw])}")
+    res.ratio("transfer", same_s / fetch_s,
+              f"bare {_stats([r.rsync for r in same])} vs fetch phase "
+              f"{_stats([r.timings['fetch'] for r in agent])}")
+    res.ratio("overhead", netup_s / scripted_s,
+              f"agent from network up {_stats([r.from_network for r in agent])} vs scripted "
+              f"{_stats([r.seconds for r in scripted])}")
+    last = agent[-1]
+    print("          agent phases: " + ", ".join(f"{k} {v:.1f}s" for k, v in last.timings.items()))
+    print(f"          initrd: {last.initrd.get('action')} "
+          f"({'; '.join(last.initrd.get('reasons') or [])})")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", default="size,build,boot,install")
-    ap.add_argument("--runs", type=int, default=3, help="boot benchmark repetitions")
+    ap.add_argument("--only", default="build,size,boot,install",
+                    help="comma-separated: build, size, boot, install")
+    ap.add_argument("--runs", type=int, default=1,
+                    help="repeat each VM measurement N times (min/median; default 1)")
     ap.add_argument("--image", default="demo")
-    ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--json", help="also write the results here as JSON")
     a = ap.parse_args()
     only = set(a.only.split(","))
+    unknown = only - {"build", "size", "boot", "install"}
+    if unknown:
+        ap.error(f"--only: unknown benchmark(s) {', '.join(sorted(unknown))}")
+    if a.runs < 1:
+        ap.error("--runs must be at least 1")
     state = StateRoot.from_options(os.environ.get("SYSCLONE_ROOT") or Path(".state"))
     ui = Ui(quiet=True)
     from sysclone.demo import DemoOptions, prepare
 
+    res = Results()
+    print(f"sysclone benchmarks on {res.data['machine']['host']} "
+          f"({res.data['machine']['cpus']} CPUs, QEMU {res.data['machine']['accel']})")
     bootenv = prepare(state, ui, DemoOptions(image=a.image))
     if "build" in only:
-        bootenv = bench_build(state, ui)
+        bootenv = bench_build(state, ui, res)
     if "size" in only:
-        bench_size(state, bootenv, a.image)
+        bench_size(state, bootenv, a.image, res)
     if "boot" in only:
-        bench_boot(bootenv, a.runs)
+        bench_boot(bootenv, a.runs, res)
     if "install" in only:
-        bench_install(state, ui, bootenv, a.image)
+        bench_install(state, bootenv, a.image, a.runs, res)
+    missed = [v for v in res.verdicts if v[3] is False]
+    print(f"{len(res.verdicts) - len(missed)} of {len(res.verdicts)} targets met")
     if a.json:
-        Path(a.json).write_text(json.dumps(RESULTS, indent=2))
+        Path(a.json).write_text(json.dumps(res.data, indent=2) + "\n")
     return 0
 
 

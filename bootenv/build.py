@@ -23,7 +23,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from bootenv import cpio, modules, tools
+from bootenv import cpio, modules, squash, tools
 from bootenv.freeze import PYVER, FrozenAgent, python_version
 from bootenv.staging import Staging
 from sysclone.errors import ConfigError, SyscloneError
@@ -60,6 +60,12 @@ class BuildSpec:
     compression: str = "zstd"
     local_cfg: Path | None = None  # embedded as /local.cfg
     source_date_epoch: int = 1700000000
+    # squashfs: a compressed root read on demand behind a tiny stage 1 (see
+    # bootenv.squash); cpio: one archive the kernel unpacks whole, for
+    # kernels without loop/squashfs/overlay; auto: squashfs when possible.
+    packing: str = "auto"
+    # The second stage's /init; the benchmarks' baselines bring their own.
+    init_script: str | None = None
     kernel_info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -98,9 +104,13 @@ def _base(st: Staging, spec: BuildSpec) -> None:
     st.write("etc/passwd", PASSWD)
     st.write("etc/group", GROUP)
     st.symlink("etc/mtab", "../proc/self/mounts")
+    # The kernel filesystems /init mounts with one `mount -a`.
+    st.write("etc/fstab", "proc /proc proc nosuid,nodev,noexec 0 0\n"
+             "sysfs /sys sysfs nosuid,nodev,noexec 0 0\n"
+             "tmpfs /run tmpfs mode=0755,nosuid,nodev 0 0\n")
     st.write("etc/os-release", 'NAME="sysclone boot environment"\nID=sysclone-bootenv\n'
              f'VERSION_ID="{spec.flavor}"\n')
-    init = resources.files("bootenv").joinpath("init.sh").read_text()
+    init = spec.init_script or resources.files("bootenv").joinpath("init.sh").read_text()
     st.write("init", init, 0o755)
     if spec.local_cfg:
         if not spec.local_cfg.is_file():
@@ -194,11 +204,29 @@ def _compress(raw: Path, out: Path, method: str) -> None:
         run([*COMPRESSORS[method], str(raw)], stdout=f, capture=False)
 
 
+PACKINGS = ("auto", "squashfs", "cpio")
+
+
+def choose_packing(spec: BuildSpec) -> tuple[str, squash.KernelSupport]:
+    if spec.packing not in PACKINGS:
+        raise ConfigError(f"packing {spec.packing!r} is not supported",
+                          hint="one of " + ", ".join(PACKINGS))
+    support = squash.kernel_support(spec.modules_dir)
+    if spec.packing == "cpio" or (spec.packing == "auto" and not support.ok):
+        return "cpio", support
+    if not support.ok:
+        raise ConfigError(f"kernel {spec.kver} has no {', '.join(support.missing)} (neither "
+                          "built in nor a module): it cannot mount a squashfs boot environment",
+                          hint="build with --packing cpio")
+    return "squashfs", support
+
+
 def build(spec: BuildSpec, agent: FrozenAgent, out_dir: Path,
           step: Callable[[str], None] | None = None) -> BuildResult:
     say = step or (lambda s: None)
     if not spec.kernel_image.is_file():
         raise ConfigError(f"kernel image {spec.kernel_image} not found")
+    packing, support = choose_packing(spec)
     out_dir.mkdir(parents=True, exist_ok=True)
     work = out_dir / ".staging"
     if work.exists():
@@ -214,7 +242,8 @@ def build(spec: BuildSpec, agent: FrozenAgent, out_dir: Path,
         _busybox(st)
         say("kernel modules: " + ", ".join(spec.module_groups))
         sel = modules.select(spec.modules_dir, spec.module_groups, spec.extra_modules)
-        modules.install(sel, spec.modules_dir, st.top)
+        # squashfs compresses modules better as a whole than one by one.
+        modules.install(sel, spec.modules_dir, st.top, compress=packing == "cpio")
         say("frozen agent")
         agent_files = _agent(st, agent)
         sizes = {
@@ -224,14 +253,23 @@ def build(spec: BuildSpec, agent: FrozenAgent, out_dir: Path,
         }
         sizes["total"] = _tree_size(st.top)
         sizes["tools_and_libraries"] = sizes["total"] - sizes["agent"] - sizes["modules"]
-        say(f"archive ({spec.compression})")
-        raw = work / "initrd.cpio"
-        entries = [*cpio.scan_tree(st.top), cpio.char_device("dev/console", 5, 1),
-                   cpio.char_device("dev/null", 1, 3, 0o666)]
-        with raw.open("wb") as f:
-            cpio_size = cpio.write_archive(f, entries, mtime=spec.source_date_epoch)
         initrd = out_dir / "initrd.img"
-        _compress(raw, initrd, spec.compression)
+        if packing == "squashfs":
+            say(f"squashfs and stage 1 ({spec.compression})")
+            stage1 = squash.Stage1(support, spec.modules_dir, spec.source_date_epoch,
+                                   lambda raw, out: _compress(raw, out, spec.compression))
+            packed = squash.pack(st, stage1, work, initrd, hot=["/usr/bin/busybox"])
+            cpio_size, files = packed["unpacked"], packed["files"]
+            sizes.update({k: v for k, v in packed.items() if k not in ("unpacked", "files")})
+        else:
+            say(f"archive ({spec.compression})")
+            raw = work / "initrd.cpio"
+            entries = [*cpio.scan_tree(st.top), cpio.char_device("dev/console", 5, 1),
+                       cpio.char_device("dev/null", 1, 3, 0o666)]
+            with raw.open("wb") as f:
+                cpio_size = cpio.write_archive(f, entries, mtime=spec.source_date_epoch)
+            _compress(raw, initrd, spec.compression)
+            files = len(entries)
         kernel = out_dir / "kernel"
         shutil.copyfile(spec.kernel_image, kernel)
         data: dict[str, Any] = {
@@ -241,7 +279,7 @@ def build(spec: BuildSpec, agent: FrozenAgent, out_dir: Path,
                        "size": kernel.stat().st_size, **spec.kernel_info},
             "initrd": {"sha256": _sha256(initrd), "size": initrd.stat().st_size,
                        "uncompressed_size": cpio_size, "compression": spec.compression,
-                       "files": len(entries)},
+                       "packing": packing, "files": files},
             "contents": sizes,
             "modules": {"groups": list(spec.module_groups), "count": len(sel.modules),
                         "list": list(sel.modules)},

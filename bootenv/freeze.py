@@ -13,12 +13,13 @@ the program starts, ~170 ms natively against ~25 ms for this layout, and
 ~3 s against ~0.5 s under QEMU's TCG, which alone broke the agent's
 start-up budget (ready within 1.5x of a bare busybox initramfs).
 
-Which modules: everything `modulefinder` finds from the agent's entry
-points (imports inside functions included), everything a run of
-`sysclone-agent selftest` actually imports (dynamic imports), and all of
-`encodings`.  The result is cached under a key made of its inputs, and
-rebuilt byte for byte: .pyc files carry a hash of their source, not a
-timestamp.
+Which modules: everything `modulefinder` finds from the agent's own code
+(imports inside functions included), plus everything a run of
+`sysclone-agent selftest` actually imports — the only source for the
+third-party packages (RUNTIME_ONLY), whose static import graphs are far
+wider than what the agent loads — and the pure-Python codecs.  The result
+is cached under a key made of its inputs, and rebuilt byte for byte: .pyc
+files carry a hash of their source, not a timestamp.
 """
 
 from __future__ import annotations
@@ -63,9 +64,22 @@ EXCLUDES = (
 )
 
 # Entry points beyond agent.main: imported lazily, inside functions.
-ENTRY_MODULES = ("agent.main", "agent.flow", "pyroute2", "pyroute2.dhcp.client",
-                 "pyroute2.dhcp.fsm", "pyroute2.dhcp.leases", "pyroute2.dhcp.enums.dhcp",
-                 "parted", "pyudev", "blkinfo", "encodings")
+ENTRY_MODULES = ("agent.main", "agent.flow")
+
+# Third-party packages are taken from the runtime trace only (what selftest
+# really imports), never from modulefinder's static graph: pyroute2 alone
+# mentions ~330 modules (sqlite3, ssl, unittest...) the agent never loads.
+RUNTIME_ONLY = ("pyroute2", "pyudev", "blkinfo", "parted", "_ped")
+
+# Codecs: every pure-Python one.  Tools' output, file names and DHCP options
+# can arrive in any of them, and a missing codec is a LookupError deep in a
+# phase (an earlier, shorter list lacked utf-16-le, which json needs); the
+# East Asian ones need the C modules left out above (_codecs_*).
+ENCODINGS_SKIPPED = ("big5", "big5hkscs", "cp932", "cp949", "cp950", "euc_jis_2004",
+                     "euc_jisx0213", "euc_jp", "euc_kr", "gb18030", "gb2312", "gbk", "hz",
+                     "iso2022_jp", "iso2022_jp_1", "iso2022_jp_2", "iso2022_jp_2004",
+                     "iso2022_jp_3", "iso2022_jp_ext", "iso2022_kr", "johab", "shift_jis",
+                     "shift_jis_2004", "shift_jisx0213", "mbcs", "oem", "cp65001")
 
 OPTIMIZE = 2  # python -OO: no docstrings or asserts in the bytecode
 PYVER = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -115,25 +129,26 @@ def freeze_key() -> str:
         except importlib.metadata.PackageNotFoundError:
             raise SyscloneError(f"{dep} is not installed in this Python",
                                 hint="pip install -e .") from None
-    h.update(f"{python_binary()} {sys.version} {EXCLUDES} {ENTRY_MODULES} {OPTIMIZE} "
-             f"{FORMAT} {WRAPPER}".encode())
+    h.update(f"{python_binary()} {sys.version} {EXCLUDES} {ENTRY_MODULES} {RUNTIME_ONLY} "
+             f"{ENCODINGS_SKIPPED} {OPTIMIZE} {FORMAT} {WRAPPER} {SCAN}".encode())
     return h.hexdigest()[:24]
 
 
 SCAN = """
-import json, modulefinder, pkgutil, sys
-excludes, entries, repo = json.loads(sys.argv[1])
+import json, modulefinder, sys
+excludes, runtime_only, entries, skipped, repo = json.loads(sys.argv[1])
+import encodings, pkgutil
+encs = [m.name for m in pkgutil.iter_modules(encodings.__path__) if m.name not in skipped]
 sys.path.insert(0, repo)
 found = {}
-mf = modulefinder.ModuleFinder(path=list(sys.path), excludes=excludes)
+mf = modulefinder.ModuleFinder(path=list(sys.path), excludes=excludes + runtime_only)
 mf.run_script(repo + "/agent/main.py")
 for name in entries:
     mf.import_hook(name)
-import encodings
-for m in pkgutil.iter_modules(encodings.__path__, "encodings."):
-    mf.import_hook(m.name)
+for e in encs:
+    mf.import_hook("encodings." + e)
 for name, mod in mf.modules.items():
-    if mod.__file__ and name != "__main__":
+    if mod.__file__ and name != "__main__" and not name.startswith("encodings."):
         found[name] = mod.__file__
 from agent.main import selftest
 if selftest() != 0:
@@ -142,13 +157,16 @@ for name, mod in list(sys.modules.items()):
     f = getattr(mod, "__file__", None)
     if f and not any(name == e or name.startswith(e + ".") for e in excludes):
         found.setdefault(name, f)
+for e in encs:
+    found["encodings." + e] = mf.modules["encodings." + e].__file__
 print(json.dumps(found, sort_keys=True))
 """
 
 
 def scan_modules() -> dict[str, str]:
     """module name -> file, for every module the agent may import."""
-    arg = json.dumps([list(EXCLUDES), list(ENTRY_MODULES), str(REPO)])
+    arg = json.dumps([list(EXCLUDES), list(RUNTIME_ONLY), list(ENTRY_MODULES),
+                      list(ENCODINGS_SKIPPED), str(REPO)])
     out = run([sys.executable, "-I", "-c", SCAN, arg], cwd=REPO).stdout
     found: dict[str, str] = json.loads(out.strip().splitlines()[-1])
     return {n: f for n, f in found.items()

@@ -36,7 +36,8 @@ def build_bootenv(state: StateRoot, ui: Ui, *, output: Path | None = None,
                   module_groups: tuple[str, ...] | None = None,
                   extra_modules: tuple[str, ...] | None = None,
                   tool_groups: tuple[str, ...] | None = None, compression: str = "zstd",
-                  local_cfg: Path | None = None, use_cache: bool = True) -> BuildResult:
+                  local_cfg: Path | None = None, use_cache: bool = True,
+                  packing: str = "auto", init_script: str | None = None) -> BuildResult:
     tree = load_kernel(Path(kernel)) if kernel else find_kernel(state, flavor, ui=ui)
     out = output or state.bootenvs / "standard"
     with ui.step("freeze the agent"):
@@ -47,7 +48,7 @@ def build_bootenv(state: StateRoot, ui: Ui, *, output: Path | None = None,
         module_groups=modules.groups_for(module_groups or modules.STANDARD_GROUPS,
                                          tool_groups or tools.DEFAULT_TOOLS),
         extra_modules=extra_modules or (), tool_groups=tool_groups or tools.DEFAULT_TOOLS,
-        compression=compression, local_cfg=local_cfg,
+        compression=compression, local_cfg=local_cfg, packing=packing, init_script=init_script,
         kernel_info={"flavor": tree.flavor, "package": tree.package.name,
                      "package_version": tree.package.version,
                      "package_sha256": tree.package.sha256},

@@ -55,6 +55,9 @@ class VmSpec:
     initrd: Path | None = None
     append: str | None = None
     cdrom: Path | None = None
+    # (host port, guest port): TCP on the host's loopback forwarded into the
+    # guest (QEMU user networking), e.g. to reach its sshd.
+    forwards: tuple[tuple[int, int], ...] = ()
     watchdog: bool = True
     cpu: str | None = None
     extra: tuple[str, ...] = ()
@@ -100,6 +103,8 @@ def qemu_argv(spec: VmSpec, qmp: Path) -> list[str]:
         net += f",tftp={spec.tftp_root}"
     if spec.bootfile:
         net += f",bootfile={spec.bootfile}"
+    for host_port, guest_port in spec.forwards:
+        net += f",hostfwd=tcp:127.0.0.1:{host_port}-:{guest_port}"
     argv += ["-netdev", net, "-device", f"{spec.nic_model},netdev=n0,mac={spec.mac}"]
     if spec.cdrom:
         argv += ["-drive", f"if=none,id=cd0,media=cdrom,readonly=on,file={spec.cdrom}",

@@ -9,10 +9,11 @@ PACKAGES="
     python3 python3-venv python3-dev gcc pkg-config libparted-dev
     qemu-system-x86 qemu-utils ipxe-qemu ovmf
     debootstrap debian-archive-keyring gpgv dpkg-dev
-    rsync busybox cpio zstd xz-utils lz4 kmod udev util-linux fdisk parted
+    rsync busybox cpio zstd xz-utils lz4 squashfs-tools kmod udev util-linux fdisk parted
     e2fsprogs xfsprogs dosfstools btrfs-progs mdadm lvm2 cryptsetup
     pxelinux syslinux-common isolinux xorriso grub-pc-bin grub-efi-amd64-bin grub-common
     dnsmasq iproute2 file binutils acl
+    openssh-server openssh-client attr
 "
 
 missing=""

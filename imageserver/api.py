@@ -2,8 +2,11 @@
 
     GET  /v1/instructions?hostname=&mac=&image=&layout=   -> JSON instructions
     POST /v1/events                                      <- JSON event
+    POST /v1/initrd                                      <- JSON request, -> tar
     GET  /v1/clients                                     -> monitor snapshot
     GET  /v1/health                                      -> "ok"
+    GET  /v1/client/prepare.py        the golden-client script (curl ... | python3 - prepare)
+    GET  /v1/client/sysclone-client.pyz   the same as a zipapp (python3 FILE prepare ...)
 
 Errors are JSON objects {"error", "message", "hint"} with a 4xx status, so
 the agent can show the server's own words on the client's console.
@@ -19,14 +22,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from imageserver import prepare
 from imageserver.instructions import ClientQuery, ServerPolicy, resolve
 from imageserver.monitor import Monitor
+from imageserver.store import ImageStore, UsageCache
 from sysclone.errors import SyscloneError
 from sysclone.paths import StateRoot
 
 log = logging.getLogger(__name__)
 
 MAX_EVENT = 64 * 1024
+MAX_INITRD_REQUEST = 16 * 1024 * 1024
 
 
 class ApiServer(ThreadingHTTPServer):
@@ -38,6 +44,9 @@ class ApiServer(ThreadingHTTPServer):
         self.state = state
         self.policy = policy
         self.monitor = monitor
+        # Usage figures are measured from the tree, memoized briefly: many
+        # clients booting at once do not each walk the image.
+        self.store = ImageStore(state, UsageCache(ttl=30.0))
         self._thread: threading.Thread | None = None
 
     @property
@@ -63,10 +72,10 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("api %s: " + format, self.client_address[0], *args)
 
-    def _send(self, status: int, body: Any) -> None:
+    def _send(self, status: int, body: Any, content_type: str = "application/json") -> None:
         data = json.dumps(body).encode() if not isinstance(body, bytes) else body
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -78,11 +87,16 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, {"status": "ok"})
         elif url.path == "/v1/clients":
             self._send(200, self.server.monitor.snapshot())
+        elif url.path == prepare.SCRIPT_PATH:
+            self._send(200, prepare.script(), "text/x-python; charset=utf-8")
+        elif url.path == prepare.ZIPAPP_PATH:
+            self._send(200, prepare.zipapp(), "application/zip")
         elif url.path == "/v1/instructions":
             query = ClientQuery(hostname=q.get("hostname") or None, mac=q.get("mac") or None,
                                 image=q.get("image") or None, layout=q.get("layout") or None)
             try:
-                body = resolve(self.server.state, query, self.server.policy)
+                body = resolve(self.server.state, query, self.server.policy,
+                               store=self.server.store)
             except SyscloneError as e:
                 self._send(HTTPStatus.NOT_FOUND, e.to_dict())
                 return
@@ -93,6 +107,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         url = urlsplit(self.path)
         length = int(self.headers.get("Content-Length") or 0)
+        if url.path == "/v1/initrd":
+            self._initrd(length)
+            return
         if url.path != "/v1/events":
             self._send(404, {"error": "NotFound", "message": f"no such endpoint {url.path}"})
             return
@@ -109,3 +126,26 @@ class _Handler(BaseHTTPRequestHandler):
         ev.setdefault("ip", self.client_address[0])
         self.server.monitor.record(ev)
         self._send(200, {"status": "ok"})
+
+    def _initrd(self, length: int) -> None:
+        """POST /v1/initrd: build a client's generic initrd here, natively
+        (imageserver.initrdbuild); answers a tar of what the tool wrote."""
+        from imageserver import initrdbuild
+
+        if length <= 0 or length > MAX_INITRD_REQUEST:
+            self._send(400, {"error": "BadRequest", "message": "request body size out of range"})
+            return
+        try:
+            body = json.loads(self.rfile.read(length))
+            if not isinstance(body, dict):
+                raise ValueError("not an object")
+        except ValueError as e:
+            self._send(400, {"error": "BadRequest", "message": f"request is not JSON: {e}"})
+            return
+        try:
+            req = initrdbuild.InitrdRequest.from_json(body)
+            data = initrdbuild.build(self.server.state, req)
+        except SyscloneError as e:
+            self._send(HTTPStatus.UNPROCESSABLE_ENTITY, e.to_dict())
+            return
+        self._send(200, data, "application/x-tar")

@@ -13,12 +13,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from imageserver.seal import NewVersion, seal
 from imageserver.store import ImageInfo, ImageStore, check_name
+from imageserver.versions import Versions
 from sysclone.errors import SyscloneError
 from sysclone.paths import StateRoot
 from sysclone.run import output, run, spawn
@@ -123,22 +124,22 @@ def _run_debootstrap(spec: BootstrapSpec, target: Path,
 def bootstrap_image(state: StateRoot, name: str, spec: BootstrapSpec, *, force: bool = False,
                     use_cache: bool = True,
                     on_line: Callable[[str], None] | None = None) -> ImageInfo:
-    """debootstrap (or unpack from cache) a golden tree and store it as `name`."""
+    """debootstrap (or unpack from cache) a golden tree and store it as a new
+    version of `name` (version 1 if it is new).  Nothing is replaced: `force`
+    is kept for callers of the old signature and means nothing any more."""
+    del force
     store = ImageStore(state)
     check_name(name)
-    if store.exists(name) and not force:
-        raise SyscloneError(f"image {name!r} already exists", hint="pass --force to replace it")
     if not spec.keyring.is_file():
         raise SyscloneError(f"keyring {spec.keyring} not found",
                             hint="install debian-archive-keyring")
     key = spec.cache_key(debootstrap_version())
     tarball = state.cache("debootstrap", f"{spec.suite}-{spec.arch}-{key}.tar.zst")
-    state.images.mkdir(parents=True, exist_ok=True)
-    work = state.images / f".{name}.new"
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir()
-    try:
+    details = {"suite": spec.suite, "arch": spec.arch, "variant": spec.variant,
+               "mirror": spec.mirror, "packages": list(spec.packages), "cache_key": key}
+    v = Versions(state)
+    with v.lock(name), v.stage(name) as s:
+        work = s.tree
         if use_cache and tarball.is_file():
             if on_line:
                 on_line(f"I: using cached tree {tarball}")
@@ -152,12 +153,8 @@ def bootstrap_image(state: StateRoot, name: str, spec: BootstrapSpec, *, force: 
             run(["tar", "--zstd", "--xattrs", "--xattrs-include=*", "--acls", "--numeric-owner",
                  "-cpf", str(tmp), "-C", str(work), "."])
             tmp.replace(tarball)
-        if store.exists(name):
-            shutil.rmtree(store.path(name))
-        work.rename(store.path(name))
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    details = {"suite": spec.suite, "arch": spec.arch, "variant": spec.variant,
-               "mirror": spec.mirror, "packages": list(spec.packages), "cache_key": key}
-    return store.record(name, origin="bootstrap", details=details)
+        # A rebuild from the same inputs shares every unchanged file with the
+        # previous version.
+        seal(v, s, NewVersion(origin="bootstrap", source=spec.mirror, details=details,
+                              dedupe=True), on_line)
+    return store.info(name)

@@ -2,8 +2,14 @@
 
 Per-client files are looked up the way SystemImager 4.9 does: by host name,
 then group name, then base host name (node01 -> node), then image name,
-then `default` (see shared/compat/README.md).  No layout file means the
-agent uses its built-in default layout for the firmware it booted with.
+then `default` (see shared/compat/README.md).  A captured image brings its
+golden client's layout (its version's layout.xml): it comes after the
+scripts directory's `<image>.xml` and before `default.xml`.  No layout at
+all means the agent uses its built-in default layout for its firmware.
+
+A client gets the image's current version unless it names one (IMAGENAME=
+web@3); the instructions name the version and the rsync module that holds
+exactly it (`web@3`), so a rollback during an install cannot mix versions.
 """
 
 from __future__ import annotations
@@ -13,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imageserver.store import ImageStore, check_name
+from imageserver.names import ImageRef
+from imageserver.store import ImageStore
 from sysclone.errors import ConfigError
 from sysclone.paths import StateRoot
 
@@ -66,16 +73,19 @@ class ServerPolicy:
     post_action: str | None = None  # overrides the client's when set
 
 
-def resolve(state: StateRoot, q: ClientQuery, policy: ServerPolicy) -> dict[str, Any]:
+def resolve(state: StateRoot, q: ClientQuery, policy: ServerPolicy,
+            store: ImageStore | None = None) -> dict[str, Any]:
     """The instructions for one client, or ConfigError (sent as 404/400)."""
-    store = ImageStore(state)
-    image = q.image or policy.default_image
-    if not image:
+    store = store or ImageStore(state)
+    wanted = q.image or policy.default_image
+    if not wanted:
         raise ConfigError("no image named for this client",
                           hint="pass IMAGENAME= on the kernel command line or set a default "
                                "image on the server")
-    check_name(image)
-    info = store.info(image)  # raises "unknown image" with the known ones
+    ref = ImageRef.parse(wanted)
+    image = ref.name
+    info = store.info(ref)  # raises "unknown image" with the known ones
+    version = info.version
     layout_dir = state.scripts / LAYOUT_DIR
     layout: dict[str, Any] | None = None
     if q.layout:
@@ -85,16 +95,26 @@ def resolve(state: StateRoot, q: ClientQuery, policy: ServerPolicy) -> dict[str,
             raise ConfigError(f"disks layout {q.layout!r} not found in {layout_dir}")
         layout = {"name": found.name, "format": "systemimager-xml", "text": found.read_text()}
     else:
-        found = find_file(layout_dir, candidates(q.hostname, (), image), (".xml",))
-        if found:
-            layout = {"name": found.name, "format": "systemimager-xml",
-                      "text": found.read_text()}
+        names = [n for n in candidates(q.hostname, (), image) if n != "default"]
+        found = find_file(layout_dir, names, (".xml",))
+        captured = store.versions.version_dir(image, version) / "layout.xml" \
+            if version is not None else None
+        if found is None and captured is not None and captured.is_file():
+            layout = {"name": f"{image}@{version}/layout.xml", "format": "systemimager-xml",
+                      "text": captured.read_text()}
+        else:
+            found = found or find_file(layout_dir, ["default"], (".xml",))
+            if found:
+                layout = {"name": found.name, "format": "systemimager-xml",
+                          "text": found.read_text()}
     usage = info.usage
     return {
         "version": API_VERSION,
         "hostname": q.hostname,
         "image": {
-            "name": image, "module": image, "rsync_port": policy.rsync_port,
+            "name": image, "version": version,
+            "module": image if version is None else f"{image}@{version}",
+            "rsync_port": policy.rsync_port,
             "bytes": usage.bytes if usage else None, "files": usage.files if usage else None,
             "transfer_bytes": usage.transfer if usage else None,
             "usage": usage.by_dir if usage else {},

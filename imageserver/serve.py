@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import socket
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -13,6 +15,9 @@ from imageserver.monitor import Monitor
 from imageserver.rsyncd import Rsyncd, RsyncdConfig
 from sysclone.errors import SyscloneError
 from sysclone.paths import StateRoot
+
+log = logging.getLogger(__name__)
+WATCH_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -52,10 +57,28 @@ def serving(state: StateRoot, cfg: ServeConfig, monitor: Monitor | None = None
         raise SyscloneError(f"cannot listen on {cfg.address}:{cfg.http_port}: {e.strerror}",
                             hint="choose another port with --http-port") from None
     rsyncd = Rsyncd(state, RsyncdConfig(cfg.address, cfg.rsync_port, cfg.hosts_allow))
+    stop = threading.Event()
+    watcher = threading.Thread(target=_watch_store, args=(rsyncd, stop), name="store-watch",
+                               daemon=True)
     try:
         rsyncd.start()
         api.start()
+        watcher.start()
         yield Running(cfg, monitor, api, rsyncd)
     finally:
+        stop.set()
+        if watcher.is_alive():
+            watcher.join(5)
         api.stop()
         rsyncd.stop()
+
+
+def _watch_store(rsyncd: Rsyncd, stop: threading.Event) -> None:
+    """Keep rsyncd.conf in step with the store: a capture, rollback, prune
+    or rename while serving is exported (NAME, NAME@N) within a second."""
+    while not stop.wait(WATCH_SECONDS):
+        try:
+            if rsyncd.refresh():
+                log.info("image store changed: rsyncd.conf rewritten")
+        except OSError as e:  # a store half-way through a rename: next time
+            log.debug("rsyncd.conf not refreshed: %s", e)

@@ -1,38 +1,38 @@
-"""The image store: one plain, chroot-able directory tree per image.
+"""The image store: images, their versions, and what is known about them.
 
-Images live in ROOT/images/<name>/ exactly as SystemImager kept them in
-/var/lib/systemimager/images/<name>; what sysclone knows about an image
-(its origin, size, per-directory usage for the client's fit check) is kept
-beside it in ROOT/images/<name>.json, outside the tree clients receive.
+Each image is a plain, chroot-able tree, as SystemImager kept them in
+/var/lib/systemimager/images/<name>: `ROOT/images/<name>` is the current
+version (a symlink into `.versions/`, see imageserver/versions.py, or a
+plain directory for an image stored before versions existed, whose
+metadata is then ROOT/images/<name>.json).
+
+Usage figures (the client's fit check) are measured from the tree when
+asked, never taken from a record that a tree edited in place would make
+stale; the API server memoizes them for a few seconds.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
-import shutil
 import stat
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sysclone.errors import ConfigError, SyscloneError
+from imageserver.names import NAME_HINT, ImageRef, check_name, is_name
+from imageserver.versions import VersionInfo, Versions
+from sysclone.errors import ConfigError
 from sysclone.paths import StateRoot
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}\Z")  # \Z: no trailing newline
+__all__ = ["NAME_HINT", "ImageInfo", "ImageStore", "ImageUsage", "UsageCache", "UsageCounter",
+           "check_name", "measure"]
 
 # Usage is summed per directory down to this depth: deep enough to cover any
 # sane mount layout (/, /usr, /var/lib, /srv/data) for the client's fit check.
 USAGE_DEPTH = 3
-
-
-def check_name(name: str) -> str:
-    if not _NAME.match(name) or name in (".", ".."):
-        raise ConfigError(f"image name {name!r} is not valid",
-                          hint="use letters, digits, '.', '_', '+' or '-', at most 64")
-    return name
 
 
 @dataclass(frozen=True)
@@ -49,9 +49,11 @@ class ImageUsage:
 class ImageInfo:
     name: str
     created: float
-    origin: str  # bootstrap | capture
+    origin: str  # bootstrap | capture | chroot | copy | adopted | unknown
     details: dict[str, Any] = field(default_factory=dict)
     usage: ImageUsage | None = None
+    version: int | None = None  # None: an image stored before versions existed
+    source: str | None = None  # the golden client or directory it was captured from
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -61,50 +63,105 @@ class ImageInfo:
         d = json.loads(text)
         u = d.get("usage")
         return cls(d["name"], d["created"], d["origin"], d.get("details", {}),
-                   ImageUsage(**u) if u else None)
+                   ImageUsage(**u) if u else None, d.get("version"), d.get("source"))
 
 
-def measure(tree: Path, depth: int = USAGE_DEPTH) -> ImageUsage:
-    """Allocated size of a tree, and its split by directory."""
-    seen: set[tuple[int, int]] = set()
-    by_dir: dict[str, int] = {}
-    total = files = transfer = 0
+class UsageCounter:
+    """What measure() reports, summed one lstat at a time (the manifest's
+    walk feeds it, so storing a version walks the tree once)."""
+
+    def __init__(self, depth: int = USAGE_DEPTH, seen: set[tuple[int, int]] | None = None
+                 ) -> None:
+        self.depth = depth
+        self.seen = set() if seen is None else seen
+        self.by_dir: dict[str, int] = {}
+        self.total = self.files = self.transfer = 0
+
+    def add(self, rel: str, st: os.stat_result) -> None:
+        """`rel`: "/usr/bin/ls" below the tree; the tree itself is not counted."""
+        if rel == "/":
+            return
+        parts = rel.strip("/").split("/")[:-1]
+        if not stat.S_ISDIR(st.st_mode):
+            self.files += 1
+            if st.st_nlink > 1:
+                if (st.st_dev, st.st_ino) in self.seen:
+                    return
+                self.seen.add((st.st_dev, st.st_ino))
+            if stat.S_ISREG(st.st_mode):
+                self.transfer += st.st_size
+        size = st.st_blocks * 512
+        self.total += size
+        for i in range(0, min(len(parts), self.depth) + 1):
+            k = "/" + "/".join(parts[:i])
+            self.by_dir[k] = self.by_dir.get(k, 0) + size
+
+    def result(self) -> ImageUsage:
+        return ImageUsage(self.total, self.files, dict(sorted(self.by_dir.items())),
+                          self.transfer)
+
+
+def measure(tree: Path, depth: int = USAGE_DEPTH, seen: set[tuple[int, int]] | None = None
+            ) -> ImageUsage:
+    """Allocated size of a tree, and its split by directory.  `seen` (inodes
+    already counted) lets several trees sharing hard links be summed."""
+    counter = UsageCounter(depth, seen)
     for dirpath, dirnames, filenames in os.walk(tree):
         rel = os.path.relpath(dirpath, tree)
-        parts = [] if rel == "." else rel.split("/")
-        keys = ["/" + "/".join(parts[:i]) for i in range(0, min(len(parts), depth) + 1)]
+        base = "" if rel == "." else "/" + rel
         for name in filenames + dirnames:
             try:
                 st = os.lstat(os.path.join(dirpath, name))
             except FileNotFoundError:
                 continue
-            if stat.S_ISDIR(st.st_mode):
-                size = st.st_blocks * 512
-            else:
-                files += 1
-                if st.st_nlink > 1:
-                    if (st.st_dev, st.st_ino) in seen:
-                        continue
-                    seen.add((st.st_dev, st.st_ino))
-                size = st.st_blocks * 512
-                if stat.S_ISREG(st.st_mode):
-                    transfer += st.st_size
-            total += size
-            for k in keys:
-                by_dir[k] = by_dir.get(k, 0) + size
-    return ImageUsage(total, files, dict(sorted(by_dir.items())), transfer)
+            counter.add(f"{base}/{name}", st)
+    return counter.result()
+
+
+class UsageCache:
+    """measure() results for `ttl` seconds, per tree: the API answers many
+    clients booting at once without walking the image for each."""
+
+    def __init__(self, ttl: float = 30.0) -> None:
+        self.ttl = ttl
+        self._lock = threading.Lock()
+        self._memo: dict[str, tuple[float, ImageUsage]] = {}
+
+    def usage(self, tree: Path) -> ImageUsage:
+        key = os.path.realpath(tree)
+        now = time.monotonic()
+        with self._lock:
+            hit = self._memo.get(key)
+            if hit and now - hit[0] < self.ttl:
+                return hit[1]
+        u = measure(Path(key))
+        with self._lock:
+            self._memo[key] = (now, u)
+        return u
 
 
 @dataclass(frozen=True)
 class ImageStore:
     state: StateRoot
+    cache: UsageCache | None = field(default=None, compare=False)
 
     @property
     def top(self) -> Path:
         return self.state.images
 
+    @property
+    def versions(self) -> Versions:
+        return Versions(self.state)
+
     def path(self, name: str) -> Path:
+        """The image's current tree (a stable path: it follows rollbacks)."""
         return self.top / check_name(name)
+
+    def tree(self, ref: ImageRef) -> Path:
+        """The tree of one version (the current one if none is named)."""
+        if not self.exists(ref.name):
+            raise self.versions.unknown(ref.name)
+        return self.versions.resolve(ref)[1]
 
     def exists(self, name: str) -> bool:
         return self.path(name).is_dir()
@@ -114,28 +171,100 @@ class ImageStore:
             return []
         # lost+found: the images directory may be a filesystem of its own.
         return sorted(p.name for p in self.top.iterdir()
-                      if p.is_dir() and _NAME.match(p.name) and p.name != "lost+found")
+                      if p.is_dir() and is_name(p.name) and p.name != "lost+found")
 
-    def info(self, name: str) -> ImageInfo:
-        meta = self.top / f"{check_name(name)}.json"
+    def usage(self, tree: Path) -> ImageUsage:
+        return self.cache.usage(tree) if self.cache else measure(tree)
+
+    def info(self, name: str | ImageRef) -> ImageInfo:
+        ref = name if isinstance(name, ImageRef) else ImageRef.parse(name)
+        if not self.exists(ref.name):
+            raise self.versions.unknown(ref.name)
+        v = self.versions
+        n, tree = v.resolve(ref)
+        if n is None:
+            meta = self.top / f"{ref.name}.json"
+            if not meta.is_file():
+                return self.record(ref.name, origin="unknown")
+            old = ImageInfo.from_json(meta.read_text())
+            return ImageInfo(old.name, old.created, old.origin, old.details, self.usage(tree))
+        vi = v.info(ref.name, n)
+        return ImageInfo(ref.name, vi.created, vi.origin, vi.details, self.usage(tree), n,
+                         vi.source)
+
+    def describe(self, name: str | ImageRef) -> dict[str, Any]:
+        """Everything known about an image or version, for `image show`."""
+        info = self.info(name)
+        d: dict[str, Any] = json.loads(info.to_json())
+        if info.version is not None:
+            v = self.versions
+            vi = v.info(info.name, info.version)
+            d.update({k: val for k, val in asdict(vi).items()
+                      if k in ("parent", "entries", "manifest_sha256", "added_bytes",
+                               "excludes", "warnings")})
+            d["current"] = v.current(info.name)
+            d["versions"] = v.numbers(info.name)
+            vdir = v.version_dir(info.name, info.version)
+            d["records"] = sorted(p.name for p in vdir.iterdir() if p.name != "tree")
+        return d
+
+    def version_infos(self, name: str) -> list[VersionInfo]:
+        check_name(name)
         if not self.exists(name):
-            raise ConfigError(f"unknown image {name!r}",
-                              hint="known images: " + (", ".join(self.names()) or "none"))
-        if meta.is_file():
-            return ImageInfo.from_json(meta.read_text())
-        return self.record(name, origin="unknown")
+            raise self.versions.unknown(name)
+        return [self.versions.info(name, n) for n in self.versions.numbers(name)]
 
     def record(self, name: str, origin: str, details: dict[str, Any] | None = None) -> ImageInfo:
-        """(Re)measure an image and store what is known about it."""
+        """(Re)measure an image stored as a plain directory and write down
+        what is known about it.  Versioned images are recorded when stored."""
+        if not self.versions.is_legacy(name):
+            return self.info(name)
         info = ImageInfo(name, time.time(), origin, details or {}, measure(self.path(name)))
         tmp = self.top / f".{name}.json.tmp"
         tmp.write_text(info.to_json())
         tmp.replace(self.top / f"{name}.json")
         return info
 
-    def delete(self, name: str) -> None:
-        p = self.path(name)
-        if not p.is_dir():
-            raise SyscloneError(f"unknown image {name!r}")
-        shutil.rmtree(p)
-        (self.top / f"{name}.json").unlink(missing_ok=True)
+    def delete(self, name: str | ImageRef) -> None:
+        ref = name if isinstance(name, ImageRef) else ImageRef.parse(name)
+        v = self.versions
+        if not v.exists(ref.name):
+            raise ConfigError(f"unknown image {ref.name!r}")
+        with v.lock(ref.name):
+            if ref.version is None:
+                v.remove_image(ref.name)
+            else:
+                v.resolve(ref)  # says which versions exist when it does not
+                v.remove_version(ref.name, ref.version)
+
+    def rollback(self, name: str, version: int) -> None:
+        check_name(name)
+        with self.versions.lock(name):
+            self.versions.set_current(name, version)
+
+    def prune(self, name: str, keep: int) -> list[int]:
+        """Delete all but the `keep` newest versions (and the current one)."""
+        if keep < 1:
+            raise ConfigError(f"--keep {keep}: keep at least one version")
+        v = self.versions
+        check_name(name)
+        with v.lock(name):
+            numbers = v.numbers(name)
+            if not numbers:
+                raise v.unknown(name) if not self.exists(name) else ConfigError(
+                    f"image {name} has no versions to prune (it predates versions)")
+            current = v.current(name)
+            keep_set = set(numbers[-keep:]) | {current}
+            gone = [n for n in numbers if n not in keep_set]
+            for n in gone:
+                v.remove_version(name, n)
+        return gone
+
+    def rename(self, old: str, new: str) -> None:
+        check_name(old)
+        check_name(new)
+        v = self.versions
+        if not self.exists(old):
+            raise v.unknown(old)
+        with v.lock(old), v.lock(new):
+            v.rename_image(old, new)

@@ -13,7 +13,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from sysclone.errors import SyscloneError
+from sysclone import checks, imagecli
+from sysclone.errors import ConfigError, SyscloneError
 from sysclone.paths import StateRoot
 from sysclone.ui import Ui, print_table
 
@@ -30,6 +31,13 @@ def cmd_image_bootstrap(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
     from kernels.aptsources import find_debian_mirror
 
     check_name(a.name)  # a bad name is one line of error, before any step starts
+    # Suite and architecture name cache files; packages go to debootstrap.
+    checks.debian_name(a.suite, "--suite", "Debian suite")
+    checks.debian_name(a.arch, "--arch", "Debian architecture")
+    for pkg in a.include:
+        checks.debian_name(pkg, "--include", "package name")
+    if a.mirror:
+        checks.mirror_url(a.mirror)
     mirror, suite = a.mirror, a.suite
     if not mirror:
         m = find_debian_mirror()
@@ -42,29 +50,33 @@ def cmd_image_bootstrap(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
         info = bootstrap_image(state, a.name, spec, force=a.force, use_cache=not a.no_cache,
                                on_line=update)
     assert info.usage
-    ui.info(f"image {a.name}: {info.usage.bytes / 2**20:,.0f} MiB, {info.usage.files:,} files "
-            f"in {state.images / a.name}")
+    ui.info(f"image {a.name} version {info.version}: {info.usage.bytes / 2**20:,.0f} MiB, "
+            f"{info.usage.files:,} files in {state.images / a.name}")
     return 0
 
 
 def cmd_image_list(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
     from imageserver.store import ImageStore
+    from imageserver.verify import disk_use
 
     store = ImageStore(state)
     rows = []
     for n in store.names():
         info = store.info(n)
-        size = f"{info.usage.bytes / 2**20:,.0f} MiB" if info.usage else "?"
-        rows.append({"name": n, "origin": info.origin, "size": size,
+        count = len(store.versions.numbers(n))
+        rows.append({"name": n, "version": info.version or "-", "versions": count or 1,
+                     "origin": info.origin, "source": info.source or "",
+                     # every version, files they share counted once
+                     "size": f"{disk_use(state, n) / 2**20:,.0f} MiB",
                      "files": f"{info.usage.files:,}" if info.usage else "?"})
-    print_table(rows, ["name", "origin", "size", "files"])
+    print_table(rows, ["name", "version", "versions", "origin", "source", "size", "files"])
     return 0
 
 
 def cmd_image_show(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
     from imageserver.store import ImageStore
 
-    print(ImageStore(state).info(a.name).to_json())
+    print(json.dumps(ImageStore(state).describe(a.name), indent=2, sort_keys=True))
     return 0
 
 
@@ -72,7 +84,7 @@ def cmd_image_delete(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
     from imageserver.store import ImageStore
 
     ImageStore(state).delete(a.name)
-    ui.info(f"deleted image {a.name}")
+    ui.info(f"deleted {'version' if '@' in a.name else 'image'} {a.name}")
     return 0
 
 
@@ -81,6 +93,12 @@ def cmd_image_delete(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
 def cmd_kernel_fetch(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
     from kernels.standard import fetch_standard
 
+    checks.debian_name(a.flavor, "--flavor", "kernel flavor")
+    checks.debian_name(a.arch, "--arch", "Debian architecture")
+    if a.suite:
+        checks.debian_name(a.suite, "--suite", "Debian suite")
+    if a.mirror:
+        checks.mirror_url(a.mirror)
     with ui.progress(f"linux-image-{a.flavor}", None) as update:
         tree = fetch_standard(state, flavor=a.flavor, suite=a.suite, mirror=a.mirror,
                               arch=a.arch, progress=update)
@@ -102,12 +120,16 @@ def cmd_kernel_list(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
 def cmd_bootenv_build(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
     from bootenv.standard import build_bootenv
 
-    result = build_bootenv(state, ui, output=Path(a.output) if a.output else None,
+    output = checks.output_dir(a.output, "--output", state) if a.output else None
+    checks.debian_name(a.flavor, "--flavor", "kernel flavor")
+    if a.local_cfg:
+        _check_local_cfg(Path(a.local_cfg), ui)
+    result = build_bootenv(state, ui, output=output,
                            kernel=a.kernel, flavor=a.flavor,
                            module_groups=_split(a.modules), extra_modules=_split(a.add_modules),
                            tool_groups=_split(a.tools), compression=a.compression,
                            local_cfg=Path(a.local_cfg) if a.local_cfg else None,
-                           use_cache=not a.no_cache)
+                           use_cache=not a.no_cache, packing=a.packing)
     d = result.data
     ui.info(f"kernel     {result.kernel} ({d['kernel']['version']})")
     ui.info(f"initrd.img {result.initrd} ({d['initrd']['size'] / 2**20:.1f} MiB "
@@ -115,6 +137,17 @@ def cmd_bootenv_build(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
             "unpacked)")
     ui.info(f"manifest   {result.manifest}")
     return 0
+
+
+def _check_local_cfg(path: Path, ui: Ui) -> None:
+    """A local.cfg to embed is read now, as the agent will: a mistake in it
+    is found at build time, not on every client at install time."""
+    from agent.params import read_local_cfg
+
+    if not path.is_file():
+        raise ConfigError(f"--local-cfg {path}: no such file")
+    for w in read_local_cfg(path).warnings:
+        ui.info(f"warning: {w}")
 
 
 def _split(v: str | None) -> tuple[str, ...] | None:
@@ -131,6 +164,12 @@ def cmd_serve(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
 
     from imageserver.serve import ServeConfig, serving
 
+    checks.port(a.rsync_port, "--rsync-port")
+    checks.port(a.http_port, "--http-port")
+    if a.default_image:
+        checks.image_name(a.default_image)
+    for entry in a.hosts_allow or ():
+        checks.rsync_host_pattern(entry)
     cfg = ServeConfig(address=a.address, rsync_port=a.rsync_port, http_port=a.http_port,
                       default_image=a.default_image, post_action=a.post_action,
                       hosts_allow=tuple(a.hosts_allow or ()))
@@ -174,12 +213,25 @@ def _image_names(state: StateRoot) -> list[str]:
 def cmd_pxe_build(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
     from mkmedia.pxe import PxeSpec, write_tree
 
-    bootenv = Path(a.bootenv) if a.bootenv else state.bootenvs / "standard"
-    out = Path(a.output) if a.output else state.pxe
+    bootenv = checks.bootenv_dir(a.bootenv, state)
+    out = checks.output_dir(a.output, "--output", state) if a.output else state.pxe
+    if out.resolve() == bootenv.resolve():
+        raise ConfigError(f"the PXE tree {out} is the boot environment itself",
+                          hint="write it to another directory with --output")
     append = " ".join(a.append)
+    _check_append(append, ui)
     tree = write_tree(out, PxeSpec(bootenv / "kernel", bootenv / "initrd.img", append))
     ui.info(f"PXE tree in {tree} (serve it over TFTP; boot file pxelinux.0)")
     return 0
+
+
+def _check_append(append: str, ui: Ui) -> None:
+    """The install parameters are read now, as the agent will read them: a
+    typo (si.hostnme=) or a bad value is found before any client boots."""
+    from agent.params import parse_cmdline
+
+    for w in parse_cmdline(append, name="the APPEND line").warnings:
+        ui.info(f"warning: {w}")
 
 
 # ------------------------------------------------------------------- demo ---
@@ -187,6 +239,13 @@ def cmd_pxe_build(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
 def cmd_demo(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
     from sysclone.demo import DemoOptions, run_demo
 
+    # The host name names the VM's disk file (ROOT/vms/<hostname>.img).
+    checks.host_name(a.hostname, "--hostname")
+    checks.image_name(a.image)
+    checks.debian_name(a.flavor, "--flavor", "kernel flavor")
+    for value, option in ((a.memory, "--memory"), (a.disk_size, "--disk-size"),
+                          (a.timeout, "--timeout")):
+        checks.positive(value, option)
     opts = DemoOptions(image=a.image, hostname=a.hostname, memory_mib=a.memory,
                        disk_gib=a.disk_size, timeout=a.timeout, flavor=a.flavor)
     return run_demo(state, ui, opts)
@@ -248,13 +307,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extra package (repeatable)")
     p.add_argument("--no-serial-console", action="store_true",
                    help="do not put the console on ttyS0 too")
-    p.add_argument("--force", action="store_true", help="replace an existing image")
+    p.add_argument("--force", action="store_true",
+                   help="accepted for old scripts: an existing image gets a new version")
     p.add_argument("--no-cache", action="store_true", help="debootstrap even if cached")
-    add(isub, "list", cmd_image_list, "list images with their size")
-    p = add(isub, "show", cmd_image_show, "show what is known about an image (JSON)")
-    p.add_argument("name")
-    p = add(isub, "delete", cmd_image_delete, "delete an image")
-    p.add_argument("name")
+    add(isub, "list", cmd_image_list,
+        "list images: current version, versions, origin, source, disk use of all versions")
+    p = add(isub, "show", cmd_image_show,
+            "show what is known about an image or one version, NAME[@N] (JSON)")
+    p.add_argument("name", metavar="NAME[@N]")
+    p = add(isub, "delete", cmd_image_delete,
+            "delete an image with all its versions, or one old version (NAME@N)")
+    p.add_argument("name", metavar="NAME[@N]")
+    imagecli.add_image_actions(isub, add)
+    imagecli.add_client_commands(sub, add)
 
     k = sub.add_parser("kernel", help="kernel flavors for boot environments",
                        description="Fetch and list kernels for boot environments.")
@@ -285,6 +350,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tools", help="tool groups, comma-separated (default: core,ext4,xfs,vfat; "
                                    "others: btrfs, raid, lvm, crypt)")
     p.add_argument("--compression", default="zstd", choices=("zstd", "xz", "gzip", "none"))
+    p.add_argument("--packing", default="auto", choices=("auto", "squashfs", "cpio"),
+                   help="squashfs: a compressed root read on demand behind a tiny first "
+                        "stage (less RAM, faster start); cpio: one archive unpacked whole, "
+                        "for kernels without loop/squashfs/overlay; auto (default): squashfs "
+                        "when the kernel can")
     p.add_argument("--local-cfg", help="embed this local.cfg in the initrd")
     p.add_argument("--no-cache", action="store_true", help="re-freeze the agent")
 
@@ -338,6 +408,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"sysclone: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        # A path the user gave that cannot be used (permissions, a full
+        # disk, a file where a directory belongs): one line, like the rest.
+        if args.debug:
+            raise
+        where = f": {e.filename}" if e.filename else ""
+        print(f"sysclone: error: {e.strerror or e}{where}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("sysclone: interrupted", file=sys.stderr)

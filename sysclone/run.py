@@ -15,7 +15,7 @@ import os
 import shlex
 import subprocess
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
 
@@ -51,7 +51,8 @@ def _argv(argv: Sequence[Arg], target: Path | None) -> list[str]:
 
 
 def _popen(args: list[str], **kwargs: Any) -> subprocess.Popen[str]:
-    return subprocess.Popen(args, text=True, **kwargs)
+    kwargs.setdefault("text", True)
+    return subprocess.Popen(args, **kwargs)
 
 
 def run(
@@ -131,6 +132,55 @@ def spawn(
         for stream in (proc.stdout, proc.stderr):
             if stream:
                 stream.close()
+
+
+@contextmanager
+def filtered(argv: Sequence[Arg], source: IO[bytes], head: bytes = b"",
+             *, target: Path | None = None) -> Iterator[IO[bytes]]:
+    """Stream `head` + the rest of `source` through a filter command (a
+    decompressor) and yield its binary output, read as it comes: nothing is
+    staged in memory or on disk.  Raises CommandError if the filter fails."""
+    import threading
+
+    args = _argv(argv, target)
+    log.debug("+ %s (filter)", shlex.join(args))
+    try:
+        proc = _popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                      stderr=subprocess.PIPE, env=base_env(), text=False)
+    except FileNotFoundError as e:
+        raise SyscloneError(f"command not found: {args[0]}",
+                            hint="install the package that provides it") from e
+    stdin, stdout = proc.stdin, proc.stdout
+    assert stdin is not None and stdout is not None
+
+    def feed() -> None:
+        try:
+            stdin.write(head)  # type: ignore[arg-type]
+            for chunk in iter(lambda: source.read(1 << 20), b""):
+                stdin.write(chunk)  # type: ignore[arg-type]
+        except (BrokenPipeError, ValueError):
+            pass  # the reader stopped early
+        finally:
+            with suppress(BrokenPipeError):
+                stdin.close()
+
+    feeder = threading.Thread(target=feed, name="filter-feed", daemon=True)
+    feeder.start()
+    ok = False
+    try:
+        yield stdout  # type: ignore[misc]
+        stdout.read()  # drain: the filter must be able to finish
+        ok = True
+    finally:
+        stdout.close()
+        rc = proc.wait()
+        feeder.join()
+        err = proc.stderr.read() if proc.stderr else b""
+        if proc.stderr:
+            proc.stderr.close()
+    if ok and rc != 0:
+        raise CommandError(args, rc, "", err.decode(errors="replace") if isinstance(err, bytes)
+                           else str(err))
 
 
 def output(argv: Sequence[Arg], **kwargs: Any) -> str:

@@ -1,8 +1,14 @@
-"""Shared test fixtures.
+"""Shared test fixtures and hooks.
 
 Unit tests must never run a real command: `sysclone.run._popen` is replaced
 by a fake that raises unless a test registers the argv it expects (see
 `fake_commands`).  Integration and e2e tests are marked and opt out.
+
+Under CI=true a skipped test fails the run: on CI a skip hides a test that
+did not run.  Tests that read the SystemImager compatibility corpus
+(`compat`, found only beside this checkout in ../shared) are deselected, not
+skipped, when it is absent: the project's own fixtures (tests/unit/data/si)
+cover the same features, and the corpus is an extra check where it exists.
 """
 
 from __future__ import annotations
@@ -17,8 +23,15 @@ from typing import Any
 
 import pytest
 
+# pytester runs an inner pytest in this process: the hooks below are tested
+# that way (tests/unit/test_ci_skips.py).
+pytest_plugins = ["pytester"]
+
 REPO = Path(__file__).resolve().parent.parent
-COMPAT = (REPO.parent / "shared" / "compat" / "systemimager").resolve()
+# The compatibility corpus beside this checkout; SYSCLONE_COMPAT points
+# elsewhere (a path that does not exist shows what a bare clone runs).
+COMPAT = Path(os.environ.get("SYSCLONE_COMPAT")
+              or REPO.parent / "shared" / "compat" / "systemimager").resolve()
 DATA = Path(__file__).resolve().parent / "unit" / "data"
 
 
@@ -122,9 +135,56 @@ def fake_commands(_no_real_commands: FakeCommands | None) -> FakeCommands:
 
 @pytest.fixture
 def compat() -> Path:
-    if not COMPAT.is_dir():
+    if not COMPAT.is_dir():  # deselected below; this is for a test run by its id
         pytest.skip(f"compatibility corpus not found at {COMPAT}")
     return COMPAT
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Without the corpus, its tests are deselected (reported as such), so
+    that they neither run nor count as skipped."""
+    if COMPAT.is_dir():
+        return
+    corpus = [i for i in items if "compat" in getattr(i, "fixturenames", ())]
+    if corpus:
+        config.hook.pytest_deselected(items=corpus)
+        items[:] = [i for i in items if i not in corpus]
+
+
+def ci_strict(environ: dict[str, str] | os._Environ[str] = os.environ) -> bool:
+    """CI=true (as GitHub, GitLab and most CI systems set it)."""
+    return environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def skipped_reports(config: pytest.Config) -> list[pytest.TestReport | pytest.CollectReport]:
+    """Every skip the terminal reporter saw (expected failures are not skips)."""
+    terminal = config.pluginmanager.get_plugin("terminalreporter")
+    if terminal is None:
+        return []
+    return [r for r in terminal.stats.get("skipped", []) if not hasattr(r, "wasxfail")]
+
+
+def skip_reason(report: pytest.TestReport | pytest.CollectReport) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2]).removeprefix("Skipped: ")
+    return str(longrepr)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Under CI=true, skipped tests fail the run, each listed with its reason."""
+    if not ci_strict():
+        return
+    skipped = skipped_reports(session.config)
+    if not skipped:
+        return
+    terminal = session.config.pluginmanager.get_plugin("terminalreporter")
+    if terminal is not None:
+        terminal.section("skipped tests fail the run under CI=true", sep="=", red=True)
+        for r in skipped:
+            terminal.line(f"SKIPPED {r.nodeid}: {skip_reason(r)}")
+    if session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def needs_root() -> pytest.MarkDecorator:

@@ -40,3 +40,23 @@ def fstab_uuids(fstab_text: str) -> dict[str, str]:
 
 def blkid_uuid(device: str) -> str:
     return sh("blkid", "-s", "UUID", "-o", "value", device).strip()
+
+
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def initrd_member(initrd: Path, member: str) -> str | None:
+    """One file of a Debian initrd (an optional uncompressed early archive,
+    then a zstd one), read with the host's own zstd and cpio."""
+    data = initrd.read_bytes()
+    start = data.find(ZSTD_MAGIC)
+    if start < 0:
+        raise AssertionError(f"{initrd} has no zstd archive")
+    raw = subprocess.run(["zstd", "-dc"], input=data[start:], capture_output=True,
+                         check=True).stdout
+    names = subprocess.run(["cpio", "-t", "--quiet"], input=raw, capture_output=True,
+                           check=True).stdout.decode().split()
+    if member not in names:
+        return None
+    return subprocess.run(["cpio", "-i", "--quiet", "--to-stdout", member], input=raw,
+                          capture_output=True, check=True).stdout.decode()

@@ -10,6 +10,8 @@ NVRAM entry.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +34,11 @@ class Bootloader:
     def fits(self, root: Path) -> int:
         return NONE
 
-    def install(self, root: Path, target: BootTarget) -> None:
+    def install(self, root: Path, target: BootTarget,
+                initrd_ready: Callable[[], object] = lambda: None) -> None:
+        """Install the boot code and write the configuration; the
+        configuration lists the kernels' initrds, so it is written only
+        once `initrd_ready()` returns."""
         raise NotImplementedError
 
 
@@ -44,22 +50,42 @@ class Grub2(Bootloader):
     def fits(self, root: Path) -> int:
         return PREFERRED if exists(root, "usr/sbin/grub-install") else NONE
 
-    def install(self, root: Path, target: BootTarget) -> None:
+    editenv = "grub-editenv"
+    envfile = "/boot/grub/grubenv"
+
+    def install(self, root: Path, target: BootTarget,
+                initrd_ready: Callable[[], object] = lambda: None) -> None:
+        self.check(root, target)
+        # grub-install would create grubenv, and update-grub's 00_header
+        # looks for it: once it exists, the two are independent and run side
+        # by side (under emulation update-grub alone takes half a minute).
+        if not exists(root, self.envfile.lstrip("/")):
+            run([self.editenv, self.envfile, "create"], target=root)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="grub-install") as pool:
+            code = pool.submit(self.install_code, root, target)
+            try:
+                initrd_ready()
+                self.write_config(root)
+            finally:
+                code.result()
+
+    def check(self, root: Path, target: BootTarget) -> None:
+        arch = "x86_64-efi" if target.firmware == "uefi" else "i386-pc"
+        if not exists(root, f"usr/lib/grub/{arch}") and not exists(root, f"usr/lib/grub2/{arch}"):
+            pkg = "grub-efi-amd64-bin" if target.firmware == "uefi" else "grub-pc-bin"
+            what = "UEFI" if target.firmware == "uefi" else "BIOS"
+            raise SyscloneError(f"the image has no GRUB for {what} (usr/lib/grub/{arch})",
+                                hint=f"install {pkg} in the golden image")
+
+    def install_code(self, root: Path, target: BootTarget) -> None:
         if target.firmware == "uefi":
-            if not exists(root, "usr/lib/grub/x86_64-efi"):
-                raise SyscloneError("the image has no GRUB for UEFI (usr/lib/grub/x86_64-efi)",
-                                    hint="install grub-efi-amd64-bin in the golden image")
             common = [self.install_cmd, "--target=x86_64-efi",
                       f"--efi-directory={target.esp_mountpoint}"]
             run([*common, f"--bootloader-id={target.bootloader_id}", "--recheck"], target=root)
             run([*common, "--removable", "--no-nvram"], target=root)
         else:
-            if not exists(root, "usr/lib/grub/i386-pc"):
-                raise SyscloneError("the image has no GRUB for BIOS (usr/lib/grub/i386-pc)",
-                                    hint="install grub-pc-bin in the golden image")
             for disk in target.disks:
                 run([self.install_cmd, "--target=i386-pc", "--recheck", disk], target=root)
-        self.write_config(root)
 
     def write_config(self, root: Path) -> None:
         if exists(root, "usr/sbin/update-grub"):
@@ -73,6 +99,8 @@ class Grub2RedHat(Grub2):
 
     name = "grub2 (grub2-* tools)"
     install_cmd = "grub2-install"
+    editenv = "grub2-editenv"
+    envfile = "/boot/grub2/grubenv"
 
     def fits(self, root: Path) -> int:
         return MAINLINE if exists(root, "usr/sbin/grub2-install") else NONE

@@ -10,7 +10,8 @@ into a named `Layer`; `resolve()` merges them by precedence into a typed
     if not local_cfg_skipped(layers):
         layers.append(read_local_cfg("/local.cfg"))
     resolved = resolve(layers, break_steps=AGENT_PHASES)
-    resolved.require_supported_protocol()
+    resolved.require_supported()                   # refuses what sysclone does not do yet
+    static_network(resolved.params, resolved.origin)   # agent.params.static: IPADDR & co.
     params = resolved.params                       # params.image_server, params.post_action...
     print(resolved.explain())                      # for si.dry-run
 

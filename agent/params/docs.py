@@ -5,11 +5,21 @@ from __future__ import annotations
 import textwrap
 from typing import Literal
 
-from agent.params.kinds import Shape
+from agent.params.kinds import Kind, Shape
 from agent.params.table import PARAMS, SI_BREAK_STEPS, SUPPORTED_PROTOCOLS, Param
 
 _ORIGINS = {"4.9": "SystemImager 4.9", "4.3": "SystemImager 4.3 variable, si. name by sysclone",
             "sysclone": "sysclone"}
+
+
+def _description(p: Param) -> str:
+    """The help text, and for a parameter sysclone does not act on yet,
+    what happens when it is set anyway."""
+    if p.refused is None:
+        return p.help
+    when = "set to yes" if p.kind is Kind.BOOL else "set"
+    return f"{p.help} Not supported by sysclone yet: the install stops with an error when " \
+           f"it is {when} ({p.refused})."
 
 
 def _default(p: Param) -> str:
@@ -49,7 +59,10 @@ def _notes() -> list[str]:
         "In local.cfg, write VARIABLE=value with the names of the local.cfg column (or the "
         "si. name).",
         f"si.dl-protocol accepts every 4.9 protocol; sysclone implements: {supported}.",
-        "si.break steps: " + ", ".join(SI_BREAK_STEPS) + " (plus sysclone's phase names).",
+        "si.break steps: " + ", ".join(SI_BREAK_STEPS) + " (plus sysclone's phase names; "
+        "sysclone-agent phases lists them with the SystemImager names each one stands for).",
+        "Unknown si., rd.sis. and sysclone. names on the kernel command line, and unknown si. "
+        "names in local.cfg or a server config, stop the install with an error.",
     ]
 
 
@@ -70,7 +83,7 @@ def render_docs(fmt: Literal["markdown", "text"] = "markdown", *, width: int = 7
             dhcp = ", ".join(str(o) for o in p.dhcp) or "-"
             cells = [f"`{p.name}`", value, _default(p), ", ".join(_legacy_names(p)) or "-",
                      ", ".join(_local_vars(p)), dhcp,
-                     f"{p.help} *({_ORIGINS[p.origin]})*"]
+                     f"{_description(p)} *({_ORIGINS[p.origin]})*"]
             lines.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
         lines.append("")
         lines += [f"- {note}" for note in _notes()]
@@ -87,7 +100,7 @@ def render_docs(fmt: Literal["markdown", "text"] = "markdown", *, width: int = 7
         if p.shape is Shape.REPEATABLE:
             head += "  (repeatable)"
         lines.append(f"{head}  [default: {_default(p)}]")
-        lines += wrap(p.help, "    ", "    ")
+        lines += wrap(_description(p), "    ", "    ")
         extra = []
         legacy = _legacy_names(p)
         if legacy:

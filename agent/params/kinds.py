@@ -16,7 +16,13 @@ from enum import Enum, StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPAddress = ipaddress.IPv4Address
+"""Addresses in install parameters: the install network is IPv4 only (the
+agent's DHCP client, its netlink setup and SystemImager's own parameters
+all are), so an IPv6 value is refused when it is parsed rather than failing
+later, deep in the network code."""
+
+_IPV4_ONLY = "is an IPv6 address; the install network is IPv4 only"
 
 
 class BadValue(Exception):
@@ -71,7 +77,8 @@ class HostPort:
 TRUE_WORDS = frozenset({"1", "y", "yes", "true", "on"})
 FALSE_WORDS = frozenset({"0", "n", "no", "false", "off"})
 
-_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)\Z")
+# RFC 1123 labels: letters, digits and inner hyphens, at most 63 characters.
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
 _IFACE = re.compile(r"[^\s/]{1,15}\Z")
 _NAME = re.compile(r"[^\s/\x00]+\Z")
 _STEP = re.compile(r"[a-z0-9][a-z0-9_-]*\Z")
@@ -110,7 +117,8 @@ def parse_port(raw: str) -> int:
         raise BadValue("is not a port number (1-65535)") from None
 
 
-def _is_hostname(text: str) -> bool:
+def is_hostname(text: str) -> bool:
+    """A host name or FQDN of RFC 1123 labels (a trailing dot allowed)."""
     name = text[:-1] if text.endswith(".") else text
     if not name or len(name) > 253:
         return False
@@ -121,58 +129,71 @@ def _is_hostname(text: str) -> bool:
 
 
 def parse_ip(raw: str) -> IPAddress:
+    """An IPv4 address; an IPv6 one is refused with the reason."""
     text = raw.strip()
     if text.startswith("[") and text.endswith("]"):
         text = text[1:-1]
     try:
-        return ipaddress.ip_address(text)
+        address = ipaddress.ip_address(text)
     except ValueError:
-        raise BadValue("is not an IP address") from None
+        raise BadValue("is not an IPv4 address") from None
+    if isinstance(address, ipaddress.IPv6Address):
+        raise BadValue(_IPV4_ONLY)
+    return address
 
 
 def parse_hostname(raw: str) -> str:
     text = raw.strip()
-    if not _is_hostname(text):
+    if not is_hostname(text):
         raise BadValue("is not a valid host name (letters, digits, '-', dot-separated)")
     return text
 
 
 def parse_host(raw: str) -> str:
-    """A host name or an IP address (IPv6 possibly in brackets); IPs are
-    returned in their normal form."""
+    """A host name or an IPv4 address, returned in its normal form.  Servers
+    are reached over the install network, so an IPv6 address is refused."""
     text = raw.strip()
+    if _is_ipv6(text):
+        raise BadValue(_IPV4_ONLY)
     try:
         return str(parse_ip(text))
     except BadValue:
         pass
-    if _is_hostname(text):
+    if is_hostname(text):
         return text
-    raise BadValue("is not a host name or IP address")
+    raise BadValue("is not a host name or IPv4 address")
+
+
+def _is_ipv6(text: str) -> bool:
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    try:
+        return isinstance(ipaddress.ip_address(text), ipaddress.IPv6Address)
+    except ValueError:
+        return False
 
 
 def parse_hostport(raw: str) -> HostPort:
-    """host, host:port, IPv6, [IPv6] or [IPv6]:port."""
+    """host or host:port, the host a name or an IPv4 address.  IPv6 forms
+    (bare, [IPv6] or [IPv6]:port) are recognized to be refused clearly."""
     text = raw.strip()
     if text.startswith("["):
         end = text.find("]")
         if end < 0:
-            raise BadValue("has an unclosed '[' (write [IPv6]:port)")
-        host, rest = text[1:end], text[end + 1:]
-        if rest and not rest.startswith(":"):
-            raise BadValue("is not host, host:port or [IPv6]:port")
-        port_text = rest[1:] if rest else None
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise BadValue("has no IPv6 address between '[' and ']'") from None
-    elif text.count(":") == 1:
+            raise BadValue("has an unclosed '['")
+        if _is_ipv6(text[:end + 1]):
+            raise BadValue(_IPV4_ONLY)
+        raise BadValue("is not host or host:port")
+    if text.count(":") > 1:
+        raise BadValue(_IPV4_ONLY if _is_ipv6(text) else "is not host or host:port")
+    host: str = text
+    port_text: str | None = None
+    if ":" in text:
         host, port_text = text.split(":")
-    else:
-        host, port_text = text, None  # a name, an IPv4 or a bare IPv6 address
     try:
         host = parse_host(host)
     except BadValue:
-        raise BadValue("is not a host name or IP address, optionally with :port") from None
+        raise BadValue("is not a host name or IPv4 address, optionally with :port") from None
     if port_text is None:
         return HostPort(host)
     try:
@@ -187,8 +208,9 @@ def parse_netmask(raw: str) -> int:
     text = raw.strip().removeprefix("/")
     if text.isdigit():
         length = int(text)
-        if length > 128:
-            raise BadValue("is not a prefix length (0-128)")
+        if length > 32:
+            raise BadValue("is not an IPv4 prefix length (0-32); the install network is "
+                           "IPv4 only")
         return length
     try:
         bits = int(ipaddress.IPv4Address(text))

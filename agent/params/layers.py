@@ -2,8 +2,9 @@
 
 A layer holds the typed settings one source gave, with where each came from
 (the source's name, a line or option number, the key as spelled).  Values are
-checked when the layer is built: a known parameter with a bad value raises
-`ConfigError` naming the parameter and the source; unknown `si.` names and
+checked when the layer is built: a known parameter with a bad value, or an
+unknown name in sysclone's namespaces (si., rd.sis., sysclone.), raises
+`ConfigError` naming it and the source; unknown local.cfg VARIABLES and
 uses of deprecated names only add warnings.  Nothing is read at import.
 """
 
@@ -21,6 +22,10 @@ from typing import Any
 from agent.params.kinds import BadValue, Kind, Shape, parse_bool
 from agent.params.table import CMDLINE_KEYS, LOCAL_KEYS, PARAMS, Alias, Param
 from sysclone.errors import ConfigError
+
+STRICT_PREFIXES = ("si.", "rd.sis.", "sysclone.")
+"""Namespaces that are sysclone's (and SystemImager's): an unknown name in
+them is an error wherever it is read, never ignored."""
 
 
 class Source(IntEnum):
@@ -170,9 +175,21 @@ class _Builder:
         else:
             self.settings[p.name] = [Setting(p, value, raw, key, self.source, self.name, detail)]
 
-    def unknown(self, key: str, known: Iterable[str], detail: str | None = None) -> None:
+    def unknown(self, key: str, known: Iterable[str], detail: str | None = None, *,
+                strict: bool = False) -> None:
+        """An unknown name: a warning, or with `strict` (names in sysclone's
+        own namespaces, where an unknown one is a typo) a ConfigError."""
         where = f"{self.name}, {detail}" if detail else self.name
+        if key.startswith("sysclone."):
+            raise ConfigError(f"{key}: unknown parameter ({where})",
+                              hint="the agent reads no sysclone.* parameters; install "
+                                   "parameters are si.* ('sysclone params' lists them)",
+                              key=key, source=where)
         close = get_close_matches(key, list(known), n=1, cutoff=0.75)
+        if strict:
+            raise ConfigError(f"{key}: unknown install parameter ({where})",
+                              hint=f"did you mean {close[0]}?" if close
+                              else "'sysclone params' lists them all", key=key, source=where)
         hint = f"; did you mean {close[0]}?" if close else ""
         self.warn(f"{where}: unknown parameter {key} ignored{hint}")
 
@@ -231,8 +248,11 @@ def parse_cmdline(text: str, *, name: str | None = None) -> Layer:
         value = raw if sep else None
         entry = CMDLINE_KEYS.get(key)
         if entry is None:
-            if key.startswith(("si.", "rd.sis.")):
-                b.unknown(key, CMDLINE_KEYS)
+            # Other words belong to the kernel or init; si., rd.sis. and
+            # sysclone. are ours, and an unknown one there is a typo that
+            # must not be ignored (si.hostnme=, the old sysclone.bench=).
+            if key.startswith(STRICT_PREFIXES):
+                b.unknown(key, CMDLINE_KEYS, strict=True)
             continue
         p, alias = entry
         if alias is not None and alias.deprecated:
@@ -344,7 +364,8 @@ def parse_local_cfg(text: str, *, source: Source = Source.LOCAL_CFG_INITRD,
     legacy names (IMAGESERVER, ...), the derived ones (DL_PROTOCOL, ...) and
     the canonical si. names.  The last assignment wins.  Unknown variables
     give warnings (the file may set variables for custom scripts); a line
-    that is not an assignment, or a bad value, raises ConfigError."""
+    that is not an assignment, a bad value or an unknown si. name raises
+    ConfigError."""
     if source is Source.DEFAULT:
         raise ValueError("a local.cfg cannot be the defaults layer")
     b = _Builder(source, name or source.label)
@@ -373,7 +394,9 @@ def parse_local_cfg(text: str, *, source: Source = Source.LOCAL_CFG_INITRD,
         variables[key] = raw
         entry = LOCAL_KEYS.get(key)
         if entry is None:
-            b.unknown(key, LOCAL_KEYS, detail)
+            # A VARIABLE may be meant for a site's own scripts; an si. name
+            # can only be meant for us.
+            b.unknown(key, LOCAL_KEYS, detail, strict=key.startswith(STRICT_PREFIXES))
             continue
         p, alias = entry
         occurrence = (p, alias, key, raw, detail)
@@ -454,7 +477,7 @@ def server_layer(data: Mapping[str, Any], *, name: str = Source.SERVER.label) ->
     for key, value in data.items():
         entry = CMDLINE_KEYS.get(key) or LOCAL_KEYS.get(key)
         if entry is None:
-            b.unknown(key, [*CMDLINE_KEYS, *LOCAL_KEYS])
+            b.unknown(key, [*CMDLINE_KEYS, *LOCAL_KEYS], strict=key.startswith(STRICT_PREFIXES))
             continue
         if value is None:
             continue

@@ -23,6 +23,7 @@ from agent.params.table import (
     SI_BREAK_STEPS,
     SUPPORTED_PROTOCOLS,
     DlProtocol,
+    InitrdPolicy,
     PostAction,
     param,
 )
@@ -56,6 +57,7 @@ class InstallParams:
     broadcast: IPAddress | None
     gateway: IPAddress | None
     gateway_iface: str | None
+    dns_servers: tuple[IPAddress, ...]
     ether_sleep: int
     # monitoring and logging
     monitor_server: str | None
@@ -73,6 +75,7 @@ class InstallParams:
     # behaviour
     skip_local_cfg: bool
     post_action: PostAction
+    initrd: InitrdPolicy
     term: str | None
     selinux_relabel: bool
     debug: bool
@@ -139,6 +142,26 @@ class Resolved:
         if not found:
             return "unset"
         return "; ".join(dict.fromkeys(s.describe() for s in found))
+
+    def require_supported(self) -> None:
+        """ConfigError for the first parameter that asks for something
+        sysclone does not do yet (Param.refused), then for the protocol.
+        Called as soon as parameters are resolved, before any phase, so a
+        parameter is never parsed and then silently ignored."""
+        for p in PARAMS:
+            if p.refused is None:
+                continue
+            found = self.effective.get(p.name, ())
+            if not found or not p.asks_for_something(found[-1].value):
+                continue
+            s = found[-1]
+            raise ConfigError(
+                f"{s.key if s.key == p.name else f'{s.key} ({p.name})'}: "
+                f"{p.format_value(s.value)!r} is not supported by sysclone yet: {p.refused} "
+                f"({s.describe()})",
+                hint=f"remove {s.key} (sysclone params lists what is supported)",
+                parameter=p.name, value=s.raw, source=s.describe())
+        self.require_supported_protocol()
 
     def require_supported_protocol(self) -> DlProtocol:
         """The download protocol, or ConfigError when sysclone cannot do it yet."""

@@ -65,6 +65,14 @@ class PostAction(StrEnum):
     SHELL = "shell"
 
 
+class InitrdPolicy(StrEnum):
+    """Whether the installed system's initrd is rebuilt (si.initrd)."""
+
+    AUTO = "auto"
+    KEEP = "keep"
+    REGENERATE = "regenerate"
+
+
 SI_BREAK_STEPS: tuple[str, ...] = (
     "parse-localcfg", "network-infos", "ping", "download-scripts", "monitor", "deploy",
     "pre-install", "prepare-disks", "main-install", "download-image", "extract-image",
@@ -107,6 +115,12 @@ class Param:
     origin: str = "4.9"  # 4.9, 4.3 (manual only) or sysclone (our addition)
     field: str = ""
     """The InstallParams attribute; derived from the name unless given."""
+    refused: str | None = None
+    """For a parameter sysclone does not act on yet: what is missing, as
+    the end of "si.x: ... is not supported by sysclone yet: <refused>".
+    Such a parameter is accepted by the parsers (so its name is known and
+    its value checked) and refused when resolved to anything but its
+    default: it is never parsed and then silently ignored."""
 
     def __post_init__(self) -> None:
         if not self.field:
@@ -131,6 +145,12 @@ class Param:
     def multiple(self) -> bool:
         return self.shape is not Shape.SCALAR
 
+    def asks_for_something(self, value: Any) -> bool:
+        """Whether a value differs from the default: for a refused
+        parameter, whether it must be refused (si.ssh-client=no asks for
+        nothing sysclone lacks; si.ssh-client=yes does)."""
+        return value != self.default
+
     def parse_item(self, raw: str) -> Any:
         """One value (or one list item) from text; raises BadValue."""
         if self.kind is Kind.INT:
@@ -148,7 +168,16 @@ class Param:
         items = [item.strip() for item in raw.split(",")]
         if not all(items):
             raise BadValue("has an empty item (write a,b,c)")
-        return tuple(self.parse_item(item) for item in items)
+        if len(items) == 1:
+            return (self.parse_item(items[0]),)
+        values = []
+        for item in items:
+            try:
+                values.append(self.parse_item(item))
+            except BadValue as e:  # say which item, the message quotes them all
+                raise BadValue(f"has {item!r}, which {e.reason}",
+                               suggestion=e.suggestion) from None
+        return tuple(values)
 
     def metavar(self) -> str:
         """How the value is written in the docs: HOST[:PORT], y|n, ..."""
@@ -186,6 +215,9 @@ def _a(*names: str, origin: str = "4.3") -> tuple[Alias, ...]:
     return tuple(Alias(n, origin=origin) for n in names)
 
 
+_NO_SSH = "SSH installs are not implemented; sysclone installs with rsync"
+
+
 def _documented(name: str, origin: str = "4.3") -> tuple[Alias, ...]:
     """IMAGESERVER, IMAGENAME and HOSTNAME are the names sysclone's own docs
     and boot menus use: accepted without a deprecation warning."""
@@ -200,19 +232,25 @@ PARAMS: tuple[Param, ...] = (
           aliases=_documented("IMAGESERVER"), dhcp=(140, 100)),
     Param("si.config", Kind.NAME, None,
           "Name of a configuration file on the image server; its settings override every "
-          "other source."),
+          "other source.",
+          refused="configuration files on the server come with a later release; the server's "
+                  "instructions can carry parameters meanwhile"),
     Param("si.image-name", Kind.NAME, None,
           "Image to install (default: chosen by the server from the host name).",
           aliases=_documented("IMAGENAME", origin="4.9")),
     Param("si.script-name", Kind.NAME, None,
           "Main install script on the server (default: looked up by host name, group, "
           "image, then 'default').",
-          aliases=_a("SCRIPTNAME", origin="4.9")),
+          aliases=_a("SCRIPTNAME", origin="4.9"),
+          refused="the agent runs no install scripts; it installs from the server's "
+                  "instructions"),
     Param("si.disks-layout", Kind.NAME, None,
           "Disk layout file on the server (default: looked up like the script).",
           aliases=_a("DISKS_LAYOUT", origin="4.9")),
     Param("si.network-config", Kind.NAME, None,
-          "Network configuration file on the server for the installed system."),
+          "Network configuration file on the server for the installed system.",
+          refused="the installed system gets the install network's addressing (DHCP, or "
+                  "the static si.ip-address settings)"),
     Param("si.dl-protocol", Kind.ENUM, DlProtocol.RSYNC,
           "How the image is transferred. Only rsync is implemented by sysclone so far. "
           "When not given, si.ssh-download-url selects ssh and "
@@ -241,23 +279,33 @@ PARAMS: tuple[Param, ...] = (
           "Network interface used for the install (default: detected).",
           aliases=_a("DEVICE")),
     Param("si.ip-address", Kind.IP, None,
-          "Static IP address of the install interface (default: DHCP).",
+          "Static IPv4 address of the install interface (default: DHCP). The installed "
+          "system gets the same static addressing. Needs si.netmask (or si.network-address "
+          "and si.broadcast); the other static settings are refused without it.",
           aliases=_a("IPADDR"), origin="4.3"),
     Param("si.netmask", Kind.NETMASK, None,
           "Netmask of the static address, dotted (255.255.255.0) or as a prefix length (24).",
           aliases=_a("NETMASK"), origin="4.3"),
     Param("si.network-address", Kind.IP, None,
-          "Network address of the static address (10.0.0.0).",
+          "Network address of the static address (10.0.0.0): checked against si.ip-address "
+          "and si.netmask; with si.broadcast it gives the netmask when that is not set.",
           aliases=_a("NETWORK"), origin="4.3"),
     Param("si.broadcast", Kind.IP, None,
-          "Broadcast address of the static address.",
+          "Broadcast address of the static address: checked against si.ip-address and "
+          "si.netmask, and set on the interface.",
           aliases=_a("BROADCAST"), origin="4.3"),
     Param("si.gateway", Kind.IP, None,
-          "Default router.",
+          "Default router of the static address; it must be inside its network.",
           aliases=_a("GATEWAY"), origin="4.3"),
     Param("si.gateway-iface", Kind.IFACE, None,
-          "Interface that reaches the default router.",
+          "Interface that reaches the default router. The agent configures only the install "
+          "interface, so this must name it (by name or MAC); anything else is refused.",
           aliases=_a("GATEWAYDEV"), origin="4.3"),
+    Param("si.dns-servers", Kind.IP, (),
+          "DNS servers for the install (resolv.conf) and for a static install's network "
+          "configuration. With DHCP they replace the servers the lease names, for the "
+          "install only. SystemImager had no such setting: DNS came from DHCP.",
+          shape=Shape.LIST, origin="sysclone"),
     Param("si.ether-sleep", Kind.INT, 0,
           "Seconds to wait after bringing the interface up, before talking to the network.",
           aliases=_a("ETHER_SLEEP"), minimum=0, maximum=3600, origin="4.3"),
@@ -269,47 +317,68 @@ PARAMS: tuple[Param, ...] = (
           "Port of the monitor server."),
     Param("si.monitor-console", Kind.BOOL, False,
           "Send the whole console output to the monitor.",
-          aliases=_a("MONITOR_CONSOLE", origin="4.9")),
+          aliases=_a("MONITOR_CONSOLE", origin="4.9"),
+          refused="the monitor receives the agent's phases, progress and errors, not its "
+                  "console"),
     Param("si.log-server", Kind.HOST, None,
-          "Syslog server for the install's messages (default: none).",
+          "Syslog server that also receives the agent's log, over UDP (default: none). "
+          "Taken into use as soon as it is known, from DHCP or the server's instructions "
+          "too.",
           aliases=_a("LOG_SERVER"), dhcp=(7,), origin="4.3"),
     Param("si.log-server-port", Kind.PORT, 514,
-          "Port of the syslog server.",
+          "UDP port of the syslog server (si.log-server).",
           aliases=_a("LOG_SERVER_PORT"), dhcp=(141,)),
-    # -- other transports (accepted, not implemented) --------------------------------------------
+    # -- other transports (recognized, refused when asked for) -----------------------------------
     Param("si.ssh-client", Kind.BOOL, False,
           "Download through an SSH tunnel opened by the client.",
-          aliases=_a("SSH", origin="4.9")),
+          aliases=_a("SSH", origin="4.9"), refused=_NO_SSH),
     Param("si.ssh-download-url", Kind.URL, None,
           "URL of the SSH keys/tunnel data for SSH installs.",
-          aliases=_a("SSH_DOWNLOAD_URL", origin="4.9"), dhcp=(142,)),
+          aliases=_a("SSH_DOWNLOAD_URL", origin="4.9"), dhcp=(142,), refused=_NO_SSH),
     Param("si.ssh-server", Kind.BOOL, False,
           "Start an SSH server so the image server can push the install (si_pushinstall).",
-          aliases=_a("SSHD", origin="4.9")),
+          aliases=_a("SSHD", origin="4.9"),
+          refused="the boot environment has no SSH server; the client pulls its install"),
     Param("si.ssh-user", Kind.NAME, None,
           "User on the image server for the SSH tunnel (4.9 used root when unset).",
-          aliases=_a("SSH_USER")),
+          aliases=_a("SSH_USER"), refused=_NO_SSH),
     Param("si.flamethrower-directory-portbase", Kind.PORT, None,
           "Port where Flamethrower (multicast) advertises its directory (usually 9000).",
-          aliases=_a("FLAMETHROWER_DIRECTORY_PORTBASE"), dhcp=(143,)),
+          aliases=_a("FLAMETHROWER_DIRECTORY_PORTBASE"), dhcp=(143,),
+          refused="Flamethrower multicast installs are not implemented; sysclone installs "
+                  "with rsync"),
     Param("si.tmpfs-staging", Kind.BOOL, False,
           "Spool the image into a tmpfs before writing it to disk (needs RAM+swap of twice "
           "the image).",
-          aliases=_a("TMPFS_STAGING"), dhcp=(144,)),
+          aliases=_a("TMPFS_STAGING"), dhcp=(144,),
+          refused="the image is always streamed straight to the disk; staging it in RAM is "
+                  "not implemented"),
     # -- behaviour -------------------------------------------------------------------------------
     Param("si.skip-local-cfg", Kind.BOOL, False,
           "Ignore local.cfg files (only the kernel command line can ask for this).",
           aliases=_a("SKIP_LOCAL_CFG")),
     Param("si.post-action", Kind.ENUM, PostAction.REBOOT,
-          "What to do once installed.", choices=PostAction),
+          "What to do once installed: reboot (directboot and kexec reboot too, sysclone has "
+          "no kexec), poweroff (or shutdown), or a shell on the console.",
+          choices=PostAction),
+    Param("si.initrd", Kind.ENUM, InitrdPolicy.AUTO,
+          "The installed system's initrd: 'auto' keeps the image's own when it provably "
+          "boots this machine (one per kernel, built generic, holding the root filesystem's, "
+          "disk controllers' and md/LVM/LUKS modules and tools this layout needs, naming no "
+          "old disk) and regenerates it with the image's tool otherwise; 'keep' and "
+          "'regenerate' force the choice. The agent reports which and why.",
+          choices=InitrdPolicy, origin="sysclone"),
     Param("si.term", Kind.TEXT, None,
-          "TERM for the install's console (default: the system's, else linux)."),
+          "TERM for the shells the agent opens (si.break) and the commands it runs "
+          "(default: the boot environment's, linux)."),
     Param("si.selinux-relabel", Kind.BOOL, True,
-          "Relabel the installed system for SELinux."),
+          "When the image has SELinux enabled, have the installed system relabel its files "
+          "on first boot (/.autorelabel); no means leave the labels rsync copied."),
     Param("si.debug", Kind.BOOL, False,
-          "Verbose logging."),
+          "Debug messages on the console too (the agent's log file always has them)."),
     Param("si.break", Kind.STEP, (),
-          "Drop to a shell before this step; repeat it (or use commas) for several steps.",
+          "Drop to a shell before this step; repeat it (or use commas) for several steps. "
+          "parse-localcfg stops before local.cfg is read (kernel command line only).",
           shape=Shape.REPEATABLE, field="breaks"),
 )
 

@@ -13,13 +13,12 @@ from typing import Any
 import pytest
 
 from bootenv.standard import build_bootenv
-from ci.qemu import Vm, VmSpec
+from ci.qemu import Vm
 from imageserver.bootstrap import BootstrapSpec, bootstrap_image
 from imageserver.serve import Running, ServeConfig, free_port, serving
 from imageserver.store import ImageStore
 from kernels.aptsources import find_debian_mirror
-from mkmedia.pxe import PxeSpec, write_tree
-from sysclone.demo import install_append
+from sysclone.demo import install_append, pxe_vm
 from sysclone.paths import StateRoot
 from sysclone.ui import Ui
 
@@ -67,10 +66,7 @@ class Installer:
 
     @contextmanager
     def boot(self, name: str, disk: Path, append: str, memory: int = 512) -> Iterator[Vm]:
-        tftp = self.state.pxe / name
-        write_tree(tftp, PxeSpec(self.bootenv / "kernel", self.bootenv / "initrd.img", append))
-        spec = VmSpec(name=name, workdir=self.state.vms, memory_mib=memory, disks=(disk,),
-                      tftp_root=tftp, bootfile="pxelinux.0", boot="n")
+        spec = pxe_vm(self.state, name, self.bootenv, disk, append, memory_mib=memory)
         with Vm(spec) as vm:
             yield vm
 

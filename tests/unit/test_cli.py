@@ -25,9 +25,11 @@ from sysclone.errors import ConfigError
 from sysclone.paths import StateRoot
 from tests.conftest import FakeDaemon
 
-LEAVES = {"image bootstrap", "image list", "image show", "image delete", "kernel fetch",
+LEAVES = {"image bootstrap", "image list", "image show", "image delete", "image capture",
+          "image versions", "image rollback", "image prune", "image diff", "image verify",
+          "image chroot", "image copy", "image rename", "client prepare", "kernel fetch",
           "kernel list", "bootenv build", "serve", "pxe build", "demo", "params", "clients"}
-GROUPS = {"image", "kernel", "bootenv", "pxe"}
+GROUPS = {"image", "client", "kernel", "bootenv", "pxe"}
 
 
 def subcommands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()
@@ -141,11 +143,12 @@ def test_image_list_show_delete(root, capsys):
     make_images(root)
     assert main(["--root", str(root), "image", "list"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].split() == ["NAME", "ORIGIN", "SIZE", "FILES"]
-    assert [line.split()[:2] for line in out[1:]] == [["deb12", "bootstrap"],
-                                                      ["rhel9", "unknown"]]
-    assert out[1].split()[2:] == ["1", "MiB", "1"]
-    assert out[2].split()[2:] == ["3", "MiB", "1"]
+    assert out[0].split() == ["NAME", "VERSION", "VERSIONS", "ORIGIN", "SOURCE", "SIZE", "FILES"]
+    # Images stored before versions existed: no number, one version, no source.
+    assert [line.split()[:4] for line in out[1:]] == [["deb12", "-", "1", "bootstrap"],
+                                                      ["rhel9", "-", "1", "unknown"]]
+    assert out[1].split()[4:] == ["1", "MiB", "1"]
+    assert out[2].split()[4:] == ["3", "MiB", "1"]
 
     assert main(["--root", str(root), "image", "show", "deb12"]) == 0
     shown = json.loads(capsys.readouterr().out)
@@ -161,7 +164,7 @@ def test_image_list_show_delete(root, capsys):
 
 
 def test_empty_lists(root, capsys):
-    for argv, header in ((["image", "list"], "NAME ORIGIN SIZE FILES"),
+    for argv, header in ((["image", "list"], "NAME VERSION VERSIONS ORIGIN SOURCE SIZE FILES"),
                          (["kernel", "list"], "FLAVOR VERSION PACKAGE PATH"),
                          (["clients"], "CLIENT LAST PHASE MESSAGE")):
         assert main(["--root", str(root), *argv]) == 0

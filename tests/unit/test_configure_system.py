@@ -264,7 +264,7 @@ def test_initramfs_tools(root: Path, fake_commands: FakeCommands) -> None:
     tool.regenerate(root, ["5.10.0-28-amd64", "6.1.0-18-amd64"])
     assert fake_commands.calls == [
         ["chroot", str(root), "update-initramfs", "-c", "-k", "5.10.0-28-amd64"],  # no initrd
-        ["chroot", str(root), "update-initramfs", "-u", "-k", "6.1.0-18-amd64"],
+        ["chroot", str(root), "update-initramfs", "-u", "-t", "-k", "6.1.0-18-amd64"],
     ]
 
 
@@ -322,24 +322,47 @@ def test_grub_bios_on_every_disk(root: Path, fake_commands: FakeCommands) -> Non
     bl = best(BOOTLOADERS, root)
     assert isinstance(bl, Grub2) and bl.name == "grub2"
     bl.install(root, BootTarget("bios", ("/dev/vda", "/dev/vdb")))
-    assert fake_commands.calls == [
+    calls = fake_commands.calls
+    # grubenv first; then the boot code and the configuration side by side.
+    assert calls[0] == ["chroot", str(root), "grub-editenv", "/boot/grub/grubenv", "create"]
+    code = [c for c in calls if c[2] == "grub-install"]
+    assert code == [
         ["chroot", str(root), "grub-install", "--target=i386-pc", "--recheck", "/dev/vda"],
         ["chroot", str(root), "grub-install", "--target=i386-pc", "--recheck", "/dev/vdb"],
-        ["chroot", str(root), "update-grub"],
     ]
+    assert sorted(calls[1:]) == sorted([*code, ["chroot", str(root), "update-grub"]])
+
+
+def test_grub_config_waits_for_the_initrd(root: Path, fake_commands: FakeCommands) -> None:
+    """update-grub lists the initrds: it must not run before they are final."""
+    debian_grub(root)
+    touch(root, "boot/grub/grubenv")  # there already: not created again
+    ready: list[str] = []
+
+    def update_grub(argv: list[str]) -> FakeResult:
+        assert ready == ["initrd"], "update-grub ran before the initrd was ready"
+        return FakeResult()
+
+    fake_commands.add(["chroot", str(root), "grub-install"], "")
+    fake_commands.add(["chroot", str(root), "update-grub"], update_grub)
+    Grub2().install(root, BootTarget("bios", ("/dev/vda",)),
+                    initrd_ready=lambda: ready.append("initrd"))
+    assert sorted(c[2] for c in fake_commands.calls) == ["grub-install", "update-grub"]
 
 
 def test_grub_uefi_with_fallback_path(root: Path, fake_commands: FakeCommands) -> None:
     debian_grub(root, update_grub=False)
     fake_commands.add(["chroot", str(root)], "")
     Grub2().install(root, BootTarget("uefi", ("/dev/nvme0n1p1",), esp_mountpoint="/efi"))
-    assert fake_commands.calls == [
+    code = [c for c in fake_commands.calls if c[2] == "grub-install"]
+    assert code == [
         ["chroot", str(root), "grub-install", "--target=x86_64-efi", "--efi-directory=/efi",
          "--bootloader-id=sysclone", "--recheck"],
         ["chroot", str(root), "grub-install", "--target=x86_64-efi", "--efi-directory=/efi",
          "--removable", "--no-nvram"],
-        ["chroot", str(root), "grub-mkconfig", "-o", "/boot/grub/grub.cfg"],
     ]
+    assert ["chroot", str(root), "grub-mkconfig", "-o", "/boot/grub/grub.cfg"] \
+        in fake_commands.calls
 
 
 def test_grub2_tools_of_rhel(root: Path, fake_commands: FakeCommands) -> None:
@@ -348,7 +371,9 @@ def test_grub2_tools_of_rhel(root: Path, fake_commands: FakeCommands) -> None:
     bl = best(BOOTLOADERS, root)
     assert isinstance(bl, Grub2RedHat)
     bl.install(root, BootTarget("bios", ("/dev/sda",)))
-    assert fake_commands.calls == [
+    assert fake_commands.calls[0] == ["chroot", str(root), "grub2-editenv", "/boot/grub2/grubenv",
+                                      "create"]
+    assert sorted(fake_commands.calls[1:]) == [
         ["chroot", str(root), "grub2-install", "--target=i386-pc", "--recheck", "/dev/sda"],
         ["chroot", str(root), "grub2-mkconfig", "-o", "/boot/grub2/grub.cfg"],
     ]
@@ -370,6 +395,7 @@ def test_grub_without_its_platform_modules(root: Path, fake_commands: FakeComman
 
 def test_grub_install_failure(root: Path, fake_commands: FakeCommands) -> None:
     debian_grub(root)
+    fake_commands.add(["chroot", str(root)], "")
     fake_commands.add(["chroot", str(root), "grub-install"], FakeResult(
         stderr="grub-install: error: cannot find EFI directory.\n", returncode=1))
     with pytest.raises(SyscloneError, match="cannot find EFI directory"):

@@ -1,8 +1,10 @@
-"""Pulling the image: rsync's real --info=progress2 output (captured), and
-pull() driving a fake rsync through the command fakes."""
+"""Pulling the image: rsync's real --stats output (captured), progress
+measured on the target while a fake rsync runs, and rsync's own words when
+it fails."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -10,57 +12,20 @@ import pytest
 from agent import fetch
 from agent.fetch import RSYNC_FLAGS, FetchError, Progress, pull, rsync_url
 from tests.conftest import FakeCommands, FakeResult
-from tests.unit.agentfakes import FakeClock, sample
+from tests.unit.agentfakes import sample
 
 MB = 1024 * 1024  # rsync's MB/s is 1024 kB/s (--bwlimit=4000 shows as 3.91MB/s)
 URL = "rsync://10.0.0.2:873/rocky9/"
 
 
-def progress_of(name: str) -> list[tuple[int, int, int]]:
-    out = []
-    for line in sample(name).splitlines(keepends=True):
-        p = Progress.parse(line)
-        if p:
-            out.append((p.bytes, p.percent, round(p.rate)))
-    return out
+def test_stats_give_the_bytes_transferred() -> None:
+    assert fetch.transferred(sample("rsync-stats.txt")) == 3_001_000
+    assert fetch.transferred("nothing here") is None
 
 
-def test_parse_captured_progress_with_bwlimit() -> None:
-    assert progress_of("rsync-progress2-local.txt") == [
-        (32_768, 0, 0), (3_000_000, 19, round(4.48 * MB)), (4_343_488, 28, round(3.91 * MB)),
-        (6_000_000, 39, round(4.15 * MB)), (8_654_208, 57, round(3.91 * MB)),
-        (9_000_000, 59, round(4.06 * MB)), (12_000_000, 79, round(4.02 * MB)),
-        (12_001_000, 80, round(4.02 * MB)), (12_001_000, 80, round(4.02 * MB)),
-        (12_001_000, 80, round(4.02 * MB))]
-
-
-def test_parse_captured_progress_of_a_big_transfer() -> None:
-    got = progress_of("rsync-progress2-big.txt")
-    assert got[0] == (32_768, 0, 0)
-    assert got[3] == (1_127_051_392, 72, round(537.67 * MB))
-    assert got[-1] == (1_550_000_000, 100, round(541.85 * MB))
-    assert len(got) == 6
-
-
-@pytest.mark.parametrize(("line", "expected"), [
-    ("  7,516,192,768  41%    1.21GB/s    0:00:11 (xfr#8123, ir-chk=1024/40960)\n",
-     Progress(7_516_192_768, 41, 1.21 * 1024**3)),
-    ("            512   0%  500.00kB/s    0:00:00\n", Progress(512, 0, 500 * 1024.0)),
-    ("              0   0%    0.00kB/s    0:00:00  ", Progress(0, 0, 0.0)),
-])
-def test_parse_units(line: str, expected: Progress) -> None:
-    assert Progress.parse(line) == expected
-
-
-@pytest.mark.parametrize("line", [
-    "", "\n", "sending incremental file list\n",
-    "rsync: [Receiver] failed to connect to 127.0.0.1 (127.0.0.1): Connection refused (111)\n",
-    "@ERROR: Unknown module 'nosuch'\n",
-    "rsync error: error in socket IO (code 10) at clientserver.c(165) [Receiver=3.5.0]\n",
-    "etc/hostname\n",
-])
-def test_parse_other_lines(line: str) -> None:
-    assert Progress.parse(line) is None
+def test_used_bytes_of_real_and_missing_mountpoints(tmp_path: Path) -> None:
+    assert fetch.used_bytes([tmp_path]) > 0
+    assert fetch.used_bytes([tmp_path / "gone"]) == 0
 
 
 def test_rsync_url() -> None:
@@ -70,43 +35,56 @@ def test_rsync_url() -> None:
 
 # -- pull() ----------------------------------------------------------------------------------
 
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    """Half a second passes between two looks at the clock."""
-    c = FakeClock(tick=0.5)
-    monkeypatch.setattr(fetch, "time", c)
-    return c
+class GrowingDisk:
+    """Bytes in use on the target: grows by 1 MB each time it is looked at."""
+
+    def __init__(self) -> None:
+        self.used = 10 * MB
+
+    def __call__(self) -> int:
+        self.used += MB
+        return self.used
 
 
-def test_pull_runs_rsync_and_reports_progress(fake_commands: FakeCommands, clock: FakeClock,
-                                              tmp_path: Path) -> None:
-    fake_commands.add(["rsync"], FakeResult(stdout=sample("rsync-progress2-daemon.txt")))
+def test_pull_runs_rsync_and_reports_measured_progress(fake_commands: FakeCommands,
+                                                       tmp_path: Path) -> None:
+    fake_commands.add(["rsync"], FakeResult(stdout=sample("rsync-stats.txt")))
     seen: list[Progress] = []
-    res = pull(URL, tmp_path, on_progress=seen.append)
-    assert fake_commands.calls == [["rsync", "-aHAXS", "--numeric-ids", "--info=progress2",
+    res = pull(URL, tmp_path, on_progress=seen.append, measure=GrowingDisk(), interval=3600)
+    assert fake_commands.calls == [["rsync", "-aHAXS", "--numeric-ids", "--stats",
                                     URL, f"{tmp_path}/"]]
-    # At most one report a second (every other line here), then the last one.
-    assert [p.bytes for p in seen] == [0, 6_000_000, 12_000_000, 12_001_000, 12_001_000]
-    assert seen[-1] == Progress(12_001_000, 80, 357.66 * MB)
-    assert res.bytes == 12_001_000
-    assert res.seconds == 0.5 * 9  # one tick per progress line, one for the end
+    # The watcher never woke (interval): one final report of what was measured.
+    assert [p.bytes for p in seen] == [MB]
+    assert res.bytes == 3_001_000  # rsync's own count, from --stats
 
 
-def test_pull_every_update_with_interval_zero(fake_commands: FakeCommands, clock: FakeClock,
-                                              tmp_path: Path) -> None:
-    fake_commands.add(["rsync"], FakeResult(stdout=sample("rsync-progress2-local.txt")))
-    seen: list[int] = []
-    pull(URL, tmp_path, on_progress=lambda p: seen.append(p.percent), interval=0,
-         extra=("--exclude=/proc/*", "--bwlimit=4000"))
-    assert seen == [0, 19, 28, 39, 57, 59, 79, 80, 80, 80, 80]
-    assert fake_commands.calls[0][4:] == ["--exclude=/proc/*", "--bwlimit=4000", URL,
-                                          f"{tmp_path}/"]
+def test_pull_reports_while_rsync_runs(fake_commands: FakeCommands, tmp_path: Path) -> None:
+    import threading
+
+    release = threading.Event()
+    seen: list[Progress] = []
+
+    def slow_rsync(argv: list[str]) -> FakeResult:
+        release.wait(5)
+        return FakeResult(stdout=sample("rsync-stats.txt"))
+
+    def report(p: Progress) -> None:
+        seen.append(p)
+        if len(seen) >= 3:
+            release.set()
+
+    fake_commands.add(["rsync"], slow_rsync)
+    pull(URL, tmp_path, on_progress=report, measure=GrowingDisk(), interval=0.01)
+    assert len(seen) >= 4  # three while "rsync" ran, one at the end
+    assert all(b.bytes > a.bytes for a, b in itertools.pairwise(seen))
+    assert all(p.rate > 0 for p in seen[:3])
 
 
-def test_pull_without_progress_lines(fake_commands: FakeCommands, tmp_path: Path) -> None:
+def test_pull_without_stats_falls_back_to_what_was_measured(fake_commands: FakeCommands,
+                                                            tmp_path: Path) -> None:
     fake_commands.add(["rsync"], "")
-    res = pull(URL, tmp_path)
-    assert res.bytes == 0
+    res = pull(URL, tmp_path, measure=GrowingDisk())
+    assert res.bytes == MB
 
 
 @pytest.mark.parametrize(("name", "rc", "detail"), [
@@ -122,7 +100,7 @@ def test_pull_failure_carries_rsyncs_words(fake_commands: FakeCommands, tmp_path
     fake_commands.add(["rsync"], FakeResult(stdout=sample(name), returncode=rc))
     reported: list[Progress] = []
     with pytest.raises(FetchError) as e:
-        pull(URL, tmp_path, on_progress=reported.append)
+        pull(URL, tmp_path, on_progress=reported.append, interval=3600)
     assert e.value.message == f"rsync from {URL} failed: {detail}"
     assert e.value.fields["returncode"] == rc
     assert e.value.to_dict()["returncode"] == rc
@@ -131,7 +109,7 @@ def test_pull_failure_carries_rsyncs_words(fake_commands: FakeCommands, tmp_path
 
 def test_pull_failure_mid_transfer_keeps_the_last_three_lines(fake_commands: FakeCommands,
                                                               tmp_path: Path) -> None:
-    out = (sample("rsync-progress2-local.txt").rsplit("\n", 4)[0] + "\n"
+    out = (sample("rsync-stats.txt")
            + "rsync: [receiver] write failed on \"/sysroot/usr/lib/libLLVM.so.17\": "
              "No space left on device (28)\n"
            + "rsync error: error in file IO (code 11) at receiver.c(380) [receiver=3.5.0]\n"
@@ -156,4 +134,4 @@ def test_pull_failure_without_output(fake_commands: FakeCommands, tmp_path: Path
 def test_rsync_keeps_what_an_image_needs() -> None:
     # Hard links, ACLs, xattrs (file capabilities, SELinux labels), sparse
     # files, and numeric ids (the boot environment has no passwd to map names).
-    assert RSYNC_FLAGS == ("-aHAXS", "--numeric-ids", "--info=progress2")
+    assert RSYNC_FLAGS == ("-aHAXS", "--numeric-ids", "--stats")

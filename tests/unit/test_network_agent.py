@@ -25,6 +25,7 @@ from agent.network import (
 )
 from agent.params import dhcp_layer, resolve
 from tests.unit.agentfakes import FakeSysfs
+from tests.unit.netfakes import FakeNetlink
 
 ETH0 = Nic("eth0", "02:fc:00:00:00:01", "virtio_net", "0000:00:03.0")
 
@@ -318,3 +319,47 @@ def test_dhcp_applies_the_lease(monkeypatch: pytest.MonkeyPatch,
     assert network.dhcp(ETH0, 30, hostname="node9") is got
     assert seen == [("eth0", 30, "node9")]
     assert applied == [got]
+
+
+# -- static addressing with broadcast and DNS, on a fake netlink ----------------------------
+
+def test_static_config_sets_address_broadcast_and_route(monkeypatch: pytest.MonkeyPatch) -> None:
+    net = FakeNetlink().install(monkeypatch)
+    cfg = network.static_config(ETH0, "10.0.0.5", "24", "10.0.0.1", ("10.0.0.53",),
+                                broadcast="10.0.0.255", domain="lab.example")
+    assert (cfg.method, cfg.address, cfg.prefixlen, cfg.gateway, cfg.dns, cfg.domain,
+            cfg.broadcast) == ("static", "10.0.0.5", 24, "10.0.0.1", ("10.0.0.53",),
+                               "lab.example", "10.0.0.255")
+    assert net.addresses == {"eth0": {"address": "10.0.0.5", "prefixlen": 24,
+                                      "broadcast": "10.0.0.255"}}
+    assert net.routes == [{"dst": "0.0.0.0/0", "gateway": "10.0.0.1", "oif": "eth0"}]
+
+
+def test_without_broadcast_the_kernel_picks_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    net = FakeNetlink().install(monkeypatch)
+    network.static_config(ETH0, "10.0.0.5", "24", None)
+    assert net.addresses == {"eth0": {"address": "10.0.0.5", "prefixlen": 24}}
+    assert net.routes == []
+
+
+def test_link_up_raises_the_nic_and_loopback(monkeypatch: pytest.MonkeyPatch,
+                                             sysfs: Path) -> None:
+    net = FakeNetlink().install(monkeypatch)
+    monkeypatch.setattr(network, "SYSFS", sysfs)
+    network.link_up(ETH0, wait=0)
+    assert net.up == {"eth0", "lo"}
+
+
+def test_resolv_conf_goes_to_the_module_path(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(network, "RESOLV_CONF", tmp_path / "resolv.conf")
+    write_resolv_conf(NetConfig(ETH0, "static", "10.0.0.5", 24, dns=("10.0.0.53", "9.9.9.9"),
+                                domain="lab.example"))
+    assert (tmp_path / "resolv.conf").read_text() == (
+        "search lab.example\nnameserver 10.0.0.53\nnameserver 9.9.9.9\n")
+
+
+def test_sysfs_default_is_the_module_path(monkeypatch: pytest.MonkeyPatch, sysfs: Path) -> None:
+    monkeypatch.setattr(network, "SYSFS", sysfs)
+    assert [n.name for n in list_nics()] == ["eno1", "enx00e04c680123", "eth0", "ib0"]
+    assert has_carrier(ETH0)

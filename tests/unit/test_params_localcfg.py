@@ -189,6 +189,14 @@ def test_unknown_variables_only_warn():
     )
 
 
+def test_unknown_si_names_are_errors():
+    """A VARIABLE may be a site's own; an si. name can only be a typo."""
+    with pytest.raises(ConfigError) as e:
+        parse_local_cfg("IMAGESERVER=10.0.0.3\nsi.hostnme=www1\n", name="cfg")
+    assert e.value.message == "si.hostnme: unknown install parameter (cfg, line 2)"
+    assert e.value.hint == "did you mean si.hostname?"
+
+
 def test_bad_bool_in_local_cfg():
     with pytest.raises(ConfigError, match=re.escape(
             "MONITOR_CONSOLE (si.monitor-console): 'sometimes' is not a boolean "

@@ -274,6 +274,17 @@ def test_server_config_from_json():
     assert layer.warnings == ("server config: unknown parameter x-comment ignored",)
 
 
+@pytest.mark.parametrize(("key", "message"), [
+    ("si.imagename", "si.imagename: unknown install parameter (server config)"),
+    ("rd.sis.zzz", "rd.sis.zzz: unknown install parameter (server config)"),
+    ("sysclone.bench", "sysclone.bench: unknown parameter (server config)"),
+])
+def test_unknown_names_in_our_namespaces_are_errors_in_a_server_config(key, message):
+    with pytest.raises(ConfigError) as e:
+        server_layer({"IMAGENAME": "web", key: "x"})
+    assert e.value.message == message
+
+
 @pytest.mark.parametrize(("data", "message"), [
     ({"si.post-action": "rebot"},
      "si.post-action: 'rebot' is not one of directboot, reboot, shutdown, poweroff, kexec, "
@@ -312,8 +323,9 @@ def test_api_port_from_the_image_server_or_server_port():
 def test_explain_lists_values_and_origins():
     resolved = resolve([
         dhcp_layer({140: "10.0.0.1"}),
-        parse_cmdline("si.image-server=10.0.0.2 si.break=ping IMAGENAME=web si.imagenam=x "
+        parse_cmdline("si.image-server=10.0.0.2 si.break=ping IMAGENAME=web "
                       "SCRIPTNAME=base"),
+        parse_local_cfg("IMAGENAM=x"),
         server_layer({"si.break": "deploy"}),
     ])
     text = resolved.explain()
@@ -330,8 +342,8 @@ def test_explain_lists_values_and_origins():
     assert "warning: kernel command line: SCRIPTNAME is a deprecated name for si.script-name" \
         in lines
     assert not any("IMAGENAME is a deprecated" in line for line in lines)
-    assert ("warning: kernel command line: unknown parameter si.imagenam ignored; "
-            "did you mean si.image-name?") in lines
+    assert ("warning: local.cfg in the initrd, line 1: unknown parameter IMAGENAM ignored; "
+            "did you mean IMAGENAME?") in lines
     assert "si.hostname" not in text
     quiet = resolved.explain(show_defaults=False, show_unset=True)
     assert "si.post-action" not in quiet
@@ -339,13 +351,15 @@ def test_explain_lists_values_and_origins():
 
 
 def test_reports_are_json():
-    resolved = resolve([parse_cmdline("si.image-server=[2001:db8::1]:8181 si.netmask=64 "
-                                      "si.ip-address=2001:db8::5 si.disk=sda")])
+    resolved = resolve([parse_cmdline("si.image-server=10.0.0.2:8181 si.netmask=24 "
+                                      "si.ip-address=10.0.0.5 si.disk=sda "
+                                      "si.dns-servers=10.0.0.1,9.9.9.9")])
     report = json.loads(json.dumps(resolved.to_dict()))
-    assert report["si.image-server"] == {"value": "[2001:db8::1]:8181",
+    assert report["si.image-server"] == {"value": "10.0.0.2:8181",
                                          "from": "kernel command line"}
-    assert report["si.ip-address"]["value"] == "2001:db8::5"
-    assert report["si.netmask"]["value"] == 64
+    assert report["si.ip-address"]["value"] == "10.0.0.5"
+    assert report["si.netmask"]["value"] == 24
+    assert report["si.dns-servers"]["value"] == ["10.0.0.1", "9.9.9.9"]
     assert report["si.disk"]["value"] == ["/dev/sda"]
     assert report["si.post-action"] == {"value": "reboot", "from": "default"}
     assert report["si.hostname"] == {"value": None, "from": "unset"}

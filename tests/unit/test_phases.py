@@ -170,3 +170,15 @@ def test_phase_names_and_aliases_do_not_collide() -> None:
     assert names == ["hardware", "network", "monitor", "instructions", "plan", "partition",
                      "format", "mount", "fetch", "overrides", "configure", "initrd",
                      "bootloader", "finish"]
+
+
+def test_done_events_say_how_much_memory_is_left(clock: FakeClock, tmp_path) -> None:
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:         116416 kB\nMemFree:           9020 kB\n"
+                       "MemAvailable:      41276 kB\n")
+    log: list[Any] = []
+    with Steps(Recorder(log), meminfo=meminfo).phase("fetch"):
+        pass
+    assert events(log)[-1] == ("phase", {"phase": "fetch", "status": "done", "seconds": 0.0,
+                                          "mem_available_kib": 41276})
+    assert phases.mem_available_kib(tmp_path / "missing") is None

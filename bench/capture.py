@@ -1,0 +1,249 @@
+"""Capture benchmarks, each a ratio measured in one run:
+
+  speed        `image capture` over SSH vs a plain `rsync -aHAX` of the same
+               tree over the same SSH connection options          <= 1.1
+  incremental  a capture after a 1 % change vs the full capture   (lower is better)
+  versions     disk use of 10 versions, 1 % changed each time, vs
+               one version                                        <= 1.2
+
+    python -m bench.capture [--rounds N] [--json FILE]
+
+speed's ratio is the median over rounds of capture / the plain rsync run
+just before it.
+
+The golden client is this machine on loopback: a chroot with the host's
+/usr and /etc bound read-only (sshd and rsync run in it), its own /proc,
+/dev and /run, and a realistic tree at /data -- the debootstrapped demo
+image from $SYSCLONE_CACHE if one is cached, else a copy of /usr/share,
+else a generated one.  sshd runs chrooted on a free port with a generated
+host key and client key.  Needs root, rsync and openssh-server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from imageserver.capture import CaptureOptions, capture
+from imageserver.excludes import ExcludeOptions
+from imageserver.sources import SshSource
+from imageserver.verify import disk_use
+from sysclone.paths import StateRoot
+from sysclone.run import daemon, run
+
+TARGETS = {"speed": 1.1, "versions": 1.2}
+CHANGE = 0.01
+
+
+@dataclass(frozen=True)
+class Golden:
+    """A golden client reachable over SSH, and a store to capture it into."""
+
+    root: Path
+    data: Path
+    source: SshSource
+    state: StateRoot
+    tree: str  # what the tree is, for the report
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"sshd did not listen on port {port}")
+
+
+def realistic_tree(dest: Path, cache: Path) -> str:
+    tarballs = sorted((cache / "debootstrap").glob("*.tar.zst"))
+    if tarballs:
+        run(["tar", "--zstd", "--xattrs", "--xattrs-include=*", "--acls", "--numeric-owner",
+             "-xpf", str(tarballs[-1]), "-C", str(dest)])
+        return f"debootstrapped image {tarballs[-1].name}"
+    if Path("/usr/share").is_dir():
+        run(["cp", "-a", "/usr/share/.", f"{dest}/"])
+        return "a copy of /usr/share"
+    rnd = random.Random(42)
+    for i in range(3000):  # mostly small files, a few large ones, like /usr
+        d = dest / f"d{i % 60}"
+        d.mkdir(exist_ok=True)
+        size = rnd.choice((200, 2000, 20_000, 200_000)) if i % 100 else 4 << 20
+        (d / f"f{i}").write_bytes(rnd.randbytes(size))
+    return "a generated tree"
+
+
+@contextmanager
+def golden_over_ssh(work: Path, cache: Path) -> Iterator[Golden]:
+    root = work / "golden"
+    root.mkdir(parents=True)
+    with ExitStack() as stack:
+        def mount(*argv: str | Path) -> None:
+            run(["mount", *map(str, argv)])
+            stack.callback(run, ["umount", "-l", str(argv[-1])], check=False)
+
+        mount("--bind", root, root)
+        run(["mount", "--make-private", str(root)])
+        for d in ("usr", "etc", "proc", "dev", "run", "root", "tmp", "data"):
+            (root / d).mkdir()
+        for link in ("bin", "sbin", "lib", "lib64"):
+            (root / link).symlink_to(f"usr/{link}")
+        for d in ("usr", "etc"):
+            mount("--bind", f"/{d}", root / d)
+            run(["mount", "-o", "remount,bind,ro", str(root / d)])
+        mount("-t", "proc", "proc", root / "proc")
+        mount("--bind", "/dev", root / "dev")
+        mount("-t", "tmpfs", "tmpfs", root / "run")
+        tree = realistic_tree(root / "data", cache)
+        keys = root / "run/bench"
+        keys.mkdir()
+        (root / "run/sshd").mkdir()
+        for k in ("hostkey", "client"):
+            run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / k)])
+        (keys / "authorized_keys").write_text((keys / "client.pub").read_text())
+        port = _free_port()
+        (keys / "sshd_config").write_text(
+            f"Port {port}\nListenAddress 127.0.0.1\nHostKey /run/bench/hostkey\n"
+            "AuthorizedKeysFile /run/bench/authorized_keys\nPermitRootLogin prohibit-password\n"
+            "UsePAM no\nStrictModes no\nUseDNS no\nPasswordAuthentication no\n")
+        sshd = daemon(["chroot", str(root), "/usr/sbin/sshd", "-D", "-f",
+                       "/run/bench/sshd_config"], stderr=subprocess.DEVNULL)
+        stack.callback(sshd.wait)
+        stack.callback(sshd.terminate)
+        _wait_port(port)
+        source = SshSource("127.0.0.1", "root", port, keys / "client",
+                           ("StrictHostKeyChecking=no", "UserKnownHostsFile=/dev/null"))
+        state = StateRoot.from_options(work / "state", cache)
+        yield Golden(root, root / "data", source, state, tree)
+
+
+def _capture(g: Golden, name: str) -> float:
+    t0 = time.monotonic()
+    capture(g.state, CaptureOptions(name, g.source, ExcludeOptions(server_file=None)))
+    return time.monotonic() - t0
+
+
+def _plain_rsync(g: Golden, dest: Path) -> float:
+    run(["rm", "-rf", str(dest)])
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    run(["rsync", "-aHAX", "--numeric-ids", "-e", g.source.rsync_shell(),
+         "127.0.0.1:/data/", f"{dest}/"])
+    return time.monotonic() - t0
+
+
+def _delete_image(g: Golden, name: str) -> None:
+    from imageserver.store import ImageStore
+
+    if ImageStore(g.state).exists(name):
+        ImageStore(g.state).delete(name)
+
+
+def change_one_percent(data: Path, seed: int) -> int:
+    """Rewrite files making up about 1 % of the tree's bytes; returns bytes."""
+    files = sorted(p for p in data.rglob("*") if p.is_file() and not p.is_symlink())
+    total = sum(p.stat().st_size for p in files)
+    rnd = random.Random(seed)
+    rnd.shuffle(files)
+    changed = 0
+    for p in files:
+        if changed >= total * CHANGE:
+            break
+        size = p.stat().st_size
+        if size == 0 or size > total * CHANGE:
+            continue
+        p.write_bytes(rnd.randbytes(size))
+        changed += size
+    return changed
+
+
+def speed(g: Golden, rounds: int = 3) -> dict[str, Any]:
+    """Full capture time / plain rsync -aHAX time.  Runs alternate, and the
+    ratio is the median of each capture over the rsync just before it: on a
+    machine shared with other work, neighbours in time share the load."""
+    _plain_rsync(g, g.state.root / "warmup")  # page cache, ssh host key
+    plain, full = [], []
+    for _ in range(rounds):
+        plain.append(_plain_rsync(g, g.state.root / "plain"))
+        _delete_image(g, "speed")
+        full.append(_capture(g, "speed"))
+    run(["rm", "-rf", str(g.state.root / "plain"), str(g.state.root / "warmup")])
+    _delete_image(g, "speed")
+    pairs = sorted(c / p for c, p in zip(full, plain, strict=True))
+    return {"tree": g.tree, "plain_rsync_s": min(plain), "capture_s": min(full),
+            "runs": {"plain": plain, "capture": full}, "pair_ratios": pairs,
+            "ratio": statistics.median(pairs), "target": TARGETS["speed"]}
+
+
+def incremental(g: Golden) -> dict[str, Any]:
+    """A capture after a 1 % change / the full capture before it."""
+    _delete_image(g, "incr")
+    full = _capture(g, "incr")
+    changed = change_one_percent(g.data, seed=1)
+    again = _capture(g, "incr")
+    _delete_image(g, "incr")
+    return {"full_s": full, "incremental_s": again, "changed_bytes": changed,
+            "ratio": again / full}
+
+
+def versions(g: Golden, count: int = 10) -> dict[str, Any]:
+    """Disk use of `count` versions, 1 % changed before each, / one version."""
+    _delete_image(g, "many")
+    _capture(g, "many")
+    one = disk_use(g.state, "many")
+    for i in range(count - 1):
+        change_one_percent(g.data, seed=100 + i)
+        _capture(g, "many")
+    total = disk_use(g.state, "many")
+    _delete_image(g, "many")
+    return {"versions": count, "one_bytes": one, "all_bytes": total, "ratio": total / one,
+            "target": TARGETS["versions"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.capture", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3, help="alternated speed runs (default 3)")
+    ap.add_argument("--json", help="write the results here too")
+    a = ap.parse_args(argv)
+    cache = Path(os.environ.get("SYSCLONE_CACHE") or "/var/cache/sysclone")
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="sysclone-bench-capture.") as work, \
+            golden_over_ssh(Path(work), cache) as g:
+        for name, fn in (("speed", lambda: speed(g, a.rounds)),
+                         ("incremental", lambda: incremental(g)),
+                         ("versions", lambda: versions(g))):
+            results[name] = fn()
+            r = results[name]
+            target = f" (target <= {r['target']})" if "target" in r else ""
+            verdict = "" if "target" not in r else \
+                ("  PASS" if r["ratio"] <= r["target"] else "  MISS")
+            print(f"{name:12} ratio {r['ratio']:.3f}{target}{verdict}", flush=True)
+    if a.json:
+        Path(a.json).write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,100 @@
+"""Install benchmark: the agent's install of an image, next to the same
+work done without it, in the same VM (same kernel, CPU, memory, disk,
+network), in the same run:
+
+  raw rsync    `rsync -aHAX` of the image onto a fresh ext4 (the limit)
+  same rsync   the agent's own rsync command line, bare (transfer ratio)
+  scripted     sfdisk, mkfs, rsync -aHAX, grub-install, update-grub: what
+               an admin types by hand (sysclone's own overhead)
+
+The baselines boot environments whose /init is a shell script
+(bench.baseline.SCRIPT_INIT); the agent never has a benchmark mode.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.markers import DONE_MARKER
+from bench.baseline import BENCH_DONE, BENCH_FAILED, SCRIPT_INIT
+from ci.qemu import Vm, blank_disk
+from sysclone.demo import INSTALL_FAILED, install_append, pxe_vm
+from sysclone.paths import StateRoot
+
+DISK_BYTES = 4 << 30
+TIMEOUT = 3600
+
+
+@dataclass(frozen=True)
+class InstallRun:
+    seconds: float  # wall clock, agent start to done
+    from_network: float  # from the network being up to done
+    timings: dict[str, float]
+    initrd: dict[str, Any]
+    vm_seconds: float
+
+
+@dataclass(frozen=True)
+class BaselineRun:
+    mode: str
+    seconds: float  # from the network being up
+    rsync: float
+
+
+def build_baseline_bootenv(state: StateRoot, out: Path) -> Path:
+    from bootenv import tools
+    from bootenv.standard import build_bootenv
+    from sysclone.ui import Ui
+
+    build_bootenv(state, Ui(quiet=True), output=out, init_script=SCRIPT_INIT,
+                  tool_groups=(*tools.DEFAULT_TOOLS, "debug"))
+    return out
+
+
+def run_agent(state: StateRoot, bootenv: Path, image: str, memory: int = 512) -> InstallRun:
+    from imageserver.serve import ServeConfig, free_port, serving
+
+    events: list[dict[str, Any]] = []
+    cfg = ServeConfig(rsync_port=free_port(), http_port=free_port(), default_image=image)
+    disk = blank_disk(state.vms / "bench-agent.img", DISK_BYTES)
+    with serving(state, cfg) as srv:
+        srv.monitor.subscribe(events.append)
+        append = install_append("bench-node", image, cfg.http_port, cfg.rsync_port, "poweroff")
+        spec = pxe_vm(state, "bench-agent", bootenv, disk, append, memory_mib=memory)
+        t0 = time.monotonic()
+        with Vm(spec) as vm:
+            vm.wait_for(DONE_MARKER, TIMEOUT, fail=INSTALL_FAILED)
+            vm.wait_exit(300)
+        vm_s = time.monotonic() - t0
+    done = next(e for e in events if e.get("kind") == "done")
+    timings = done["timings"]
+    before = timings.get("hardware", 0) + timings.get("network", 0)
+    initrd = next((e for e in events if e.get("kind") == "initrd"), {})
+    return InstallRun(done["seconds"], done["seconds"] - before, timings,
+                      {k: initrd.get(k) for k in ("action", "reasons")}, vm_s)
+
+
+def run_baseline(state: StateRoot, bootenv: Path, image: str, mode: str,
+                 memory: int = 512) -> BaselineRun:
+    from agent.plan import default_swap_mib
+    from imageserver.serve import ServeConfig, free_port, serving
+
+    cfg = ServeConfig(rsync_port=free_port(), http_port=free_port(), default_image=image)
+    disk = blank_disk(state.vms / f"bench-{mode}.img", DISK_BYTES)
+    swap = default_swap_mib(DISK_BYTES, memory << 20)
+    with serving(state, cfg):
+        url = f"rsync://10.0.2.2:{cfg.rsync_port}/{image}"
+        append = (f"console=ttyS0,115200 panic=5 mitigations=off bench.mode={mode} "
+                  f"bench.url={url} bench.swap={swap}")
+        spec = pxe_vm(state, f"bench-{mode}", bootenv, disk, append, memory_mib=memory)
+        with Vm(spec) as vm:
+            _, line = vm.wait_for(BENCH_DONE, TIMEOUT, fail=BENCH_FAILED, partial=False)
+            vm.wait_exit(120)
+    m = re.search(r"seconds=([\d.]+) rsync=([\d.]+)", line)
+    if not m:
+        raise RuntimeError(f"cannot read the baseline's result from {line!r}")
+    return BaselineRun(mode, float(m.group(1)), float(m.group(2)))

@@ -1,0 +1,260 @@
+"""`sysclone image capture NAME --from SOURCE`: a golden client, into a new
+version of an image.
+
+    check the name, the source, the exclude files and the layout file
+    -> lock the image -> read the client's facts (disks, mounts, modules)
+    -> its disk layout -> the filter (skipped mounts, excludes)
+    -> pull / into a staging directory, unchanged files hard-linked from
+       the current version -> manifest -> commit as the new current version
+
+Nothing is written to the store before the pull, and a staging directory
+that does not get committed (an error, Ctrl-C, a full disk) is removed: the
+store is left exactly as it was.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from agent.storage.model import Layout
+from agent.storage.sixml import load_layout, to_xml
+from agent.storage.validate import validate
+from imageserver import excludes as ex
+from imageserver.goldenfacts import out as fact_out
+from imageserver.goldenlayout import GoldenLayout, golden_layout
+from imageserver.names import check_name
+from imageserver.prehash import OUT_FORMAT, Prehasher, reuse_from
+from imageserver.prepare.golden import skipped_mounts
+from imageserver.probe import read_facts
+from imageserver.seal import NewVersion, Sealed, seal
+from imageserver.sources import DaemonSource, LocalSource, Source, SshSource, read_secret
+from imageserver.transfer import CaptureError, DiskFull, endpoint, pull_argv, run_rsync
+from imageserver.versions import Staging, VersionInfo, Versions
+from sysclone.paths import StateRoot
+from sysclone.run import run
+
+Progress = Callable[[str], None]
+LINK_DESTS = 3  # rsync --link-dest against the newest versions (rsync allows 20)
+
+
+@dataclass(frozen=True)
+class CaptureOptions:
+    name: str
+    source: Source
+    excludes: ex.ExcludeOptions = field(default_factory=ex.ExcludeOptions)
+    layout_file: Path | None = None  # overrides the one read from the client
+    exact_geometry: bool = False
+
+
+@dataclass(frozen=True)
+class CaptureResult:
+    version: int
+    info: VersionInfo
+    layout: GoldenLayout | None
+    seconds: float
+    hashed: int
+    shared: int
+
+
+def capture(state: StateRoot, opts: CaptureOptions, progress: Progress | None = None
+            ) -> CaptureResult:
+    say = progress or (lambda line: None)
+    t0 = time.monotonic()
+    name = check_name(opts.name)
+    user_rules = ex.user_rules(opts.excludes)  # every file checked before anything runs
+    given_layout = _layout_file(opts.layout_file)
+    v = Versions(state)
+    with v.lock(name), _secret_file(state, opts.source) as password, \
+            _one_connection(opts.source) as source:
+        say(f"reading {source.describe()}")
+        facts = read_facts(source, password)
+        golden = None if isinstance(opts.source, LocalSource) else \
+            golden_layout(facts, exact=opts.exact_geometry)
+        rules = [*ex.skipped_mount_rules(skipped_mounts(fact_out(facts, "findmnt"))),
+                 *_store_rules(state, opts.source), *user_rules]
+        with v.stage(name) as s:
+            _check_space(facts, s.dir, s.parent is None)
+            say(f"pulling / from {opts.source.describe()}")
+            pre = Prehasher(s.tree)
+            try:
+                vanished = _pull(v, s, source, password, rules, say, pre)
+            finally:
+                hashes = pre.close()
+            _generalize(s.tree, rules)
+            sealed = _store(v, s, NewVersion(
+                origin="capture", source=opts.source.describe(),
+                details=_details(facts, opts.source),
+                files=_records(facts, golden, given_layout),
+                excludes=tuple(r.text for r in rules),
+                warnings=(*(golden.warnings if golden else ()),
+                          *(f"layout: {p}" for p in (golden.problems if golden else ())),
+                          *vanished[:20]), prehashed=reuse_from(hashes)), say)
+    return CaptureResult(sealed.version, sealed.info, golden, time.monotonic() - t0,
+                         sealed.hashed, sealed.shared)
+
+
+def _pull(v: Versions, s: Staging, source: Source, password: Path | None,
+          rules: list[ex.Rule], say: Progress, pre: Prehasher) -> list[str]:
+    """rsync / into the staging tree, unchanged files hard-linked from the
+    newest versions, new ones hashed as they arrive; returns rsync's notes on
+    files that vanished meanwhile."""
+    (s.dir / "excludes").write_text(ex.render(rules))
+    links = [p for p in [s.parent_tree, *_older_trees(v, s.name, s.parent)] if p]
+    argv = pull_argv(endpoint(source, password), s.tree, s.dir / "excludes",
+                     links[:LINK_DESTS])
+    argv.insert(1, OUT_FORMAT)
+    return run_rsync(argv, f"capture of {s.name} from {source.describe()}", say, pre.feed)
+
+
+def _store(v: Versions, s: Staging, new: NewVersion, say: Progress) -> Sealed:
+    try:
+        return seal(v, s, new, say)
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise DiskFull(f"capture of {s.name}: the image store's filesystem is full",
+                           hint="free space or prune old versions") from None
+        raise
+
+
+def _layout_file(path: Path | None) -> Layout | None:
+    if path is None:
+        return None
+    layout = load_layout(path)
+    validate(layout)
+    return layout
+
+
+@contextmanager
+def _one_connection(source: Source) -> Iterator[Source]:
+    """SSH: the probe's connection stays up and rsync reuses it (one login,
+    one key exchange); it is closed when the capture ends, however it ends."""
+    if not isinstance(source, SshSource) or source.control_path:
+        yield source
+        return
+    tmp = tempfile.mkdtemp(prefix="sysclone-ssh.")  # 0700; a short path for the socket
+    shared = replace(source, control_path=f"{tmp}/%C")
+    try:
+        yield shared
+    finally:
+        run([*shared.ssh_argv(), "-O", "exit", shared.host], check=False, timeout=30)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def _secret_file(state: StateRoot, source: Source) -> Iterator[Path | None]:
+    """The rsync:// secret, in a file only root can read (rsync insists)."""
+    if not isinstance(source, DaemonSource) or source.secret_file is None:
+        yield None
+        return
+    secret = read_secret(source.secret_file)
+    state.run.mkdir(parents=True, exist_ok=True)
+    path = state.run / f".capture-secret.{os.getpid()}"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(secret + "\n")
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _store_rules(state: StateRoot, source: Source) -> list[ex.Rule]:
+    """Never capture the store into itself (an image server capturing its own /)."""
+    why = "the image store itself"
+    if isinstance(source, LocalSource):
+        base = str(source.path).rstrip("/")
+        rules = []
+        for p in (state.root, state.cache_dir):
+            s = str(p)
+            if s.startswith(base + "/"):
+                rules.append(ex.literal_exclude(s[len(base):], why))
+        return rules
+    if isinstance(source, SshSource) and source.host in ("127.0.0.1", "::1", "localhost"):
+        return [ex.literal_exclude(str(state.root), why),
+                ex.literal_exclude(str(state.cache_dir), why)]
+    return []
+
+
+def _older_trees(v: Versions, name: str, parent: int | None) -> list[Path]:
+    return [v.version_dir(name, n) / "tree" for n in reversed(v.numbers(name)) if n != parent]
+
+
+def _check_space(facts: dict[str, Any], where: Path, first: bool) -> None:
+    """A first capture needs about what the client's filesystems hold."""
+    if not first or "lsblk" not in facts:
+        return
+    try:
+        devs = json.loads(fact_out(facts, "lsblk") or "{}").get("blockdevices") or []
+    except ValueError:
+        return
+    used = 0
+    stack = list(devs)
+    while stack:
+        d = stack.pop()
+        stack += d.get("children") or []
+        if d.get("fstype") not in ("swap", None) and any(d.get("mountpoints") or []):
+            with suppress(ValueError):
+                used += int(d.get("fsused") or 0)
+    free = shutil.disk_usage(where).free
+    if used > free:
+        raise DiskFull(f"the golden client holds {used / 2**30:.1f} GiB, the image store has "
+                       f"{free / 2**30:.1f} GiB free", hint="free space, or --exclude what "
+                                                             "the image does not need")
+
+
+def _generalize(tree: Path, rules: list[ex.Rule]) -> None:
+    """/etc/machine-id is left out (each clone must make its own); store it
+    empty, which is what tells systemd to make one at first boot.  /etc keeps
+    the client's mtime, so the rest of the tree still matches the client."""
+    etc = tree / "etc"
+    mid = etc / "machine-id"
+    if not any(r.text == "- /etc/machine-id" for r in rules) or not etc.is_dir() \
+            or etc.is_symlink() or mid.exists() or mid.is_symlink():
+        return
+    st = etc.stat()
+    fd = os.open(mid, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
+    os.close(fd)
+    os.chmod(mid, 0o444)
+    os.utime(mid, ns=(st.st_mtime_ns, st.st_mtime_ns))
+    os.utime(etc, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _records(facts: dict[str, Any], golden: GoldenLayout | None,
+             given: Layout | None) -> dict[str, bytes]:
+    """What is kept beside the tree: the facts, the layout (given, or the
+    client's when it is usable; an unusable one for the admin to fix), the
+    client's loaded modules and modaliases (for UYOK boot environments)."""
+    files = {"facts.json": json.dumps(facts, indent=1).encode()}
+    if given is not None:
+        files["layout.xml"] = to_xml(given).encode()
+    elif golden is not None and golden.layout is not None:
+        files["layout.xml" if golden.usable else "layout.rejected.xml"] = \
+            to_xml(golden.layout).encode()
+    for name in ("modules", "modaliases"):
+        if fact_out(facts, name):
+            files[name] = (fact_out(facts, name).rstrip("\n") + "\n").encode()
+    return files
+
+
+def _details(facts: dict[str, Any], source: Source) -> dict[str, Any]:
+    d: dict[str, Any] = {"transport": source.kind}
+    for key in ("hostname", "uname"):
+        if fact_out(facts, key):
+            d[key] = fact_out(facts, key).strip()
+    for line in fact_out(facts, "os-release").splitlines():
+        if line.startswith("PRETTY_NAME="):
+            d["os"] = line.split("=", 1)[1].strip('"')
+    return d
+
+
+__all__ = ["CaptureError", "CaptureOptions", "CaptureResult", "capture"]

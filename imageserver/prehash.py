@@ -1,0 +1,103 @@
+"""Hash files while rsync is still copying the rest.
+
+A capture's manifest needs the sha256 of every new file.  Reading them
+again after the copy would add a second pass over the data to every
+capture; instead rsync names each file as it finishes it (--out-format) and
+worker threads hash it while the transfer goes on, in time a slow network
+or the client's disk leaves idle.  The manifest then takes the hash when
+the file is still the one that was hashed (same inode, size and mtime) and
+reads it itself otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+from imageserver.manifest import sha256_file
+
+# rsync's --out-format: the 11-character itemize string, the bytes sent and
+# the name (relative to the tree, unprintable bytes as \#ooo).  With %b in
+# it rsync logs a file once it is received, not when it starts sending it.
+OUT_FORMAT = "--out-format=%i %b %n"
+_ITEM = re.compile(r"^([<>ch.*][fdLDS][ .+?cstTpoguaxn]{9}) \d+ (.+)$")
+_ESCAPE = re.compile(rb"\\#([0-7]{3})")
+RETRIES, RETRY_SECONDS = 20, 0.01
+
+
+def is_item(line: str) -> bool:
+    return bool(_ITEM.match(line))
+
+
+def unescape(name: str) -> str:
+    raw = _ESCAPE.sub(lambda m: bytes([int(m.group(1), 8)]), os.fsencode(name))
+    return os.fsdecode(raw)
+
+
+class Prehasher:
+    def __init__(self, tree: Path, workers: int | None = None) -> None:
+        self.root = os.fspath(tree)
+        self.pool = ThreadPoolExecutor(workers or min(4, os.cpu_count() or 1))
+        self.lock = threading.Lock()
+        self.pending: dict[str, Future[tuple[int, int, int, int, str] | None]] = {}
+
+    def feed(self, line: str) -> bool:
+        """One line of rsync's output; True if it was a file it finished."""
+        m = _ITEM.match(line)
+        if not m:
+            return False
+        if m.group(1).startswith(">f"):  # received: its content is in place
+            rel = "/" + unescape(m.group(2))
+            with self.lock:
+                self.pending[rel] = self.pool.submit(self._hash, self.root + rel)
+        return True
+
+    @staticmethod
+    def _hash(path: str) -> tuple[int, int, int, int, str] | None:
+        """The file's identity and hash, once rsync has renamed it into place
+        and set its time (it may log the file a moment before); None if it
+        never settles, and the manifest reads it later."""
+        for _ in range(RETRIES):
+            try:
+                st = os.lstat(path)
+                digest = sha256_file(path)
+                after = os.lstat(path)
+            except OSError:
+                time.sleep(RETRY_SECONDS)
+                continue
+            if (st.st_ino, st.st_size, st.st_mtime_ns) == \
+                    (after.st_ino, after.st_size, after.st_mtime_ns):
+                return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, digest
+            time.sleep(RETRY_SECONDS)
+        return None
+
+    def close(self) -> dict[str, tuple[int, int, int, int, str]]:
+        """Wait for the hashing; {path: (dev, ino, size, mtime_ns, sha256)}."""
+        self.pool.shutdown(wait=True)
+        out = {}
+        for rel, fut in self.pending.items():
+            r = fut.result() if not fut.cancelled() else None
+            if r is not None:
+                out[rel] = r
+        return out
+
+    def cancel(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def reuse_from(hashes: dict[str, tuple[int, int, int, int, str]]
+               ) -> Callable[[str, os.stat_result], str | None]:
+    """The hashes as manifest.build() takes them: valid while the file is
+    the one that was hashed."""
+    def known(rel: str, st: os.stat_result) -> str | None:
+        h = hashes.get(rel)
+        if h and h[:4] == (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns):
+            return h[4]
+        return None
+    return known
+

@@ -1,0 +1,137 @@
+"""rsync between the image server and a golden client, and what its
+failures mean.
+
+Every capture pulls with the same options, whatever the transport:
+-aHAXS --numeric-ids (hard links, ACLs, xattrs including security.*,
+sparse files, devices, FIFOs and sockets, owners as numbers) and, as both
+ends run rsync >= 3.1, nanosecond mtimes.  No -x: the capture crosses into
+every real filesystem mounted below /, and the filter file keeps out the
+pseudo and network ones.  Unchanged files are hard-linked from the previous
+version with --link-dest.  The server is the receiver: it needs rsync >=
+3.1.3 for nanosecond comparisons, the client any rsync >= 3.1.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from imageserver.sources import DaemonSource, LocalSource, Source, SshSource
+from sysclone.errors import SyscloneError
+from sysclone.run import spawn
+
+# --modify-window=-1: times compared to the nanosecond, not the second (the
+# default), or a file changed twice within a second could be taken as
+# unchanged from the previous version, and a just-touched directory would
+# keep the wrong time.
+PULL_OPTIONS = ("--archive", "--hard-links", "--acls", "--xattrs", "--sparse",
+                "--numeric-ids", "--modify-window=-1", "--info=progress2,stats1")
+IO_TIMEOUT = 300  # seconds without data before rsync gives up (a lost network)
+VANISHED = 24  # files that disappeared while being read: normal on a live system
+
+
+class CaptureError(SyscloneError):
+    """A capture that could not complete; the store is unchanged."""
+
+
+class DiskFull(CaptureError):
+    pass
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """How rsync reaches a source: extra options and the source argument."""
+
+    options: tuple[str, ...]
+    root: str  # ends with "/": the contents of the client's /
+
+
+def endpoint(source: Source, password_file: Path | None = None) -> Endpoint:
+    if isinstance(source, SshSource):
+        opts: tuple[str, ...] = ("-e", source.rsync_shell())
+        if source.rsync_path:
+            opts += ("--rsync-path", source.rsync_path)
+        return Endpoint(opts, source.rsync_root())
+    if isinstance(source, DaemonSource):
+        assert password_file is not None
+        return Endpoint((f"--password-file={password_file}",), source.url(source.module))
+    assert isinstance(source, LocalSource)
+    return Endpoint((), f"{source.path}/")
+
+
+def pull_argv(ep: Endpoint, dest: Path, filter_file: Path | None,
+              link_dests: Sequence[Path] = ()) -> list[str]:
+    argv = ["rsync", *PULL_OPTIONS, f"--timeout={IO_TIMEOUT}", *ep.options]
+    if filter_file is not None:
+        argv.append(f"--filter=merge {filter_file}")
+    argv += [f"--link-dest={p}" for p in link_dests]
+    return [*argv, ep.root, f"{dest}/"]
+
+
+# A --info=progress2 update; rsync may glue a message right after one.
+_PROGRESS = re.compile(r"^\s*[\d,]+\s+\d+%\s+\S+\s+[\d:]+(\s+\([^)]*\))?")
+
+
+def run_rsync(argv: list[str], what: str, on_line: Callable[[str], None] | None = None,
+              on_item: Callable[[str], bool] | None = None) -> list[str]:
+    """Run an rsync and raise CaptureError saying why it failed; returns the
+    messages it printed (vanished files and the like).  `on_item` sees each
+    line first and says if it was a file name (--out-format), not a message."""
+    messages: list[str] = []
+    with spawn(argv) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            if not line.strip():
+                continue
+            if on_line:
+                on_line(line)
+            m = _PROGRESS.match(line)
+            message = line[m.end():].strip() if m else line
+            if message and not (on_item and on_item(message)):
+                messages = [*messages, message][-200:]
+        rc = proc.wait()
+    if rc in (0, VANISHED):
+        return [m for m in messages if "vanished" in m]
+    raise explain(rc, messages, what)
+
+
+# (pattern in rsync's or ssh's words, what it means for the user, hint)
+_CAUSES: tuple[tuple[str, str, str | None], ...] = (
+    (r"No space left on device", "the image store's filesystem is full",
+     "free space, or remove old versions with `sysclone image prune NAME --keep N`"),
+    (r"@ERROR: auth failed", "the golden client refused the secret",
+     "use the secret `sysclone client prepare` printed, in --secret-file"),
+    (r"@ERROR: access denied", "the golden client does not export to this server",
+     "run `client prepare --server` with this server's address"),
+    (r"@ERROR: Unknown module", "the golden client exports no such module",
+     "use the rsync:// URL `sysclone client prepare` printed"),
+    (r"Permission denied \((publickey|password|keyboard)", "SSH refused the login",
+     "pass --ssh-key, or put this server's key in the client's authorized_keys"),
+    (r"Host key verification failed|REMOTE HOST IDENTIFICATION HAS CHANGED",
+     "the golden client's SSH host key does not match the known one", None),
+    (r"Could not resolve hostname|Name or service not known|Temporary failure in name",
+     "the golden client's name does not resolve", None),
+    (r"Connection refused", "the golden client refused the connection",
+     "is sshd (or `client prepare`) running, on that port?"),
+    (r"timed out|Connection timed out|No route to host|Network is unreachable"
+     r"|Connection reset|Broken pipe|connection unexpectedly closed|Timeout, server",
+     "the connection to the golden client failed or was lost", None),
+    (r"rsync: (command )?not found|rsync: not found|sh: \d*:? ?rsync",
+     "rsync is not installed on the golden client", "install rsync there"),
+)
+
+
+def explain(rc: int, messages: list[str], what: str) -> CaptureError:
+    text = "\n".join(messages)
+    for pattern, meaning, hint in _CAUSES:
+        if re.search(pattern, text):
+            cls = DiskFull if "No space" in pattern else CaptureError
+            return cls(f"{what}: {meaning}", hint=hint, returncode=rc)
+    if rc == 20:
+        return CaptureError(f"{what}: interrupted")
+    errors = [m for m in messages if m.startswith(("rsync:", "rsync error", "ssh:", "@ERROR"))]
+    detail = "; ".join((errors or messages)[-3:]) or f"rsync exit code {rc}"
+    return CaptureError(f"{what}: {detail[:400]}", returncode=rc)

@@ -1,0 +1,145 @@
+"""Bad input and bad luck: each a clear one-line error, and the image store
+exactly as it was (its whole listing hashed before and after).  A wrong
+rsync secret is in test_capture_transfer.py."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from imageserver.store import ImageStore
+from sysclone.cli import main
+from sysclone.paths import StateRoot
+from tests.integration.capturekit import fingerprint, free_port, golden_client, sh, sshd
+
+pytestmark = pytest.mark.usefixtures("root_only")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def error(state: StateRoot, capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    """Run a command that must fail; its one line of error."""
+    rc = main(["--root", str(state.root), "--cache", str(state.cache_dir), *argv])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if not line.startswith("==> ")]
+    assert rc == 1, err
+    assert len(lines) == 1 and lines[0].startswith("sysclone: error: "), err
+    return lines[0]
+
+
+@pytest.fixture
+def stored(tmp_path: Path, state: StateRoot, capsys: pytest.CaptureFixture[str]) -> Path:
+    """A store with one image in it, and a source to capture again."""
+    src = tmp_path / "src"
+    (src / "etc").mkdir(parents=True)
+    (src / "etc/hostname").write_text("golden\n")
+    (src / "data").write_bytes(os.urandom(1 << 16))
+    assert main(["--root", str(state.root), "image", "capture", "web", "--from", str(src)]) == 0
+    capsys.readouterr()
+    return src
+
+
+@pytest.mark.parametrize("name", ["a/b", "..", "a..b", "-rf", "@1", "web@2", "", "a b"])
+def test_bad_image_names(name, state, stored, capsys):
+    before = fingerprint(state.images)
+    # After "--": a name starting with "-" reaches sysclone, not argparse.
+    line = error(state, capsys, "image", "capture", "--from", str(stored), "--", name)
+    assert line.startswith(f"sysclone: error: image name {name!r} is not valid")
+    assert fingerprint(state.images) == before
+
+
+def test_unreachable_host(state, stored, capsys):
+    before = fingerprint(state.images)
+    line = error(state, capsys, "image", "capture", "web", "--from",
+                 f"ssh://root@127.0.0.1:{free_port()}", "--ssh-option", "ConnectTimeout=5")
+    assert "the golden client refused the connection; nothing was stored" in line
+    assert fingerprint(state.images) == before
+
+
+def test_ssh_login_refused(tmp_path, state, stored, capsys):
+    with golden_client(tmp_path / "g") as g, sshd(g, tmp_path / "keys") as s:
+        before = fingerprint(state.images)
+        line = error(state, capsys, "image", "capture", "web", "--from",
+                     f"ssh://root@127.0.0.1:{s.port}", "--ssh-key", str(s.other_key),
+                     "--ssh-option", "StrictHostKeyChecking=no",
+                     "--ssh-option", "UserKnownHostsFile=/dev/null")
+        assert "SSH refused the login" in line and "--ssh-key" in line
+        assert fingerprint(state.images) == before
+
+
+@pytest.mark.parametrize(("rules", "says"), [
+    ("- /ok\n-nospace\n", ":2: '-nospace' does not parse"),
+    ("merge /etc/other\n", ":1: 'merge /etc/other': only include and exclude rules"),
+    ("- /var/[log\n", ":1: pattern '/var/[log' has a '[' without its ']'"),
+    ("+ \n", ":1: empty pattern"),
+])
+def test_exclude_file_that_does_not_parse(rules, says, tmp_path, state, stored, capsys):
+    bad = tmp_path / "bad.exclude"
+    bad.write_text(rules)
+    before = fingerprint(state.images)
+    line = error(state, capsys, "image", "capture", "web", "--from", str(stored),
+                 "--exclude-from", str(bad))
+    assert f"{bad}{says}" in line
+    assert fingerprint(state.images) == before
+
+
+def test_store_filesystem_too_small(tmp_path, state, capsys):
+    """The images directory on a 24 MiB ext4: a first image fits, a second
+    does not; the failed one leaves no trace."""
+    img = tmp_path / "small.img"
+    with img.open("wb") as f:
+        f.truncate(24 << 20)
+    sh("mkfs.ext4", "-q", img)
+    state.images.mkdir(parents=True)
+    sh("mount", "-o", "loop", img, state.images)
+    try:
+        small = tmp_path / "small"
+        small.mkdir()
+        (small / "f").write_bytes(os.urandom(1 << 20))
+        assert main(["--root", str(state.root), "image", "capture", "small", "--from",
+                     str(small)]) == 0
+        big = tmp_path / "big"
+        big.mkdir()
+        for i in range(40):
+            (big / f"f{i}").write_bytes(os.urandom(1 << 20))
+        capsys.readouterr()
+        before = fingerprint(state.images)
+        line = error(state, capsys, "image", "capture", "big", "--from", str(big))
+        assert "the image store's filesystem is full; nothing was stored" in line
+        assert fingerprint(state.images) == before
+        assert ImageStore(state).names() == ["small"]
+    finally:
+        sh("umount", state.images)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_capture_leaves_no_trace(sig, tmp_path, state, stored, capsys):
+    big = tmp_path / "big"
+    big.mkdir()
+    for i in range(300):
+        (big / f"f{i:03}").write_bytes(os.urandom(1 << 20))
+    before = fingerprint(state.images)
+    staging = state.images / ".versions/web"
+    proc = subprocess.Popen([sys.executable, "-m", "sysclone.cli", "--root", str(state.root),
+                             "image", "capture", "web", "--from", str(big)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # interrupt once the copy has begun
+        news = list(staging.glob(".new-*/tree/f*"))
+        if news:
+            break
+        time.sleep(0.01)
+    assert news, "the capture never started copying"
+    proc.send_signal(sig)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "capture of web interrupted: nothing was stored, the image store is unchanged" in err
+    assert fingerprint(state.images) == before
+    # The next capture starts cleanly.
+    assert main(["--root", str(state.root), "image", "capture", "web", "--from", str(big)]) == 0
+    assert ImageStore(state).versions.numbers("web") == [1, 2]

@@ -1,0 +1,177 @@
+"""The capture's commands and their failures, faked by argv: the rsync
+command line, what rsync's and ssh's words mean, the SSH fact probe, the
+CLI's checks before anything runs, and the si_* front ends."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from imageserver import probe
+from imageserver.prepare.golden import FACTS
+from imageserver.sources import LocalSource, parse_source
+from imageserver.transfer import (
+    CaptureError,
+    DiskFull,
+    endpoint,
+    explain,
+    pull_argv,
+    run_rsync,
+)
+from sysclone import sicompat
+from sysclone.cli import main
+from tests.conftest import DATA, FakeResult
+
+
+def test_pull_argv_keeps_everything_and_links_unchanged_files(tmp_path):
+    src = parse_source("ssh://root@golden:2222", ssh_options=("StrictHostKeyChecking=no",))
+    argv = pull_argv(endpoint(src), tmp_path / "tree", tmp_path / "excludes",
+                     [tmp_path / "v2", tmp_path / "v1"])
+    for opt in ("--archive", "--hard-links", "--acls", "--xattrs", "--sparse", "--numeric-ids",
+                "--modify-window=-1"):
+        assert opt in argv
+    assert "--one-file-system" not in argv and "-x" not in argv  # crosses into /boot, /var
+    assert argv[argv.index("-e") + 1].startswith("ssh -x -T -o StrictHostKeyChecking=no")
+    assert f"--filter=merge {tmp_path / 'excludes'}" in argv
+    assert argv[-4:] == [f"--link-dest={tmp_path / 'v2'}", f"--link-dest={tmp_path / 'v1'}",
+                         "golden:/", f"{tmp_path / 'tree'}/"]
+    d = parse_source("rsync://golden:8873/sysclone", secret_file="/s")
+    argv = pull_argv(endpoint(d, Path("/run/pw")), tmp_path, None)
+    assert "--password-file=/run/pw" in argv
+    assert argv[-2] == "rsync://sysclone@golden:8873/sysclone/"
+    assert pull_argv(endpoint(parse_source(str(tmp_path))), tmp_path / "t", None)[-2] == \
+        f"{tmp_path}/"
+
+
+@pytest.mark.parametrize(("lines", "rc", "cls", "says"), [
+    (['rsync: [receiver] write failed on "/x": No space left on device (28)'], 11, DiskFull,
+     "the image store's filesystem is full"),
+    (["@ERROR: auth failed on module sysclone"], 5, CaptureError, "refused the secret"),
+    (["@ERROR: access denied to sysclone from host (10.0.0.3)"], 5, CaptureError,
+     "does not export to this server"),
+    (["root@golden: Permission denied (publickey,password)."], 255, CaptureError,
+     "SSH refused the login"),
+    (["ssh: connect to host golden port 22: Connection refused"], 255, CaptureError,
+     "refused the connection"),
+    (["ssh: Could not resolve hostname nowhere: Name or service not known"], 255,
+     CaptureError, "does not resolve"),
+    (["Timeout, server golden not responding.", "rsync: connection unexpectedly closed"], 12,
+     CaptureError, "failed or was lost"),
+    (["bash: line 1: rsync: command not found"], 12, CaptureError, "rsync is not installed"),
+    ([], 20, CaptureError, "interrupted"),
+    (["rsync: something odd", "rsync error: some error (code 99)"], 99, CaptureError,
+     "rsync: something odd; rsync error: some error (code 99)"),
+])
+def test_what_failures_mean(lines, rc, cls, says):
+    e = explain(rc, lines, "capture of web")
+    assert type(e) is cls and says in e.message and e.message.startswith("capture of web: ")
+
+
+def test_run_rsync_sees_messages_glued_to_progress(fake_commands):
+    out = DATA / "agent/rsync-progress2-local.txt"
+    fake_commands.add(["rsync"], FakeResult(
+        stdout=out.read_text() + "  1,000  50%  1.00MB/s    0:00:00 (xfr#1, to-chk=1/3)"
+        "rsync: [receiver] write failed on \"/t/f\": No space left on device (28)\n",
+        returncode=11))
+    with pytest.raises(DiskFull):
+        run_rsync(["rsync", "x"], "capture")
+    fake_commands.add(["rsync"], FakeResult(stdout="file has vanished: \"/tmp/x\"\n",
+                                            returncode=24))
+    assert run_rsync(["rsync", "x"], "capture") == ['file has vanished: "/tmp/x"']
+
+
+def stream(nonce: str, facts: dict[str, tuple[int, str]]) -> str:
+    return "".join(f"@@{nonce} out {n}\n{out}\n@@{nonce} err {n} {rc}\n\n@@{nonce} end {n}\n"
+                   for n, (rc, out) in facts.items())
+
+
+def test_ssh_probe(fake_commands, monkeypatch):
+    monkeypatch.setattr(probe.secrets, "token_hex", lambda n: "n0nce")
+    src = parse_source("root@golden")
+    sample = json.loads((DATA / "capture/facts-bios-gpt.json").read_text())
+    facts = {name: (0, sample[name]["out"]) for name, _ in FACTS if name in sample}
+    facts["rsync"] = (0, "rsync  version 3.2.7")
+    fake_commands.add(["ssh"], FakeResult(stdout=stream("n0nce", facts)))
+    got = probe.ssh_facts(src)
+    assert got["lsblk"]["out"] == sample["lsblk"]["out"]
+    call = fake_commands.calls[-1]
+    assert call[0] == "ssh" and call[-3:] == ["golden", "/bin/sh", "-s"]
+    facts["rsync"] = (127, "")
+    fake_commands.add(["ssh"], FakeResult(stdout=stream("n0nce", facts)))
+    with pytest.raises(CaptureError, match="rsync is not installed on the golden client "
+                                           "root@golden"):
+        probe.ssh_facts(src)
+    fake_commands.add(["ssh"], FakeResult(stderr="root@golden: Permission denied (publickey).",
+                                          returncode=255))
+    with pytest.raises(CaptureError, match="SSH refused the login"):
+        probe.ssh_facts(src)
+
+
+def test_local_probe_sees_the_mounts_below(fake_commands, tmp_path):
+    mounts = {"filesystems": [
+        {"target": "/", "source": "/dev/vda", "fstype": "ext4", "fsroot": "/"},
+        {"target": "/mnt/disk", "source": "/dev/sdb1", "fstype": "ext4", "fsroot": "/"},
+        {"target": "/mnt/disk/proc", "source": "proc", "fstype": "proc", "fsroot": "/"},
+        {"target": "/mnt/diskette", "source": "/dev/fd0", "fstype": "vfat", "fsroot": "/"}]}
+    fake_commands.add(["findmnt"], FakeResult(stdout=json.dumps(mounts)))
+    got = probe.local_facts(LocalSource(Path("/mnt/disk")))
+    fs = json.loads(got["findmnt"]["out"])["filesystems"]
+    assert [m["target"] for m in fs] == ["/", "/proc"]
+
+
+def root_args(tmp_path: Path) -> list[str]:
+    return ["--root", str(tmp_path / "root"), "--cache", str(tmp_path / "cache")]
+
+
+def test_capture_checks_everything_before_running_anything(tmp_path, capsys, fake_commands):
+    bad = tmp_path / "bad.exclude"
+    bad.write_text("-oops\n")
+    for argv, says in (
+            (["web", "--from", str(tmp_path), "--exclude-from", str(bad)],
+             f"{bad}:1: '-oops' does not parse as a filter rule"),
+            (["web", "--from", "golden", "--ssh-option", "Port 22"], "is not Key=Value"),
+            (["web"], "image capture needs --from SOURCE"),
+            (["web", "--from", str(tmp_path), "--layout", str(bad)], "not well-formed XML"),
+            (["w/eb", "--from", "golden"], "image name 'w/eb' is not valid")):
+        assert main([*root_args(tmp_path), "image", "capture", *argv]) == 1
+        err = [line for line in capsys.readouterr().err.splitlines()
+               if not line.startswith("==>")]
+        assert len(err) == 1 and says in err[0], (argv, err)
+    assert [c for c in fake_commands.calls if c[0] != "findmnt"] == []
+    assert not (tmp_path / "root/images").exists()
+
+
+def test_capture_help_says_what_is_left_out(capsys):
+    with pytest.raises(SystemExit):
+        main(["image", "capture", "--help"])
+    out = capsys.readouterr().out
+    for words in ("pseudo, network and bind mounts", "/etc/sysclone/capture.exclude",
+                  "- /tmp/**", "temporary files", "--no-default-excludes", "rsync://"):
+        assert words in out
+
+
+@pytest.mark.parametrize(("fn", "argv", "expected"), [
+    (sicompat.si_getimage, ["-golden-client", "10.0.0.5", "-image", "web", "-secret-file",
+                            "/s", "--exclude", "/home"],
+     ["image", "capture", "web", "--from", "rsync://10.0.0.5/sysclone", "--secret-file", "/s",
+      "--exclude", "/home"]),
+    (sicompat.si_getimage, ["--golden-client", "g", "--im", "web", "--ssh-user", "admin",
+                            "--exclude-file", "/x", "--update-script", "yes"],
+     ["image", "capture", "web", "--from", "ssh://admin@g", "--exclude-from", "/x"]),
+    (sicompat.si_prepareclient, ["--server", "imgsrv", "--yes", "--my-modules"],
+     ["client", "prepare", "--server", "imgsrv", "--timeout", "3600", "--port", "873"]),
+    (sicompat.si_lsimage, ["--verbose"], ["image", "list"]),
+    (sicompat.si_rmimage, ["web", "--force"], ["image", "delete", "web"]),
+    (sicompat.si_cpimage, ["web", "web2"], ["image", "copy", "web", "web2"]),
+    (sicompat.si_mvimage, ["-q", "web", "www"], ["-q", "image", "rename", "web", "www"]),
+])
+def test_systemimager_names(fn, argv, expected, monkeypatch, capsys):
+    seen: list[list[str]] = []
+    monkeypatch.setattr(sicompat.cli, "main", lambda a: seen.append(list(a)) or 0)
+    assert fn(argv) == 0
+    assert seen == [expected]
+    err = capsys.readouterr().err
+    if "--update-script" in argv:
+        assert "--update-script: ignored (there are no .master scripts" in err

@@ -1,0 +1,482 @@
+"""The install flow (agent/flow.py) on a fake machine, without a VM.
+
+The machine is faked at its boundaries only: sysfs (a captured VM with
+eth0 on virtio), the kernel's netlink and the DHCP exchange (netfakes), the
+disk listing, the image server's HTTP API, the reporter's connection, and
+every command by its argv (tests/conftest.py).  The flow's own code, the
+parameters' resolution and the phase runner run for real.
+
+Covered: a dry run (the plan is printed, no partition, format or mount
+command runs), si.break (the shell runs before the named phase and the
+install goes on), a static install network (no DHCP; address, gateway and
+DNS reach the interface, resolv.conf and the installed system's network
+configuration), DHCP-provided parameters and their precedence, and the
+refusals that come before any phase."""
+
+from __future__ import annotations
+
+import functools
+import io
+import logging
+import os
+import socket
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent import disks as disklib
+from agent import flow, hardware, network
+from agent.disks import Disk
+from agent.plan import make_plan
+from agent.report import DONE_MARKER, FAILED_MARKER, Reporter
+from tests.conftest import FakeCommands, FakeResult
+from tests.unit.agentfakes import FakeSysfs
+from tests.unit.netfakes import FakeDhcp, FakeNetlink, refuse_dhcp
+
+GiB = 1 << 30
+MAC = "02:fc:00:00:00:01"  # eth0 of the captured VM
+
+# Commands that would write to a disk: none may run in a dry run.
+WRITERS = {"sfdisk", "parted", "partx", "wipefs", "sgdisk", "mkfs", "mkfs.ext4", "mkfs.xfs",
+           "mkfs.vfat", "mkswap", "mount", "umount", "rsync", "chroot", "grub-install", "sync"}
+
+
+class Recorder(Reporter):
+    """A Reporter that keeps what it said and sent, in order, and never
+    connects anywhere."""
+
+    def __init__(self, log: list[tuple[Any, ...]]) -> None:
+        super().__init__(console=io.StringIO())
+        self.log = log
+        self.monitor: str | None = None
+
+    def say(self, text: str) -> None:
+        super().say(text)
+        self.log.append(("say", text))
+
+    def event(self, kind: str, **data: Any) -> None:
+        self.log.append(("event", kind, data))
+
+    def connect(self, url: str) -> None:
+        self.monitor = url
+
+    def flush(self, timeout: float = 60.0) -> None:
+        pass
+
+    @property
+    def lines(self) -> list[str]:
+        return [e[1] for e in self.log if e[0] == "say"]
+
+    def phases(self, status: str = "start") -> list[str]:
+        return [e[2]["phase"] for e in self.log
+                if e[:2] == ("event", "phase") and e[2]["status"] == status]
+
+
+@dataclass
+class FakeImageServer:
+    """The image server's HTTP API as the agent sees it (agent.server)."""
+
+    host: str
+    port: int
+    answers: dict[str, Any]
+    asked: list[dict[str, Any]]
+    hook: Callable[[], None] | None = None  # runs while the agent waits for the answer
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def instructions(self, **query: Any) -> dict[str, Any]:
+        self.asked.append({"server": f"{self.host}:{self.port}", **query})
+        if self.hook:
+            self.hook()
+        return self.answers
+
+
+@dataclass
+class Machine:
+    tmp: Path
+    commands: FakeCommands
+    net: FakeNetlink
+    log: list[tuple[Any, ...]] = field(default_factory=list)
+    answers: dict[str, Any] = field(default_factory=lambda: {
+        "image": {"name": "deb12", "bytes": GiB, "files": 30_000, "usage": {"/": GiB}},
+        "hostname": "node-from-server"})
+    asked: list[dict[str, Any]] = field(default_factory=list)
+    during_instructions: Callable[[], None] | None = None
+
+    @property
+    def cmdline(self) -> Path:
+        return self.tmp / "cmdline"
+
+    @property
+    def local_cfg(self) -> Path:
+        return self.tmp / "local.cfg"
+
+    @property
+    def resolv_conf(self) -> Path:
+        return self.tmp / "resolv.conf"
+
+    def install(self, cmdline: str) -> tuple[int, Recorder]:
+        self.cmdline.write_text(f"BOOT_IMAGE=kernel initrd=initrd.img {cmdline} "
+                                f"BOOTIF=01-{MAC.replace(':', '-')}\n")
+        reporter = Recorder(self.log)
+        return flow.run_install(reporter, self.cmdline), reporter
+
+    def post_action(self) -> str:
+        return (self.tmp / "run/post-action").read_text().strip()
+
+    def ran(self) -> list[list[str]]:
+        return self.commands.calls
+
+    def shell(self, argv: list[str]) -> FakeResult:
+        """si.break's shell: recorded where it happens among the events."""
+        self.log.append(("shell",))
+        return FakeResult()
+
+
+@pytest.fixture
+def machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+            fake_commands: FakeCommands) -> Iterator[Machine]:
+    m = Machine(tmp_path, fake_commands, FakeNetlink().install(monkeypatch))
+    sysfs = tmp_path / "sys"
+    FakeSysfs.captured(sysfs)
+    # Where the agent keeps state and finds its inputs.
+    monkeypatch.setattr(flow, "RUN_DIR", tmp_path / "run")
+    monkeypatch.setattr(flow, "LOCAL_CFG", m.local_cfg)
+    monkeypatch.setattr(flow, "TARGET", tmp_path / "sysroot")
+    monkeypatch.setattr(network, "SYSFS", sysfs)
+    monkeypatch.setattr(network, "RESOLV_CONF", m.resolv_conf)
+    # Hardware: the fake sysfs, and no module to load.
+    monkeypatch.setattr(hardware, "coldplug", functools.partial(hardware.coldplug,
+                                                                sysfs=sysfs))
+    monkeypatch.setattr(flow, "Kmod", FakeKmod)
+    # Disks, firmware, memory, the host's mkfs tools: this machine's.
+    monkeypatch.setattr(disklib, "list_disks", lambda: [Disk("vda", 20 * GiB)])
+    monkeypatch.setattr(flow, "firmware", lambda: "bios")
+    monkeypatch.setattr(flow, "_ram_bytes", lambda: 2 * GiB)
+    monkeypatch.setattr(flow, "make_plan", functools.partial(make_plan,
+                                                             have_tool=lambda tool: True))
+    # The image server.
+    monkeypatch.setattr(flow, "ImageServer",
+                        lambda host, port: FakeImageServer(host, port, m.answers, m.asked,
+                                                           m.during_instructions))
+    monkeypatch.setenv("TERM", "linux")
+    # Commands, by argv.
+    fake_commands.add(["udevadm"], "")
+    fake_commands.add(["/usr/lib/systemd/systemd-udevd"], "")
+    fake_commands.add(["rsync", "--list-only"], "-rw-r--r--  5 2024/01/01 00:00:00 hostname\n")
+    fake_commands.add(["setsid", "cttyhack", "sh"], m.shell)
+    yield m
+
+
+class FakeKmod:
+    def lookup(self, alias: str) -> list[str]:
+        return []
+
+    def load(self, name: str, options: str | None = None) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def commands_run(m: Machine) -> set[str]:
+    return {argv[0] for argv in m.ran()}
+
+
+@pytest.fixture
+def dhcp(monkeypatch: pytest.MonkeyPatch) -> FakeDhcp:
+    return FakeDhcp().install(monkeypatch)
+
+
+# -- dry run ---------------------------------------------------------------------------------
+
+def test_dry_run_prints_the_plan_and_touches_nothing(machine: Machine, dhcp: FakeDhcp) -> None:
+    rc, rep = machine.install("IMAGESERVER=10.0.2.2 HOSTNAME=node1 si.dry-run")
+    assert rc == 0, rep.lines
+    assert rep.phases("start") == ["hardware", "network", "monitor", "instructions", "plan"]
+    assert rep.phases("done") == rep.phases("start")
+    text = "\n".join(rep.lines)
+    assert "image deb12, layout built-in default" in text
+    assert "/dev/vda" in text and "ext4" in text  # the plan, as describe() prints it
+    assert "dry run: nothing was written" in rep.lines
+    # The effective parameters, with their origins.
+    assert any(line.startswith("Install parameters (precedence") for line in rep.lines)
+    assert any("si.dry-run" in line and "kernel command line" in line for line in rep.lines)
+    assert rep.lines[-1].startswith(f"{DONE_MARKER} in ")
+    # Only reading commands ran: no partitioning, formatting or mounting.
+    assert commands_run(machine) & WRITERS == {"rsync"}
+    assert [a for a in machine.ran() if a[0] == "rsync"] == [
+        ["rsync", "--list-only", "--no-motd", "rsync://10.0.2.2:873/deb12/etc/hostname"]]
+    assert machine.asked == [{"server": "10.0.2.2:8181", "hostname": "node1", "mac": MAC,
+                              "image": None, "layout": None}]
+    assert rep.monitor == "http://10.0.2.2:8181"
+    plan = next(e[2]["plan"] for e in machine.log if e[:2] == ("event", "plan"))
+    assert plan["hostname"] == "node1"
+    assert machine.post_action() == "reboot"
+
+
+def test_plan_only_is_a_dry_run_too(machine: Machine, dhcp: FakeDhcp) -> None:
+    machine.cmdline.write_text("IMAGESERVER=10.0.2.2\n")
+    rep = Recorder(machine.log)
+    assert flow.run_install(rep, machine.cmdline, plan_only=True) == 0
+    assert rep.phases("done")[-1] == "plan"
+    assert not commands_run(machine) & (WRITERS - {"rsync"})
+
+
+# -- si.break --------------------------------------------------------------------------------
+
+def order(m: Machine) -> list[str]:
+    """Phase starts and shells, in the order they happened."""
+    out = []
+    for e in m.log:
+        if e[0] == "shell":
+            out.append("shell")
+        elif e[:2] == ("event", "phase") and e[2]["status"] == "start":
+            out.append(e[2]["phase"])
+    return out
+
+
+@pytest.mark.parametrize(("step", "before"), [
+    ("plan", "plan"), ("deploy", "plan"),  # SystemImager's name for it
+    ("network-infos", "network"), ("monitor", "monitor"), ("download-scripts", "instructions"),
+])
+def test_break_runs_the_shell_before_the_phase_and_goes_on(machine: Machine, dhcp: FakeDhcp,
+                                                           step: str, before: str) -> None:
+    rc, rep = machine.install(f"IMAGESERVER=10.0.2.2 si.dry-run si.break={step}")
+    assert rc == 0, rep.lines
+    phases = ["hardware", "network", "monitor", "instructions", "plan"]
+    at = phases.index(before)
+    assert order(machine) == [*phases[:at], "shell", *phases[at:]]
+    assert f"breakpoint before {before}: exit the shell to continue" in rep.lines
+    (shell,) = [a for a in machine.ran() if a[0] == "setsid"]
+    assert shell == ["setsid", "cttyhack", "sh", "-l"]
+
+
+def test_several_breaks(machine: Machine, dhcp: FakeDhcp) -> None:
+    rc, _ = machine.install("IMAGESERVER=10.0.2.2 si.dry-run si.break=hardware,plan")
+    assert rc == 0
+    assert order(machine) == ["shell", "hardware", "network", "monitor", "instructions", "shell",
+                              "plan"]
+
+
+def test_break_before_local_cfg_is_read(machine: Machine, dhcp: FakeDhcp) -> None:
+    """si.break=parse-localcfg: the shell comes before local.cfg is read,
+    so what is fixed in it there counts."""
+    machine.local_cfg.write_text("IMAGENAME=broken/name\n")
+
+    def fix_local_cfg(argv: list[str]) -> FakeResult:
+        machine.log.append(("shell",))
+        machine.local_cfg.write_text("IMAGENAME=web\n")
+        return FakeResult()
+
+    machine.commands.add(["setsid", "cttyhack", "sh"], fix_local_cfg)
+    rc, rep = machine.install("IMAGESERVER=10.0.2.2 si.dry-run si.break=parse-localcfg")
+    assert rc == 0, rep.lines
+    assert order(machine)[:2] == ["shell", "hardware"]
+    assert rep.lines[0] == "breakpoint before parse-localcfg: exit the shell to continue"
+    assert machine.asked[0]["image"] == "web"
+
+
+def test_break_before_local_cfg_asked_by_local_cfg_is_too_late(machine: Machine,
+                                                               dhcp: FakeDhcp) -> None:
+    machine.local_cfg.write_text("si.break=parse-localcfg\n")
+    rc, rep = machine.install("IMAGESERVER=10.0.2.2 si.dry-run")
+    assert rc == 0
+    assert "shell" not in order(machine)
+    assert (f"warning: local.cfg at {machine.local_cfg}, line 1: si.break=parse-localcfg "
+            "comes too late, local.cfg is read already; set it on the kernel command line"
+            ) in rep.lines
+
+
+def test_break_asked_by_the_server_config(machine: Machine, dhcp: FakeDhcp) -> None:
+    """The server's parameters arrive with the instructions: a break on a
+    later phase works, one on a phase already run says so."""
+    machine.answers["params"] = {"si.break": ["plan", "network"]}
+    rc, rep = machine.install("IMAGESERVER=10.0.2.2 si.dry-run")
+    assert rc == 0, rep.lines
+    assert order(machine) == ["hardware", "network", "monitor", "instructions", "shell", "plan"]
+    assert ("warning: server config: si.break=network comes too late, that step has passed"
+            in rep.lines)
+
+
+# -- a static install network ----------------------------------------------------------------
+
+STATIC = ("IMAGESERVER=10.0.2.2 IPADDR=10.0.2.50 NETMASK=255.255.255.0 BROADCAST=10.0.2.255 "
+          "GATEWAY=10.0.2.1 GATEWAYDEV=eth0 si.dns-servers=10.0.2.3,9.9.9.9 "
+          "DOMAINNAME=lab.example si.dry-run")
+
+
+def test_static_network(machine: Machine, monkeypatch: pytest.MonkeyPatch) -> None:
+    refuse_dhcp(monkeypatch)
+    rc, rep = machine.install(STATIC)
+    assert rc == 0, rep.lines
+    assert machine.net.up == {"eth0", "lo"}
+    assert machine.net.addresses == {"eth0": {"address": "10.0.2.50", "prefixlen": 24,
+                                              "broadcast": "10.0.2.255"}}
+    assert machine.net.routes == [{"dst": "0.0.0.0/0", "gateway": "10.0.2.1", "oif": "eth0"}]
+    assert machine.resolv_conf.read_text() == (
+        "search lab.example\nnameserver 10.0.2.3\nnameserver 9.9.9.9\n")
+    hello = next(e[2] for e in machine.log if e[:2] == ("event", "hello"))
+    assert hello["network"] == {"iface": "eth0", "mac": MAC, "method": "static",
+                                "address": "10.0.2.50/24", "gateway": "10.0.2.1",
+                                "dns": ["10.0.2.3", "9.9.9.9"], "domain": "lab.example"}
+    assert f"eth0 ({MAC}): 10.0.2.50/24 by static, gateway 10.0.2.1" in rep.lines
+
+
+def test_static_network_reaches_the_installed_systems_config(
+        machine: Machine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the network phase returns is what configure writes (Debian's
+    ifupdown here): the same address, router and name servers."""
+    refuse_dhcp(monkeypatch)
+    monkeypatch.setattr(flow, "_udev_net_names", lambda ifname: {})
+    machine.cmdline.write_text(STATIC)
+    rep = Recorder(machine.log)
+    layers, resolved = flow._read_parameters(rep, machine.cmdline, flow.LogTargets())
+    s = flow.Session(layers, resolved.params, rep, flow.Steps(rep), machine.cmdline,
+                     resolved=resolved)
+    net = flow.bring_up_network(s)
+    root = machine.tmp / "sysroot"
+    (root / "usr/sbin").mkdir(parents=True)
+    (root / "usr/sbin/ifup").touch()
+    (root / "etc/network").mkdir(parents=True)
+    (root / "etc/network/interfaces").write_text("source /etc/network/interfaces.d/*\n")
+    assert flow._write_network(s, net, root) == ["/etc/network/interfaces.d/eth0"]
+    assert (root / "etc/network/interfaces.d/eth0").read_text().splitlines() == [
+        f"# {MAC}: written by sysclone", "allow-hotplug eth0", "iface eth0 inet static",
+        "    address 10.0.2.50/24", "    gateway 10.0.2.1",
+        "    dns-nameservers 10.0.2.3 9.9.9.9"]
+
+
+def test_static_settings_that_do_not_fit_stop_before_any_phase(machine: Machine) -> None:
+    rc, rep = machine.install("IPADDR=10.0.2.50 NETMASK=24 GATEWAY=10.0.3.1 si.dry-run")
+    assert rc == 2
+    assert rep.lines[-1] == (
+        f"{FAILED_MARKER}: bad install parameters: si.gateway: '10.0.3.1' is outside "
+        "10.0.2.0/24: the default router must be reachable from si.ip-address 10.0.2.50/24 "
+        "(kernel command line (as GATEWAY))")
+    assert rep.phases() == [] and machine.ran() == []
+
+
+def test_gateway_iface_must_be_the_nic_chosen(machine: Machine,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    refuse_dhcp(monkeypatch)
+    rc, rep = machine.install("IMAGESERVER=10.0.2.2 IPADDR=10.0.2.50 NETMASK=24 "
+                              "GATEWAY=10.0.2.1 GATEWAYDEV=eth1 si.dry-run")
+    assert rc == 1
+    assert rep.lines[-1] == (
+        f"{FAILED_MARKER}: [network] si.gateway-iface=eth1: the install interface is eth0 "
+        f"({MAC}), the only one the agent configures (set si.gateway-iface=eth0, or "
+        "si.install-iface to pick the NIC)")
+    assert machine.net.addresses == {}
+
+
+# -- parameters from DHCP --------------------------------------------------------------------
+
+@pytest.fixture
+def syslog() -> Iterator[socket.socket]:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.settimeout(5)
+        yield s
+
+
+def test_dhcp_options_become_parameters(machine: Machine, dhcp: FakeDhcp,
+                                        syslog: socket.socket) -> None:
+    port = syslog.getsockname()[1]
+    dhcp.options = {140: "10.0.2.9", 12: "cn042", 15: "hpc.lab.example", 7: "127.0.0.1",
+                    141: str(port)}
+    dhcp.dns = ("10.0.2.3",)
+    machine.during_instructions = lambda: logging.getLogger("agent.server").warning(
+        "slow answer from %s", "10.0.2.9")
+    rc, rep = machine.install("si.dry-run")
+    assert rc == 0, rep.lines
+    # Option 140 names the image server; 12 the host name, sent in the request too.
+    assert machine.asked == [{"server": "10.0.2.9:8181", "hostname": "cn042", "mac": MAC,
+                              "image": None, "layout": None}]
+    assert dhcp.asked == [("eth0", None)]
+    assert machine.resolv_conf.read_text() == "search hpc.lab.example\nnameserver 10.0.2.3\n"
+    # Options 7 and 141: the agent's log goes to that syslog server.
+    assert f"log sent to syslog at 127.0.0.1:{port} (UDP)" in rep.lines
+    data, _ = syslog.recvfrom(4096)
+    assert data.decode() == ("<132>sysclone-agent: WARNING agent.server: slow answer from "
+                             "10.0.2.9\x00")
+
+
+def test_the_command_line_beats_dhcp(machine: Machine, dhcp: FakeDhcp) -> None:
+    dhcp.options = {140: "10.0.2.9", 12: "cn042"}
+    rc, _ = machine.install("IMAGESERVER=10.0.2.2 HOSTNAME=www1 si.dns-servers=1.1.1.1 "
+                            "si.dry-run")
+    assert rc == 0
+    assert machine.asked[0]["server"] == "10.0.2.2:8181"
+    assert machine.asked[0]["hostname"] == "www1"
+    assert dhcp.asked == [("eth0", "www1")]
+    assert machine.resolv_conf.read_text() == "nameserver 1.1.1.1\n"
+
+
+def test_local_cfg_beats_dhcp_and_the_server_beats_all(machine: Machine,
+                                                       dhcp: FakeDhcp) -> None:
+    dhcp.options = {140: "10.0.2.9", 12: "cn042"}
+    machine.local_cfg.write_text("HOSTNAME=from-local-cfg\nIMAGENAME=web\n")
+    machine.answers["params"] = {"si.post-action": "poweroff", "HOSTNAME": "from-server",
+                                 "si.image-server": "10.0.2.77"}
+    rc, rep = machine.install("HOSTNAME=www1 si.post-action=shell si.dry-run")
+    assert rc == 0, rep.lines
+    assert machine.asked[0]["hostname"] == "from-local-cfg"
+    assert machine.asked[0]["image"] == "web"
+    plan = next(e[2]["plan"] for e in machine.log if e[:2] == ("event", "plan"))
+    assert plan["hostname"] == "from-server"
+    assert machine.post_action() == "poweroff"
+    # Too late to change the server the install already talks to: said, not ignored.
+    assert ("warning: server config: si.image-server is used before the instructions are "
+            "fetched: it has no effect on this install") in rep.lines
+
+
+def test_a_dhcp_option_asking_for_what_sysclone_lacks_stops_the_install(
+        machine: Machine, dhcp: FakeDhcp) -> None:
+    dhcp.options = {140: "10.0.2.9", 144: "y"}  # TMPFS_STAGING
+    rc, rep = machine.install("si.dry-run")
+    assert rc == 1
+    assert rep.lines[-1].startswith(f"{FAILED_MARKER}: [network] si.tmpfs-staging: 'yes' is "
+                                    "not supported by sysclone yet")
+    assert "monitor" not in rep.phases()
+
+
+# -- refused before any phase ----------------------------------------------------------------
+
+@pytest.mark.parametrize(("cmdline", "message"), [
+    ("si.script-name=compute", "si.script-name: 'compute' is not supported by sysclone yet"),
+    ("sysclone.bench=rsync", "sysclone.bench: unknown parameter (kernel command line)"),
+    ("si.hostnme=www1", "si.hostnme: unknown install parameter (kernel command line)"),
+    ("si.dl-protocol=torrent", "si.dl-protocol: 'torrent' is not implemented by sysclone yet"),
+    ("si.ip-address=fe80::1", "si.ip-address: 'fe80::1' is an IPv6 address; the install "
+                              "network is IPv4 only"),
+])
+def test_refused_before_any_phase(machine: Machine, cmdline: str, message: str) -> None:
+    rc, rep = machine.install(f"IMAGESERVER=10.0.2.2 {cmdline}")
+    assert rc == 2
+    assert rep.lines[-1].startswith(f"{FAILED_MARKER}: bad install parameters: {message}")
+    assert rep.phases() == [] and machine.ran() == []
+    assert machine.post_action() == "shell"
+
+
+def test_refused_in_local_cfg(machine: Machine) -> None:
+    machine.local_cfg.write_text("MONITOR_CONSOLE=yes\n")
+    rc, rep = machine.install("IMAGESERVER=10.0.2.2")
+    assert rc == 2
+    assert rep.lines[-1].startswith(
+        f"{FAILED_MARKER}: bad install parameters: MONITOR_CONSOLE (si.monitor-console): "
+        "'yes' is not supported by sysclone yet")
+    assert rep.phases() == []
+
+
+def test_debug_and_term_are_followed(machine: Machine, dhcp: FakeDhcp) -> None:
+    rc, rep = machine.install("IMAGESERVER=10.0.2.2 si.term=vt220 si.dry-run si.break=plan")
+    assert rc == 0
+    assert "TERM=vt220" in rep.lines
+    # The break shell gets it through sysclone.run's environment.
+    assert os.environ["TERM"] == "vt220"
