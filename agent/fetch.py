@@ -55,11 +55,16 @@ class FetchResult:
 def used_bytes(mountpoints: Iterable[Path]) -> int:
     """Space in use on the filesystems mounted at `mountpoints`."""
     total = 0
+    seen: set[int] = set()
     for m in mountpoints:
         try:
             st = os.statvfs(m)
         except OSError:
             continue
+        # btrfs subvolumes are mounted several times: one filesystem, counted once.
+        if st.f_fsid in seen:
+            continue
+        seen.add(st.f_fsid)
         total += (st.f_blocks - st.f_bfree) * st.f_frsize
     return total
 

@@ -1,8 +1,8 @@
 """The install, as a flat sequence of named phases.
 
-    hardware -> network -> monitor -> instructions -> plan
-      -> partition -> format -> mount -> fetch -> overrides
-      -> configure -> initrd -> bootloader -> finish
+    hardware -> network -> monitor -> instructions -> plan -> pre-install
+      -> partition -> assemble -> format -> mount -> fetch -> overrides
+      -> configure -> initrd | bootloader -> post-install -> finish
 
 Nothing is written to a disk before `plan` has validated the whole plan
 against the server's instructions and this machine's disks.  Each step is a
@@ -17,21 +17,26 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
+from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
 
 from agent import disks as disklib
 from agent import hardware, network
+from agent.blockdev.assemble import assemble
 from agent.chroot import chroot_target
 from agent.configure import bootloader as bootlib
 from agent.configure import initrd as initrdlib
 from agent.configure import initrdpolicy as policy
 from agent.configure import netconfig as netlib
+from agent.configure import scripts as scriptlib
 from agent.configure import selinux, system
+from agent.configure.crypttab import write_crypttab
 from agent.configure.footprint import best
 from agent.configure.fstab import write_fstab
+from agent.configure.mdadmconf import write_mdadm_conf
 from agent.fetch import Progress, pull, rsync_url, used_bytes
-from agent.filesystems import make_filesystems, mount_all, use_swap
+from agent.filesystems import SwapOn, make_filesystems, mount_all, use_swap
 from agent.kmod import Kmod
 from agent.logsetup import LogTargets
 from agent.params import (
@@ -47,12 +52,15 @@ from agent.params import (
     resolve,
     server_layer,
 )
+from agent.params.medium import LOGS as LOGS_DIR
+from agent.params.medium import Medium, find_medium
 from agent.params.static import static_network
 from agent.partition import partition
 from agent.phases import PARAMS_STEP, InstallFailed, Steps, break_names, canonical
 from agent.plan import InstallPlan, firmware, make_plan
 from agent.report import DONE_MARKER, FAILED_MARKER, Reporter
 from agent.server import ImageServer
+from agent.storage.defaults import SOURCE as DEFAULT_LAYOUT
 from sysclone.errors import ConfigError, SyscloneError
 from sysclone.run import interactive, run
 
@@ -88,6 +96,7 @@ class Session:
     written: list[str] = field(default_factory=list)  # files configure wrote
     resolved: Resolved | None = None
     logs: LogTargets = field(default_factory=LogTargets)
+    medium: Medium | None = None  # a sysclone USB disk's SYSCLONECFG partition, mounted
 
     def add_layer(self, layer: Layer) -> None:
         """A new source of parameters (DHCP, the server's instructions):
@@ -133,15 +142,44 @@ def detect_hardware(s: Session) -> hardware.HardwareReport:
             report = hardware.coldplug(
                 kmod.lookup, kmod.load,
                 settle=lambda: run(["udevadm", "settle", "--timeout=10"], check=False))
-            # Filesystems the install may create are loaded up front.
-            hardware.load_named(kmod.load, ("ext4", "xfs", "vfat", "nls_cp437",
-                                            "nls_iso8859_1", "af_packet"), report)
+            # The DHCP client's raw socket.  Filesystem drivers are not loaded
+            # here: mount asks the kernel, which loads what each filesystem
+            # needs through modprobe (xfs alone is 4 MB to verify and load,
+            # a second under emulation, and most installs never use it).
+            hardware.load_named(kmod.load, ("af_packet",), report)
         finally:
             kmod.close()
         _start_udev()
         mods = report.modules()
         s.reporter.say(f"{len(report.pci)} PCI devices, loaded: {', '.join(mods) or 'none'}")
         return report
+
+
+def read_medium(s: Session) -> None:
+    """A sysclone USB disk's local.cfg (agent.params.medium): read once the
+    drivers are loaded, over every other local.cfg."""
+    if local_cfg_skipped(s.layers):
+        return
+    s.medium = find_medium()
+    if s.medium is None:
+        return
+    cfg = s.medium.local_cfg
+    s.reporter.say(f"boot medium {s.medium.device}: "
+                   + (f"reading {cfg.name}" if cfg else "no local.cfg on it"))
+    if cfg is not None:
+        s.add_layer(read_local_cfg(cfg, source=Source.LOCAL_CFG_MEDIUM))
+
+
+def _leave_medium(s: Session) -> None:
+    """The agent's log onto the boot medium, which is then unmounted."""
+    if s.medium is None:
+        return
+    who = str(s.reporter.client.get("hostname") or s.reporter.client.get("mac") or "client")
+    kept = s.medium.keep_log(RUN_DIR / "agent.log", who)
+    if kept is not None:
+        s.reporter.say(f"log kept on the boot medium as {LOGS_DIR}/{kept.name}")
+    s.medium.close()
+    s.medium = None
 
 
 def _start_udev() -> None:
@@ -217,8 +255,25 @@ def connect_monitor(s: Session, hw: hardware.HardwareReport,
             s.reporter.client["hostname"] = s.params.hostname
         s.reporter.connect(url)
         s.reporter.event("hello", message=f"booted, install network {net.address}",
-                         hardware=hw.to_dict(), network=net.to_dict())
+                         hardware=hw.to_dict(), network=net.to_dict(),
+                         inventory=_inventory(s, net))
         return server
+
+
+def _inventory(s: Session, net: network.NetConfig) -> dict[str, Any] | None:
+    """What udev knows of this machine (udevd was started and triggered in
+    the hardware phase), for the server (`sysclone clients show`, `bootenv
+    check --client`).  A failure costs the report, never the install."""
+    from agent import inventory
+
+    try:
+        inv = inventory.collect("sysclone-agent")
+    except Exception as e:
+        log.warning("inventory: %s", e)
+        s.reporter.say(f"warning: no inventory for the server: {e}")
+        return None
+    inv["install_nic"] = net.nic.mac
+    return inv
 
 
 def fetch_instructions(s: Session, server: ImageServer, net: network.NetConfig
@@ -226,7 +281,8 @@ def fetch_instructions(s: Session, server: ImageServer, net: network.NetConfig
     with s.steps.phase("instructions"):
         p = s.params
         instr = server.instructions(hostname=p.hostname, mac=net.nic.mac, image=p.image_name,
-                                    layout=p.disks_layout)
+                                    layout=p.disks_layout, network_config=p.network_config,
+                                    script=p.script_name)
         if instr.get("params"):
             s.add_layer(server_layer(instr["params"]))
         s.reporter.say(f"image {instr['image']['name']}, layout "
@@ -248,6 +304,8 @@ def validate_plan(s: Session, instr: dict[str, Any], server: ImageServer,
             # Asked for explicitly on the command line: it wins over the server's word.
             plan = replace(plan, image=replace(plan.image, rsync_port=s.params.rsync_port))
         _check_module(plan)
+        _check_image_tools(plan)
+        plan = replace(plan, keys=_luks_keys(s, plan, server))
         for line in plan.describe().splitlines():
             s.reporter.say(line)
         s.reporter.event("plan", plan=plan.to_dict())
@@ -264,6 +322,57 @@ def _check_module(plan: InstallPlan) -> None:
                           + (why[-1] if why else f"rsync exit code {res.returncode}"))
 
 
+# What the installed system needs to assemble and unlock its storage at
+# boot, by storage feature: (what to install, the paths of which one will do).
+IMAGE_TOOLS = {"md": ("mdadm", ("usr/sbin/mdadm", "sbin/mdadm")),
+               "lvm": ("lvm2", ("usr/sbin/lvm", "sbin/lvm")),
+               "luks": ("cryptsetup", ("usr/sbin/cryptsetup", "sbin/cryptsetup"))}
+# A root on LUKS is unlocked by the initrd: its tool must have the hook.
+ROOT_LUKS_HOOKS = ("cryptsetup-initramfs (or dracut)",
+                   ("usr/share/initramfs-tools/hooks/cryptroot",
+                    "usr/lib/dracut/modules.d/90crypt"))
+
+
+def _check_image_tools(plan: InstallPlan) -> None:
+    """An image without mdadm, lvm or cryptsetup (or, for a root on LUKS,
+    the initrd hook that unlocks it) cannot boot from the storage the
+    layout builds: refuse it now, not after the disks are written (rsync
+    lists the paths; nothing is fetched)."""
+    needs = [IMAGE_TOOLS[f] for f in sorted(plan.features)]
+    if "luks" in plan.root_stack:
+        needs.append(ROOT_LUKS_HOOKS)
+    url = plan.image.url.rstrip("/")
+    for package, paths in needs:
+        if not any(run(["rsync", "--list-only", "--no-motd", f"{url}/{p}"], check=False,
+                       timeout=60).returncode == 0 for p in paths):
+            raise ConfigError(f"layout {plan.layout_name} needs {paths[0].rsplit('/', 1)[1]} "
+                              f"in the installed system, and image {plan.image.name} has none: "
+                              "it could not assemble its disks at boot",
+                              hint=f"install {package} in the golden image")
+
+
+def _luks_keys(s: Session, plan: InstallPlan, server: ImageServer) -> dict[str, bytes]:
+    """Every LUKS volume's key, before anything is written: si.luks-key
+    for all, else each from the image server."""
+    if not plan.crypts:
+        return {}
+    if s.params.luks_key:
+        s.reporter.say(f"LUKS key from si.luks-key ({s.resolved.origin('si.luks-key')})"
+                       if s.resolved else "LUKS key from si.luks-key")
+        return {c.name: s.params.luks_key.encode() for c in plan.crypts}
+    keys = {}
+    for c in plan.crypts:
+        try:
+            keys[c.name] = server.luks_key(hostname=plan.hostname, image=plan.image.module,
+                                           volume=c.name)
+        except SyscloneError as e:
+            raise ConfigError(f"LUKS volume {c.name}: no key: {e.message}",
+                              hint=e.hint or "pass si.luks-key, or put a key file on the "
+                                             "image server") from None
+    s.reporter.say(f"LUKS keys from the image server for {', '.join(keys)}")
+    return keys
+
+
 def _ram_bytes() -> int:
     for line in Path("/proc/meminfo").read_text().splitlines():
         if line.startswith("MemTotal:"):
@@ -276,19 +385,27 @@ def partition_disks(s: Session, plan: InstallPlan) -> None:
         partition(plan.disks, plan.filesystems)
 
 
+def assemble_storage(s: Session, plan: InstallPlan) -> None:
+    with s.steps.phase("assemble"):
+        if not (plan.arrays or plan.crypts or plan.groups):
+            s.reporter.say("no RAID, LUKS or LVM in this layout")
+            return
+        assemble(plan, s.reporter.say)
+
+
 def format_filesystems(s: Session, plan: InstallPlan) -> None:
     with s.steps.phase("format"):
         make_filesystems(plan.filesystems)
 
 
-def mount_target(s: Session, plan: InstallPlan, stack: ExitStack) -> Path:
+def mount_target(s: Session, plan: InstallPlan, stack: ExitStack) -> tuple[Path, SwapOn]:
     with s.steps.phase("mount"):
         TARGET.mkdir(exist_ok=True)
         mount_all(plan.mounts, TARGET, stack)
-        swaps = use_swap(plan.filesystems, stack)
-        if swaps:
-            s.reporter.say(f"swap on {', '.join(swaps)} until the install ends")
-        return TARGET
+        swap = use_swap(plan.filesystems, stack)
+        if swap.devices:
+            s.reporter.say(f"swap on {', '.join(swap.devices)} until the install ends")
+        return TARGET, swap
 
 
 def pull_image(s: Session, plan: InstallPlan, root: Path) -> None:
@@ -318,21 +435,92 @@ def apply_overrides(s: Session, plan: InstallPlan, root: Path) -> None:
             pull(rsync_url(plan.image.server, plan.image.rsync_port, name), root)
 
 
+def pre_install(s: Session, plan: InstallPlan, instr: dict[str, Any],
+                net: network.NetConfig, scripts: tuple[scriptlib.Script, ...]
+                ) -> netlib.NetworkConfig | None:
+    """Before any disk is written: the pre-install scripts, and the network
+    configuration the installed system will get, read and checked."""
+    with s.steps.phase("pre-install"):
+        netcfg = _network_config(s, instr)
+        if not scripts:
+            s.reporter.say("no pre-install scripts for this client")
+            return netcfg
+        scriptlib.run_scripts(scripts, RUN_DIR / "scripts/pre-install",
+                              str(RUN_DIR / "scripts/pre-install"),
+                              _script_variables(s, plan, net), _script_report(s))
+        return netcfg
+
+
+def _network_config(s: Session, instr: dict[str, Any]) -> netlib.NetworkConfig | None:
+    """The server's network configuration file (si.network-config), parsed:
+    the server checked it against the image already, this checks it again
+    before anything is written."""
+    given = instr.get("network_config")
+    if not given:
+        return None
+    netcfg = netlib.parse_network_config(given["text"], given["name"])
+    s.reporter.say(f"network configuration {given['name']}: "
+                   + ", ".join(i.name for i in netcfg.ifaces))
+    return netcfg
+
+
+def _script_variables(s: Session, plan: InstallPlan, net: network.NetConfig
+                      ) -> dict[str, str]:
+    """SystemImager's variables (its variables.txt), as scripts expect them."""
+    short = plan.hostname.split(".")[0]
+    v = {"IMAGENAME": plan.image.name, "IMAGESERVER": plan.image.server,
+         "HOSTNAME": short, "BASE_HOSTNAME": scriptlib.base_hostname(short), "GROUPNAMES": "",
+         "DOMAINNAME": s.params.domainname or net.domain or "",
+         "DEVICE": net.nic.name, "MAC": net.nic.mac, "IPADDR": net.address,
+         "NETMASK": str(IPv4Network(f"0.0.0.0/{net.prefixlen}").netmask),
+         "GATEWAY": net.gateway or "", "IP_ASSIGNMENT_METHOD": net.method,
+         "DISKS": " ".join(d.disk.path for d in plan.disks),
+         "SCRIPTNAME": s.params.script_name or "",
+         "MONITOR_SERVER": s.params.monitor_server or plan.image.server,
+         "SYSCLONE_IMAGE_VERSION": "" if plan.image.version is None
+         else str(plan.image.version)}
+    return v
+
+
+def _script_report(s: Session) -> scriptlib.Reporter:
+    return scriptlib.Reporter(s.reporter.say, s.reporter.event)
+
+
+def post_install(s: Session, plan: InstallPlan, net: network.NetConfig, root: Path,
+                 scripts: tuple[scriptlib.Script, ...]) -> None:
+    """Chrooted in the installed system, once everything else is done,
+    right before its filesystems are unmounted (as SystemImager ran them)."""
+    with s.steps.phase("post-install"):
+        if not scripts:
+            s.reporter.say("no post-install scripts for this client")
+            return
+        # /tmp is a tmpfs while the chroot is set up: nothing stays behind.
+        scriptlib.run_scripts(scripts, root / "tmp/post-install", "/tmp/post-install",
+                              _script_variables(s, plan, net), _script_report(s), target=root)
+
+
 def configure_system(s: Session, plan: InstallPlan, net: network.NetConfig,
-                     root: Path) -> None:
+                     root: Path, netcfg: netlib.NetworkConfig | None = None) -> None:
     with s.steps.phase("configure"):
-        s.written += write_fstab(plan.filesystems, root)
+        s.written += write_fstab(plan.filesystems, root, plan.layout)
+        s.written += write_crypttab(plan, root, str(s.params.luks_unlock))
+        s.written += write_mdadm_conf(plan, root)
         s.written += system.set_hostname(root, plan.hostname, s.params.domainname or net.domain)
         s.written += system.reset_machine_id(root)
-        s.written += _write_network(s, net, root)
+        s.written += _write_network(s, net, root, netcfg)
         s.written += system.regenerate_ssh_host_keys(root)
         s.written += selinux.relabel_on_first_boot(root, s.params.selinux_relabel)
         prepare_initrd(s, plan, root)
 
 
-def _write_network(s: Session, net: network.NetConfig, root: Path) -> list[str]:
-    style = best(netlib.STYLES, root)
+def _write_network(s: Session, net: network.NetConfig, root: Path,
+                   netcfg: netlib.NetworkConfig | None = None) -> list[str]:
+    style = netlib.choose(root)
     if style is None:
+        if netcfg is not None:
+            raise ConfigError(f"{netcfg.name}: the image has no network style sysclone knows",
+                              hint="install systemd-networkd, NetworkManager, netplan or "
+                                   "ifupdown in the golden image")
         s.reporter.say("warning: no known network configuration style in the image; "
                        "network left unconfigured")
         return []
@@ -342,9 +530,12 @@ def _write_network(s: Session, net: network.NetConfig, root: Path) -> list[str]:
                                  net.dns, net.domain)
     else:
         addr = netlib.Addressing("dhcp")
-    written = style.write(root, nic, addr)
-    s.reporter.say(f"network: {style.name}, {addr.method} on {nic.mac}: {', '.join(written)}")
-    return written
+    result = netlib.configure(root, style, nic, addr, netcfg)
+    for w in result.warnings:
+        s.reporter.say(f"warning: network: {w}")
+    what = f"{netcfg.name} and the install NIC" if netcfg else f"{addr.method} on {nic.mac}"
+    s.reporter.say(f"network: {style.name}, {what}: {', '.join(result.files)}")
+    return list(result.files)
 
 
 def _udev_net_names(ifname: str) -> dict[str, str]:
@@ -376,10 +567,19 @@ def initrd(s: Session, plan: InstallPlan, server: ImageServer, root: Path) -> No
     with s.steps.phase("initrd"):
         tool = best(initrdlib.TOOLS, root)
         kvers = initrdlib.kernel_versions(root)
+        needs = _storage_needs(plan)
+        # What the layout needs to mount root must be in every initrd the
+        # image's tool makes, now and at its next kernel update.
+        features = initrdlib.features_of(needs)
+        if tool is None and kvers and features:
+            raise initrdlib.InitrdError(
+                "the layout needs " + ", ".join(sorted(features)) + " in the initrd, but the "
+                "image has no initrd tool", hint="install initramfs-tools or dracut in the "
+                                                 "golden image")
         if tool is None or not kvers:
             s.reporter.say("no initrd tool or no kernel in the image: nothing to do")
             return
-        needs = _storage_needs(plan)
+        s.written += tool.require(root, features)
         facts = [_initrd_facts(tool, root, k) for k in kvers] \
             if s.params.initrd == "auto" else []
         decision = policy.decide(str(s.params.initrd), tool.name, facts, needs)
@@ -389,15 +589,21 @@ def initrd(s: Session, plan: InstallPlan, server: ImageServer, root: Path) -> No
                          where=where if decision.regenerate else None, **decision.to_dict())
         if not decision.regenerate:
             return
+        t0 = time.monotonic()
         if where == "server":
             try:
                 for k in kvers:
                     _initrd_from_server(s, plan, server, tool, root, k)
+                s.reporter.event("initrd-built", where="server",
+                                 seconds=round(time.monotonic() - t0, 2))
                 return
             except SyscloneError as e:
                 s.reporter.say(f"the image server could not build it ({e.message}): "
                                "regenerating here instead")
+                s.reporter.event("initrd-built", where="client", server_error=e.message)
+                t0 = time.monotonic()
         tool.regenerate(root, kvers)
+        s.reporter.event("initrd-built", where="client", seconds=round(time.monotonic() - t0, 2))
 
 
 def _initrd_from_server(s: Session, plan: InstallPlan, server: ImageServer,
@@ -406,9 +612,9 @@ def _initrd_from_server(s: Session, plan: InstallPlan, server: ImageServer,
     builds it with the image's own tool at native speed (imageserver.
     initrdbuild), from the image plus the files this install wrote."""
     files = {}
-    for rel in sorted(set(s.written)):
+    for rel in sorted({w.lstrip("/") for w in s.written}):
         p = root / rel
-        if rel.startswith("etc/") and p.is_file() and not p.is_symlink():
+        if initrdlib.is_initrd_input(rel) and p.is_file() and not p.is_symlink():
             files[rel] = p.read_text(errors="replace")
     t0 = time.monotonic()
     data = server.post("/v1/initrd", {"module": plan.image.module, "kver": kver,
@@ -425,8 +631,13 @@ def _storage_needs(plan: InstallPlan) -> policy.StorageNeeds:
     drivers: list[str] = []
     for d in plan.disks:
         drivers += [m for m in hardware.block_driver_modules(d.disk.name) if m not in drivers]
-    idents = {f.uuid for f in plan.filesystems} | {f.device for f in plan.filesystems}
-    return policy.storage_needs(root_fs, drivers, set(), set(), idents)
+    idents = {f.uuid for f in plan.filesystems} | {f.device for f in plan.filesystems} | \
+        {a.uuid for a in plan.arrays} | {a.name for a in plan.arrays} | \
+        {c.uuid for c in plan.crypts} | {c.path for c in plan.crypts}
+    must = ({c.uuid for c in plan.crypts} if "luks" in plan.root_stack else set()) | \
+        ({a.uuid for a in plan.arrays} if "md" in plan.root_stack else set())
+    return policy.storage_needs(root_fs, drivers, plan.features, plan.raid_levels, idents,
+                                must)
 
 
 def _initrd_facts(tool: initrdlib.InitrdTool, root: Path, kver: str) -> policy.InitrdFacts:
@@ -443,20 +654,48 @@ def _initrd_facts(tool: initrdlib.InitrdTool, root: Path, kver: str) -> policy.I
 def install_bootloader(s: Session, plan: InstallPlan, root: Path,
                        initrd_ready: Callable[[], object] = lambda: None) -> None:
     with s.steps.phase("bootloader"):
-        bl = best(bootlib.BOOTLOADERS, root)
-        if bl is None:
-            raise SyscloneError("the image has no bootloader sysclone can install",
-                                hint="install GRUB 2 (grub-pc / grub-efi) in the golden image")
         esp = next((f.mountpoint for f in plan.filesystems
-                    if f.mountpoint in ("/boot/efi", "/efi")), "/boot/efi")
-        bl.install(root, bootlib.BootTarget(plan.firmware, plan.boot_disks, esp), initrd_ready)
+                    if f.mountpoint in ("/boot/efi", "/efi")
+                    or (f.mountpoint == "/boot" and f.fs in ("vfat", "fat32", "fat16"))),
+                   "/boot/efi")
+        layout_bl = plan.layout.bootloader
+        # The layout's flavor is honoured; the built-in default layout
+        # names none of its own, the image's footprint decides.
+        given = layout_bl is not None and plan.layout.source != DEFAULT_LAYOUT
+        target = bootlib.BootTarget(
+            plan.firmware, plan.boot_disks, esp,
+            flavor=layout_bl.flavor.value if given and layout_bl else None,
+            timeout=layout_bl.timeout if layout_bl else None,
+            default_entry=layout_bl.default_entry if layout_bl else None)
+        bl = bootlib.choose(root, target)
+        bl.install(root, target, initrd_ready)
         s.reporter.say(f"{bl.name} for {plan.firmware} on {', '.join(plan.boot_disks)}")
 
 
 # ------------------------------------------------------------- the flow ---
 
+def _warm_imports() -> None:
+    """Import what the later phases need in the background, while the
+    hardware phase waits on udev and the kernel: a cold import of pyroute2
+    (~250 modules) alone takes seconds under emulation."""
+    def work() -> None:
+        try:
+            from agent import pyroute2_light
+
+            pyroute2_light.import_all()
+            import blkinfo  # noqa: F401
+            import parted  # noqa: F401
+            import pyudev  # noqa: F401
+        except Exception as e:  # the phases import them again, and report failures
+            log.debug("warming imports: %s", e)
+
+    threading.Thread(target=work, name="warm-imports", daemon=True).start()
+
+
 def install(s: Session, plan_only: bool) -> InstallPlan | None:
+    _warm_imports()
     hw = detect_hardware(s)
+    read_medium(s)
     net = bring_up_network(s)
     server = connect_monitor(s, hw, net)
     instr = fetch_instructions(s, server, net)
@@ -464,14 +703,19 @@ def install(s: Session, plan_only: bool) -> InstallPlan | None:
     if plan_only or s.params.dry_run:
         s.reporter.say("dry run: nothing was written")
         return plan
+    scripts = scriptlib.from_instructions(instr)
+    netcfg = pre_install(s, plan, instr, net, scripts["pre-install"])
     partition_disks(s, plan)
+    assemble_storage(s, plan)
     format_filesystems(s, plan)
     with ExitStack() as mounts:
-        root = mount_target(s, plan, mounts)
+        root, swap = mount_target(s, plan, mounts)
         pull_image(s, plan, root)
         apply_overrides(s, plan, root)
-        configure_system(s, plan, net, root)
+        # Everything from here runs the image's own tools, chrooted: with
+        # /dev, /proc, /sys bound (a captured image's /dev is empty).
         with chroot_target(root, efi=plan.firmware == "uefi"):
+            configure_system(s, plan, net, root, netcfg)
             # Mostly shell scripts that take minutes on a slow machine: run
             # side by side.  Only the bootloader's configuration, which
             # lists the initrds, waits for the initrd phase.
@@ -487,9 +731,15 @@ def install(s: Session, plan_only: bool) -> InstallPlan | None:
                 "initrd": initrd_phase,
                 "bootloader": lambda: install_bootloader(s, plan, root, initrd_done.wait),
             })
+            post_install(s, plan, net, root, scripts["post-install"])
         with s.steps.phase("finish"):
+            t0 = time.monotonic()
+            swap.off()
+            t1 = time.monotonic()
             mounts.close()  # unmount everything, innermost first
             run(["sync"])
+            s.reporter.say(f"swap off in {t1 - t0:.1f}s, filesystems unmounted and synced in "
+                           f"{time.monotonic() - t1:.1f}s")
     return plan
 
 
@@ -524,6 +774,7 @@ def run_install(reporter: Reporter, cmdline: Path, plan_only: bool = False) -> i
     try:
         return _run(s, plan_only, started)
     finally:
+        _leave_medium(s)
         logs.close()
 
 
@@ -559,8 +810,9 @@ def _read_parameters(reporter: Reporter, cmdline: Path, logs: LogTargets
 
 def _run(s: Session, plan_only: bool, started: float) -> int:
     reporter, steps = s.reporter, s.steps
+    plan = None
     try:
-        install(s, plan_only)
+        plan = install(s, plan_only)
     except InstallFailed as e:
         phase = e.fields.get("phase", "?")
         reporter.say(f"{FAILED_MARKER}: [{phase}] {e}")
@@ -576,9 +828,10 @@ def _run(s: Session, plan_only: bool, started: float) -> int:
             reporter.say(line)
     # Wall clock: initrd and bootloader overlap, their times do not add up.
     total = time.monotonic() - started
+    image = {"image": plan.image.name, "image_version": plan.image.version} if plan else {}
     reporter.event("done", message=f"installed in {total:.0f}s", seconds=round(total, 2),
                    timings={n: round(t, 2) for n, t in steps.timings},
-                   written=s.written)
+                   written=s.written, **image)
     reporter.flush()
     reporter.say(f"{DONE_MARKER} in {total:.1f}s: "
                  + ", ".join(f"{n} {t:.1f}s" for n, t in steps.timings))

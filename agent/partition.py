@@ -2,7 +2,8 @@
 
 Partitions are created at exactly the planned sectors (the plan already
 aligned them), with their flags, GPT names and type ids; then the kernel is
-told and we wait for the device nodes, which can appear late.
+told and we wait for the device nodes, which can appear late.  A disk whose
+table the layout keeps (label_type="none") is neither wiped nor written.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
+from typing import Any
 
 from agent.plan import DiskPlan, FsPlan
 from agent.storage.model import Flag, PartType
@@ -38,9 +41,25 @@ def wipe(disk: str) -> None:
 def write_table(plan: DiskPlan, swap_devices: set[str]) -> None:
     import parted
 
+    dev = parted.getDevice(plan.disk.path)
+    try:
+        _write_table(dev, plan, swap_devices)
+    finally:
+        # libparted caches devices by path, with their size: a disk changed
+        # behind the same name (a loop device, a disk swapped at si.break)
+        # must be read anew next time.
+        dev.removeFromCache()
+
+
+def _write_table(dev: Any, plan: DiskPlan, swap_devices: set[str]) -> None:
+    import parted
+
     path = plan.disk.path
     flags = _flag_numbers()
-    dev = parted.getDevice(path)
+    end = max((p.end for p in plan.partitions), default=0)
+    if end > dev.length * dev.sectorSize:
+        raise PartitionError(f"{path} is {dev.length * dev.sectorSize} bytes, the plan was made "
+                             f"for {plan.disk.size}: its partitions end at {end}")
     disk = parted.freshDisk(dev, plan.label)
     kinds = {PartType.PRIMARY: parted.PARTITION_NORMAL,
              PartType.EXTENDED: parted.PARTITION_EXTENDED,
@@ -76,27 +95,36 @@ def settle(disks: list[str], devices: list[str], timeout: float = 30.0) -> None:
     the `devices` nodes.  The disks are given, not derived from the devices:
     while the kernel re-reads a table, partition entries in sysfs vanish and
     come back, so nothing here may depend on them."""
-    deadline = time.monotonic() + timeout
     for d in disks:
         run(["partx", "-u", d], check=False)
+    wait_for_devices(devices, timeout, what="partition device nodes",
+                     retry=lambda: [run(["partx", "-a", d], check=False) for d in disks])
+
+
+def wait_for_devices(devices: list[str], timeout: float = 30.0,
+                     retry: Callable[[], object] = lambda: None,
+                     what: str = "device nodes") -> None:
+    """Let udev finish, then wait until every device node exists (`retry`
+    runs between looks: partx -a for partitions)."""
+    deadline = time.monotonic() + timeout
     run(["udevadm", "settle", f"--timeout={int(timeout)}"], check=False)
     missing = [d for d in devices if not os.path.exists(d)]
     waited = bool(missing)
     while missing and time.monotonic() < deadline:
-        for d in disks:
-            run(["partx", "-a", d], check=False)
+        retry()
         time.sleep(0.2)
         missing = [d for d in devices if not os.path.exists(d)]
     if missing:
-        raise PartitionError("partition device nodes did not appear: " + ", ".join(missing))
+        raise PartitionError(f"{what} did not appear: " + ", ".join(missing))
     if waited:
-        # Nodes added by partx: let udev finish their events before mkfs.
+        # Nodes that came late: let udev finish their events before mkfs.
         run(["udevadm", "settle", f"--timeout={int(timeout)}"], check=False)
 
 
 def partition(disks: tuple[DiskPlan, ...], filesystems: tuple[FsPlan, ...]) -> None:
-    swap = {f.device for f in filesystems if f.fs == "swap"}
-    for d in disks:
+    swap = {f.device for f in filesystems if f.fs == "swap" and not f.kept}
+    written = [d for d in disks if not d.keeps_table]
+    for d in written:
         wipe(d.disk.path)
         write_table(d, swap)
-    settle([d.disk.path for d in disks], [p.device for d in disks for p in d.partitions])
+    settle([d.disk.path for d in written], [p.device for d in disks for p in d.partitions])

@@ -29,18 +29,21 @@ class Phase:
 
 # Every SystemImager 4.9 break step stops somewhere: at the phase doing
 # that step's work, else at the nearest phase after it (si.break stops
-# *before* a phase).  Two need a word: se-linux relabelling is prepared by
-# configure, so it stops there; terminate-transfer (ending a torrent or SSH
-# transfer, after umount-client) has nothing to end with rsync, so it
-# stops where the rest of the tail does, before finish.  parse-localcfg is
-# before any phase: see PARAMS_STEP.
+# *before* a phase).  pre-install and post-install are phases of their own,
+# under SystemImager's names: its scripts run there.  Two need a word:
+# se-linux relabelling is prepared by configure, so it stops there;
+# terminate-transfer (ending a torrent or SSH transfer, after umount-client)
+# has nothing to end with rsync, so it stops where the rest of the tail
+# does, before finish.  parse-localcfg is before any phase: see PARAMS_STEP.
 PHASES: tuple[Phase, ...] = (
     Phase("hardware", "load drivers for the devices found"),
     Phase("network", "bring up the install network", ("network-infos", "ping")),
     Phase("monitor", "report to the image server", ("monitor",)),
     Phase("instructions", "fetch the install instructions", ("download-scripts",)),
-    Phase("plan", "validate the install plan", ("pre-install", "deploy")),
+    Phase("plan", "validate the install plan", ("deploy",)),
+    Phase("pre-install", "run the pre-install scripts, check the network configuration"),
     Phase("partition", "partition the disks", ("prepare-disks",)),
+    Phase("assemble", "create RAID arrays, LUKS volumes and LVM"),
     Phase("format", "create filesystems and swap"),
     Phase("mount", "mount the new filesystems, swap on", ("main-install",)),
     Phase("fetch", "pull the image", ("download-image", "extract-image")),
@@ -49,8 +52,9 @@ PHASES: tuple[Phase, ...] = (
           ("install-configs", "configure-network", "se-linux")),
     Phase("initrd", "keep or regenerate the installed system's initrd"),
     Phase("bootloader", "install the bootloader", ("boot-loader",)),
+    Phase("post-install", "run the post-install scripts in the installed system"),
     Phase("finish", "unmount and report",
-          ("post-install", "umount-client", "terminate-transfer", "finished")),
+          ("umount-client", "terminate-transfer", "finished")),
 )
 
 PARAMS_STEP = "parse-localcfg"

@@ -3,28 +3,30 @@ is touched.
 
 A plan combines the instructions from the server (image, layout), the
 machine (its disks, its firmware) and the install parameters.  `make_plan`
-raises a ConfigError naming what is wrong when the plan cannot work: an
-unknown layout feature, too few or too small disks, an image that does not
-fit its filesystems, a filesystem the boot environment cannot create.
+(agent.planner) raises a ConfigError naming what is wrong when the plan
+cannot work: an unknown layout feature, too few or too small disks, a
+selector that matches no disk, a layout for the other firmware, volumes
+that do not fit their group, an image that does not fit its filesystems, a
+kept filesystem that is not the one the layout records, a tool the boot
+environment lacks.
+
+What is decided here is what the later phases do, nothing more: partition
+(DiskPlan), assemble (ArrayPlan, CryptPlan, GroupPlan), format and mount
+(FsPlan), configure (fstab, crypttab, mdadm.conf), and what the bootloader
+and the initrd policy are told (boot_disks, esp_mountpoint, features).
 """
 
 from __future__ import annotations
 
-import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from agent.disks import Disk
 from agent.fetch import rsync_url
-from agent.storage.defaults import default_layout
-from agent.storage.geometry import PlannedPartition, plan_partitions
-from agent.storage.mapping import map_disks
-from agent.storage.model import MOUNT_ONLY_FS, FsEntry, InstallType, Layout
-from agent.storage.sixml import parse_layout
-from agent.storage.validate import validate
-from sysclone.errors import ConfigError
-from sysclone.run import which
+from agent.storage.geometry import PlannedPartition
+from agent.storage.model import FsEntry, Layout
 
 MiB = 1 << 20
 
@@ -40,6 +42,10 @@ MKFS_TOOLS = {"ext2": "mke2fs", "ext3": "mke2fs", "ext4": "mke2fs", "xfs": "mkfs
 FS_USABLE = {"ext2": 0.95, "ext3": 0.94, "ext4": 0.94, "xfs": 0.95, "btrfs": 0.90}
 FS_FIXED_OVERHEAD = 64 * MiB
 IMAGE_GROWTH = 1.03
+# The smallest device each mkfs accepts (mkfs.xfs refuses under 300 MB).
+FS_MIN = {"xfs": 300 * 10**6, "btrfs": 114 * MiB, "ext2": 2 * MiB, "ext3": 8 * MiB,
+          "ext4": 8 * MiB, "vfat": MiB, "fat": MiB, "fat16": 9 * MiB, "fat32": 33 * MiB,
+          "msdos": MiB, "swap": 40 * 1024}
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,7 @@ class ImageRef:
     files: int | None
     usage: dict[str, int]
     transfer_bytes: int | None = None  # what rsync will count as it goes
+    version: int | None = None  # the image store's version this install gets
 
     @property
     def url(self) -> str:
@@ -61,12 +68,18 @@ class ImageRef:
 @dataclass(frozen=True)
 class DiskPlan:
     disk: Disk
-    label: str  # gpt | msdos
+    label: str  # gpt | msdos | none (the existing table is kept)
     partitions: tuple[PlannedPartition, ...]
+
+    @property
+    def keeps_table(self) -> bool:
+        return self.label == "none"
 
 
 @dataclass(frozen=True)
 class FsPlan:
+    """One fstab line the install creates or keeps a filesystem for."""
+
     entry: FsEntry
     device: str
     fs: str
@@ -74,10 +87,80 @@ class FsPlan:
     mountpoint: str | None  # None for swap
     size: int  # bytes of the device
     needs: int  # bytes of the image that land here
+    label: str | None = None
+    creates: bool = True  # mkfs runs (not for a kept one, nor a further btrfs subvolume)
+    kept: bool = False  # format="no": checked on the disk, never written nor mounted now
+    subvolume: str | None = None  # btrfs subvolume this line mounts
+    spec: str = ""  # what fstab names it by; default UUID=<uuid>
 
     @property
     def fstab_spec(self) -> str:
-        return f"UUID={self.uuid}"
+        return self.spec or f"UUID={self.uuid}"
+
+    @property
+    def mount_options(self) -> str | None:
+        """Options for mounting during the install: only what selects the
+        right tree; the layout's own options are for the installed system."""
+        return f"subvol={self.subvolume}" if self.subvolume else None
+
+
+@dataclass(frozen=True)
+class ArrayPlan:
+    """An md array mdadm creates, with the UUID chosen here so that
+    mdadm.conf and the initrd policy know it before it exists."""
+
+    name: str  # /dev/md0 or /dev/md/NAME
+    level: str  # raid1
+    members: tuple[str, ...]  # device paths, "missing" for an absent one
+    raid_devices: int
+    spares: int
+    metadata: str  # 1.2
+    uuid: str  # mdadm's form: 8:8:8:8 hex
+    homehost: str
+    size: int
+    chunk: str | None = None
+    layout: str | None = None
+    rounding: int | None = None
+
+    @property
+    def md_name(self) -> str:
+        """mdadm's array name: 0 for /dev/md0, root for /dev/md/root."""
+        return self.name.removeprefix("/dev/md/").removeprefix("/dev/md")
+
+
+@dataclass(frozen=True)
+class CryptPlan:
+    name: str  # opened as /dev/mapper/<name>
+    device: str
+    uuid: str  # the LUKS header's, chosen here
+    size: int  # bytes of the opened volume
+    cipher: str | None = None
+    key_size: int | None = None
+    options: str | None = None  # extra crypttab options
+
+    @property
+    def path(self) -> str:
+        return f"/dev/mapper/{self.name}"
+
+
+@dataclass(frozen=True)
+class LvPlan:
+    name: str
+    path: str  # /dev/vg/lv
+    size: int  # bytes
+    extents: int | None  # None: all the free extents left
+    options: str | None = None
+
+
+@dataclass(frozen=True)
+class GroupPlan:
+    name: str
+    pvs: tuple[str, ...]
+    extent: int  # bytes
+    size: int  # bytes usable for volumes
+    volumes: tuple[LvPlan, ...]
+    max_lv: int | None = None
+    max_pv: int | None = None
 
 
 @dataclass(frozen=True)
@@ -92,27 +175,73 @@ class InstallPlan:
     boot_disks: tuple[str, ...]
     overrides: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default=())
+    arrays: tuple[ArrayPlan, ...] = ()
+    crypts: tuple[CryptPlan, ...] = ()
+    groups: tuple[GroupPlan, ...] = ()
+    # For the bootloader: where the ESP is mounted (UEFI), the disks under
+    # a RAID1 /boot (grub goes on each), kernel arguments a generic dracut
+    # initrd needs to assemble root (rd.md.uuid, rd.luks.uuid, rd.lvm.lv).
+    esp_mountpoint: str | None = None
+    boot_raid_disks: tuple[str, ...] = ()
+    kernel_args: tuple[str, ...] = ()
+    # What the root filesystem is built on (md, lvm, luks): what the
+    # installed system's initrd must assemble before it can mount root.
+    root_stack: frozenset[str] = frozenset()
+    # LUKS keys by volume name: fetched in the plan phase, never shown.
+    keys: Mapping[str, bytes] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def mounts(self) -> list[FsPlan]:
-        """Filesystems to mount, parents before children."""
-        return sorted((f for f in self.filesystems if f.mountpoint),
+        """Filesystems to mount during the install, parents before children
+        (kept ones are left alone: the image's files for them stay under
+        their parent, hidden once the installed system mounts them)."""
+        return sorted((f for f in self.filesystems if f.mountpoint and not f.kept),
                       key=lambda f: (f.mountpoint or "").count("/") if f.mountpoint != "/"
                       else 0)
 
+    @property
+    def features(self) -> set[str]:
+        """What the storage stack uses, as the initrd policy names it."""
+        return ({"md"} if self.arrays else set()) | ({"lvm"} if self.groups else set()) | \
+            ({"luks"} if self.crypts else set())
+
+    @property
+    def raid_levels(self) -> set[str]:
+        return {a.level for a in self.arrays}
+
     def describe(self) -> str:
-        lines = [f"install image {self.image.name} from {self.image.url} as {self.hostname}",
+        version = f" version {self.image.version}" if self.image.version is not None else ""
+        lines = [f"install image {self.image.name}{version} from {self.image.url} as "
+                 f"{self.hostname}",
                  f"  firmware {self.firmware}, layout {self.layout_name}"]
         for d in self.disks:
-            lines.append(f"  disk {d.disk.path} ({d.disk.size / 2**30:.1f} GiB, {d.label})")
+            kept = ", table kept" if d.keeps_table else ""
+            lines.append(f"  disk {d.disk.path} ({d.disk.size / 2**30:.1f} GiB, "
+                         f"{d.label}{kept})")
             for p in d.partitions:
                 flags = ",".join(f.value for f in p.partition.flags)
+                asked = f" (asked {p.asked / MiB:,.0f})" if p.asked else ""
                 lines.append(f"    {p.device:<16} {p.size / MiB:>10,.0f} MiB "
-                             f"{p.kind.value:<8} {flags}")
+                             f"{p.kind.value:<8} {flags}{asked}".rstrip())
+        for a in self.arrays:
+            lines.append(f"  md {a.name:<13} {a.level:<6} {a.size / MiB:>10,.0f} MiB  "
+                         f"{' '.join(a.members)}  metadata {a.metadata} UUID={a.uuid}")
+        for c in self.crypts:
+            lines.append(f"  luks2 {c.path} on {c.device}  {c.size / MiB:,.0f} MiB  "
+                         f"UUID={c.uuid}")
+        for g in self.groups:
+            lines.append(f"  vg {g.name} on {' '.join(g.pvs)}: {g.size / MiB:,.0f} MiB, "
+                         f"extents of {g.extent / MiB:g} MiB")
+            for lv in g.volumes:
+                rest = " (the rest)" if lv.extents is None else ""
+                lines.append(f"    lv {lv.path:<20} {lv.size / MiB:>10,.0f} MiB{rest}")
         for f in self.filesystems:
             need = f"  image {f.needs / MiB:,.0f} MiB" if f.needs else ""
+            extra = "".join((f" label={f.label}" if f.label else "",
+                             f" subvol={f.subvolume}" if f.subvolume else "",
+                             " kept" if f.kept else ""))
             lines.append(f"  {f.device:<16} {f.fs:<6} {f.mountpoint or 'swap':<12} "
-                         f"UUID={f.uuid}{need}")
+                         f"UUID={f.uuid}{extra}{need}")
         lines.append(f"  bootloader: {'UEFI' if self.firmware == 'uefi' else 'BIOS'} on "
                      + ", ".join(self.boot_disks))
         lines += [f"  note: {n}" for n in self.notes]
@@ -120,13 +249,23 @@ class InstallPlan:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "hostname": self.hostname, "image": self.image.name, "layout": self.layout_name,
-            "firmware": self.firmware,
+            "hostname": self.hostname, "image": self.image.name,
+            "image_version": self.image.version, "layout": self.layout_name,
+            "firmware": self.firmware, "boot_disks": list(self.boot_disks),
             "disks": [{"disk": d.disk.path, "size": d.disk.size, "label": d.label,
                        "partitions": [{"device": p.device, "start": p.start, "size": p.size}
                                       for p in d.partitions]} for d in self.disks],
+            "arrays": [{"name": a.name, "level": a.level, "members": list(a.members),
+                        "uuid": a.uuid, "size": a.size} for a in self.arrays],
+            "crypts": [{"name": c.name, "device": c.device, "uuid": c.uuid}
+                       for c in self.crypts],
+            "groups": [{"name": g.name, "pvs": list(g.pvs), "size": g.size,
+                        "volumes": [{"name": v.name, "size": v.size} for v in g.volumes]}
+                       for g in self.groups],
             "filesystems": [{"device": f.device, "fs": f.fs, "mountpoint": f.mountpoint,
-                             "uuid": f.uuid, "needs": f.needs} for f in self.filesystems],
+                             "uuid": f.uuid, "needs": f.needs, "kept": f.kept}
+                            for f in self.filesystems],
+            "notes": list(self.notes),
         }
 
 
@@ -140,126 +279,10 @@ def default_swap_mib(disk_bytes: int, ram_bytes: int) -> int:
     return int(min(want, disk_bytes // MiB // 8))
 
 
-def load_layout(instr_layout: dict[str, Any] | None, first_disk: Disk, fw: str,
-                ram_bytes: int) -> tuple[Layout, str]:
-    if instr_layout:
-        if instr_layout.get("format") != "systemimager-xml":
-            raise ConfigError(f"layout {instr_layout.get('name')}: unknown format "
-                              f"{instr_layout.get('format')!r}")
-        name = str(instr_layout.get("name") or "server layout")
-        layout = parse_layout(instr_layout["text"], name)
-    else:
-        name = f"built-in default ({fw}, gpt)"
-        layout = default_layout(first_disk.path, firmware=fw, label="gpt", root_fs="ext4",
-                                swap_mib=default_swap_mib(first_disk.size, ram_bytes))
-    validate(layout)
-    return layout, name
+# The planner uses the types above; imported last so that it can.
+from agent.planner import _exclusive_usage, load_layout, make_plan  # noqa: E402
 
-
-def _exclusive_usage(usage: dict[str, int], mountpoints: list[str]) -> dict[str, int]:
-    """Bytes of the image under each mountpoint, minus deeper mountpoints'."""
-    out = {}
-    for mp in mountpoints:
-        total = usage.get(mp)
-        if total is None:
-            # Deeper than the server's usage map: its data is counted in its parent.
-            out[mp] = 0
-            continue
-        inner = [m for m in mountpoints if m != mp and (mp == "/" or m.startswith(mp + "/"))]
-        # Only the outermost of nested children is subtracted.
-        outer = [m for m in inner if not any(o != m and m.startswith(o + "/") for o in inner)]
-        out[mp] = max(0, total - sum(usage.get(m, 0) for m in outer))
-    return out
-
-
-def _fs_capacity(fs: str, size: int) -> int:
-    return int(size * FS_USABLE.get(fs, 0.97)) - (FS_FIXED_OVERHEAD if fs in FS_USABLE else 0)
-
-
-def _new_uuid(fs: str) -> str:
-    if fs in ("vfat", "fat", "fat16", "fat32", "msdos"):
-        v = uuid.uuid4().hex[:8].upper()
-        return f"{v[:4]}-{v[4:]}"
-    return str(uuid.uuid4())
-
-
-def make_plan(*, instructions: dict[str, Any], server: str, hostname: str,
-              targets: list[Disk], fw: str, ram_bytes: int,
-              have_tool: Any = which) -> InstallPlan:
-    img = instructions.get("image") or {}
-    if not img.get("name"):
-        raise ConfigError("the server's instructions name no image")
-    image = ImageRef(name=img["name"], module=img.get("module") or img["name"], server=server,
-                     rsync_port=int(img.get("rsync_port") or 873), bytes=img.get("bytes"),
-                     files=img.get("files"), usage=dict(img.get("usage") or {}),
-                     transfer_bytes=img.get("transfer_bytes"))
-    layout, layout_name = load_layout(instructions.get("layout"), targets[0], fw, ram_bytes)
-    if layout.raids or layout.volume_groups:
-        raise ConfigError(f"layout {layout_name}: software RAID and LVM are not supported by "
-                          "this agent yet", hint="use a layout with plain partitions")
-    if len(targets) < len(layout.disks):
-        raise ConfigError(f"layout {layout_name} needs {len(layout.disks)} disks, this machine "
-                          f"has {len(targets)} usable: "
-                          + ", ".join(d.path for d in targets))
-    targets = targets[: len(layout.disks)]
-    layout = map_disks(layout, [d.path for d in targets])
-    disk_plans = []
-    sizes: dict[str, int] = {}
-    for ld, disk in zip(layout.disks, targets, strict=True):
-        parts = tuple(plan_partitions(ld, disk.size))
-        disk_plans.append(DiskPlan(disk, ld.label.value, parts))
-        sizes.update({p.device: p.size for p in parts})
-
-    # Pseudo, network and removable-media lines (proc, nfs, a DVD drive) are
-    # mounted by the installed system, never created here.
-    entries = [e for e in layout.fstab() if not e.is_comment and e.real_dev
-               and (e.fs or "").lower() not in MOUNT_ONLY_FS]
-    mps = [e.mountpoint for e in entries if e.mountpoint and e.mountpoint.startswith("/")]
-    if "/" not in mps:
-        raise ConfigError(f"layout {layout_name}: no filesystem is mounted on /")
-    needs = _exclusive_usage(image.usage, mps)
-    fs_plans = []
-    for e in entries:
-        fs = (e.fs or "").lower()
-        if not e.formats:
-            raise ConfigError(f"layout {layout_name}: {e.real_dev} ({fs}) would not be "
-                              "formatted; keeping existing data is not supported yet")
-        tool = MKFS_TOOLS.get(fs)
-        if tool is None:
-            raise ConfigError(f"layout {layout_name}: filesystem {fs!r} on {e.real_dev} is not "
-                              "supported", hint="use one of " + ", ".join(sorted(MKFS_TOOLS)))
-        if not have_tool(tool):
-            raise ConfigError(f"this boot environment cannot create {fs} ({tool} is missing)",
-                              hint="rebuild it with the tool group for " + fs)
-        assert e.real_dev is not None
-        size = sizes.get(e.real_dev)
-        if size is None:
-            raise ConfigError(f"layout {layout_name}: {e.real_dev} is not a partition the "
-                              "layout creates")
-        mp = e.mountpoint if e.mountpoint and e.mountpoint.startswith("/") else None
-        need = int(needs.get(mp, 0) * IMAGE_GROWTH) if mp else 0
-        if mp and fs in FS_USABLE and need > _fs_capacity(fs, size):
-            raise ConfigError(
-                f"the image does not fit: {mp} needs {need / MiB:,.0f} MiB of image data but "
-                f"{e.real_dev} ({size / MiB:,.0f} MiB {fs}) holds about "
-                f"{max(0, _fs_capacity(fs, size)) / MiB:,.0f} MiB",
-                hint="use a bigger disk or a layout with more room for " + mp)
-        fs_plans.append(FsPlan(e, e.real_dev, fs, _new_uuid(fs), mp, size, need))
-
-    bl = layout.bootloader
-    notes = []
-    if bl and bl.install_type is InstallType.EFI and fw == "bios":
-        notes.append("layout asks for an EFI bootloader but the machine booted BIOS: "
-                     "installing for EFI anyway")
-    boot_fw = fw
-    if bl:
-        boot_fw = "uefi" if bl.install_type is InstallType.EFI else "bios"
-    boot_disks = tuple(t.dev for t in bl.targets) if bl and bl.targets else (targets[0].path,)
-    if boot_fw == "bios":
-        boot_disks = tuple(d for d in boot_disks if d in {t.path for t in targets}) or \
-            (targets[0].path,)
-    return InstallPlan(hostname=hostname, image=image, layout=layout, layout_name=layout_name,
-                       disks=tuple(disk_plans), filesystems=tuple(fs_plans), firmware=boot_fw,
-                       boot_disks=boot_disks,
-                       overrides=tuple(instructions.get("overrides") or ()),
-                       notes=tuple(notes))
+__all__ = ["FS_FIXED_OVERHEAD", "FS_MIN", "FS_USABLE", "IMAGE_GROWTH", "MKFS_TOOLS",
+           "ArrayPlan", "CryptPlan", "DiskPlan", "FsPlan", "GroupPlan", "ImageRef",
+           "InstallPlan", "LvPlan", "_exclusive_usage", "default_swap_mib", "firmware",
+           "load_layout", "make_plan"]

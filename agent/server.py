@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import time
@@ -68,9 +69,21 @@ class ImageServer:
                                "`sysclone serve` runs")
 
     def instructions(self, *, hostname: str | None, mac: str | None, image: str | None,
-                     layout: str | None) -> dict[str, Any]:
+                     layout: str | None, network_config: str | None = None,
+                     script: str | None = None) -> dict[str, Any]:
         return self.get("/v1/instructions", {"hostname": hostname, "mac": mac,
-                                             "image": image, "layout": layout})
+                                             "image": image, "layout": layout,
+                                             "network_config": network_config,
+                                             "script": script})
+
+    def luks_key(self, *, hostname: str | None, image: str | None, volume: str) -> bytes:
+        """A LUKS volume's key (GET /v1/luks-key, imageserver.lukskeys)."""
+        data = self.get("/v1/luks-key", {"hostname": hostname, "image": image,
+                                         "volume": volume})
+        try:
+            return base64.b64decode(str(data["key"]), validate=True)
+        except (KeyError, ValueError):
+            raise ServerError(f"{self.url}/v1/luks-key sent no usable key") from None
 
     def post(self, path: str, body: dict[str, Any], *, timeout: float = 900.0) -> bytes:
         """POST a JSON body, return the raw answer (one attempt: the work

@@ -2,7 +2,15 @@
 run, printed with its target and PASS/MISS:
 
   size      initrd.img vs Debian's initramfs-tools image for the same kernel
-            (MODULES=most, from the golden image)                 <= 1.0
+            (MODULES=most, the same firmware packages; bench.debianinitrd
+            builds it when the golden image does not carry that kernel) <= 1.0
+  uyok      sizes and build times of standard, UYOK-all (the golden
+            image's own kernel, every module) and UYOK-loaded (its kernel,
+            the golden client's loaded modules), each next to Debian's
+            initrd for the same kernel (bench.uyok):
+              UYOK-loaded initrd / Debian's                       <= 0.8
+              UYOK-loaded module+firmware bytes / standard's      <= 0.25
+              UYOK-loaded boot environment / standard, unpacked   <  1.0
   build     boot environment build from scratch, and whether a second
             build is byte-identical                               identical
   boot      VM start to "agent ready" vs VM start to userspace with a bare
@@ -13,8 +21,12 @@ run, printed with its target and PASS/MISS:
             (speed: bare time / fetch time)                       >= 0.9
   overhead  the agent from network up vs a scripted install (sfdisk, mkfs,
             rsync, grub-install, update-grub) from network up     <= 1.2
+  capture   `image capture` over SSH vs a plain rsync -aHAX of the same
+            tree over the same SSH (bench.capture)                <= 1.1
+            an incremental capture of a 1 % change vs a full one  <= 1.0
+            disk use of 10 versions, 1 % changed each, vs one     <= 1.2
 
-    python -m bench [--only size,build,boot,install] [--runs N] [--json FILE]
+    python -m bench [--only size,build,uyok,boot,install,capture] [--runs N] [--json FILE]
 
 Timings under emulation are noisy: only ratios from one run mean anything,
 and --runs N repeats the VM measurements (min and median are printed; the
@@ -59,6 +71,12 @@ TARGETS = {
     "install": Target("install / raw rsync -aHAX", 1.5),
     "transfer": Target("raw same rsync / fetch phase", 0.9, higher_is_better=True),
     "overhead": Target("install from network up / scripted install", 1.2),
+    "uyok": Target("UYOK-loaded initrd / Debian initramfs-tools, same kernel", 0.8),
+    "uyok-drivers": Target("UYOK-loaded module+firmware bytes / standard's", 0.25),
+    "uyok-total": Target("UYOK-loaded boot environment / standard, unpacked", 0.999),
+    "capture": Target("capture / plain rsync -aHAX over the same SSH", 1.1),
+    "incremental": Target("capture of a 1 % change / a full capture", 1.0),
+    "versions": Target("disk use of 10 versions (1 % change each) / one", 1.2),
 }
 
 
@@ -115,16 +133,29 @@ def bench_build(state: StateRoot, ui: Ui, res: Results) -> Path:
     res.record("build", {"seconds": [round(t, 1) for t in times], "sha256": shas})
     res.flag("build", "byte-identical rebuild", shas[0] == shas[1],
              f"from scratch {times[0]:.0f}s (agent frozen anew), rebuild {times[1]:.0f}s")
+    res.data["results"]["build"]["standard_seconds"] = times[0]
     return out
 
 
-def bench_size(state: StateRoot, bootenv: Path, image: str, res: Results) -> None:
+def _debian_initrd(state: StateRoot, m: dict[str, Any], image: str) -> Path:
+    """Debian's initrd for the boot environment's kernel: the golden
+    image's own when it carries that kernel, else built like for like."""
+    from bench.debianinitrd import debian_initrd
     from imageserver.store import ImageStore
+    from kernels.tree import find
 
+    kver = m["kernel"]["version"]
+    own = ImageStore(state).path(image) / "boot" / f"initrd.img-{kver}"
+    if own.is_file():
+        return own
+    return debian_initrd(state, find(state.kernels, m["kernel"]["name"]))
+
+
+def bench_size(state: StateRoot, bootenv: Path, image: str, res: Results) -> None:
     m = json.loads((bootenv / "manifest.json").read_text())
     kver = m["kernel"]["version"]
     ours, unpacked = m["initrd"]["size"], m["initrd"]["uncompressed_size"]
-    debian = ImageStore(state).path(image) / "boot" / f"initrd.img-{kver}"
+    debian = _debian_initrd(state, m, image)
     row: dict[str, Any] = {"initrd": ours, "unpacked": unpacked, "kernel": kver,
                            "packing": m["initrd"].get("packing"), "contents": m["contents"]}
     res.record("size", row)
@@ -137,6 +168,40 @@ def bench_size(state: StateRoot, bootenv: Path, image: str, res: Results) -> Non
               f"{debian.stat().st_size / 2**20:.1f} MiB")
     print("          contents: " + ", ".join(
         f"{k} {v / 2**20:.1f} MiB" for k, v in m["contents"].items()))
+
+
+def bench_uyok(state: StateRoot, ui: Ui, image: str, res: Results,
+               standard: Path | None, standard_seconds: float | None) -> None:
+    from bench import uyok
+
+    built = None
+    if standard is not None and standard_seconds is not None:
+        built = uyok.Built("standard", standard, standard_seconds,
+                           json.loads((standard / "manifest.json").read_text()))
+    r = uyok.run(state, ui, image, built)
+    std, all_, loaded = r["standard"], r["uyok_all"], r["uyok_loaded"]
+    rows = [(std, r["debian_standard"]), (all_, r["debian_uyok"]), (loaded, r["debian_uyok"])]
+    res.record("uyok", {
+        b.name: {"initrd": b.initrd, "seconds": round(b.seconds, 1), "driver_bytes":
+                 b.driver_bytes, "total": b.total, "modules": b.manifest["modules"]["count"],
+                 "firmware": b.manifest["firmware"]["count"], "kernel":
+                 b.manifest["kernel"]["version"], "debian_initrd": d}
+        for b, d in rows} | {"listing": r["listing"],
+                             "debian_standard_seconds": round(r["debian_standard_seconds"], 1)})
+    for b, d in rows:
+        vs = f"{b.initrd / d:.2f}x Debian's {d / 2**20:.1f} MiB" if d else "no Debian initrd"
+        print(f"          {b.name:<11} {b.initrd / 2**20:5.1f} MiB in {b.seconds:4.0f}s, "
+              f"{b.manifest['modules']['count']} modules, {b.manifest['firmware']['count']} "
+              f"firmware files ({b.manifest['kernel']['version']}): {vs}")
+    if r["debian_uyok"]:
+        res.ratio("uyok", loaded.initrd / r["debian_uyok"],
+                  f"UYOK-loaded {loaded.initrd / 2**20:.1f} MiB vs Debian's "
+                  f"{r['debian_uyok'] / 2**20:.1f} MiB for {loaded.manifest['kernel']['version']}")
+    res.ratio("uyok-drivers", loaded.driver_bytes / std.driver_bytes,
+              f"{loaded.driver_bytes / 2**20:.1f} MiB of modules and firmware vs "
+              f"{std.driver_bytes / 2**20:.1f} MiB")
+    res.ratio("uyok-total", loaded.total / std.total,
+              f"{loaded.total / 2**20:.1f} MiB unpacked vs {std.total / 2**20:.1f} MiB")
 
 
 def bench_boot(bootenv: Path, runs: int, res: Results) -> None:
@@ -192,18 +257,41 @@ def bench_install(state: StateRoot, bootenv: Path, image: str, runs: int,
           f"({'; '.join(last.initrd.get('reasons') or [])})")
 
 
+def bench_capture(runs: int, res: Results) -> None:
+    import tempfile
+
+    from bench import capture
+
+    cache = Path(os.environ.get("SYSCLONE_CACHE") or "/var/cache/sysclone")
+    with tempfile.TemporaryDirectory(prefix="sysclone-bench-capture.") as work, \
+            capture.golden_over_ssh(Path(work), cache) as g:
+        sp = capture.speed(g, max(runs, 3))
+        res.record("capture", sp)
+        res.ratio("capture", sp["ratio"], f"capture {sp['capture_s']:.1f}s vs plain rsync "
+                  f"{sp['plain_rsync_s']:.1f}s (best of each; ratio: median of pairs), "
+                  f"{sp['tree']}")
+        inc = capture.incremental(g)
+        res.record("incremental", inc)
+        res.ratio("incremental", inc["ratio"], f"{inc['incremental_s']:.1f}s vs "
+                  f"{inc['full_s']:.1f}s")
+        ver = capture.versions(g)
+        res.record("versions", ver)
+        res.ratio("versions", ver["ratio"], f"{ver['all_bytes'] / 2**20:.0f} MiB for "
+                  f"{ver['versions']} versions vs {ver['one_bytes'] / 2**20:.0f} MiB for one")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", default="build,size,boot,install",
-                    help="comma-separated: build, size, boot, install")
+    ap.add_argument("--only", default="build,size,uyok,boot,install,capture",
+                    help="comma-separated: build, size, uyok, boot, install, capture")
     ap.add_argument("--runs", type=int, default=1,
                     help="repeat each VM measurement N times (min/median; default 1)")
     ap.add_argument("--image", default="demo")
     ap.add_argument("--json", help="also write the results here as JSON")
     a = ap.parse_args()
     only = set(a.only.split(","))
-    unknown = only - {"build", "size", "boot", "install"}
+    unknown = only - {"build", "size", "uyok", "boot", "install", "capture"}
     if unknown:
         ap.error(f"--only: unknown benchmark(s) {', '.join(sorted(unknown))}")
     if a.runs < 1:
@@ -220,10 +308,15 @@ def main() -> int:
         bootenv = bench_build(state, ui, res)
     if "size" in only:
         bench_size(state, bootenv, a.image, res)
+    if "uyok" in only:
+        seconds = res.data["results"].get("build", {}).get("standard_seconds")
+        bench_uyok(state, ui, a.image, res, bootenv if seconds else None, seconds)
     if "boot" in only:
         bench_boot(bootenv, a.runs, res)
     if "install" in only:
         bench_install(state, bootenv, a.image, a.runs, res)
+    if "capture" in only:
+        bench_capture(a.runs, res)
     missed = [v for v in res.verdicts if v[3] is False]
     print(f"{len(res.verdicts) - len(missed)} of {len(res.verdicts)} targets met")
     if a.json:

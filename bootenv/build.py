@@ -4,7 +4,8 @@
                                     output/manifest.json
 
 The initramfs holds busybox, the tools the agent runs (rsync, mkfs.*,
-kmod, udev...), the kernel modules of the chosen groups and the frozen
+kmod, udev...), the chosen kernel modules with the firmware they declare
+(bootenv.drivers; the manifest lists what each drives) and the frozen
 agent.  The same inputs give a byte-identical initrd.img: the archive is
 written by bootenv.cpio (sorted, fixed owners and mtimes) and compressed
 single-threaded with a fixed level.
@@ -23,16 +24,17 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from bootenv import cpio, modules, squash, tools
+from bootenv import cpio, drivers, modules, squash, tools
 from bootenv.freeze import PYVER, FrozenAgent, python_version
 from bootenv.staging import Staging
+from kernels.moduledb import ModuleDB
 from sysclone.errors import ConfigError, SyscloneError
 from sysclone.run import output, run
 
 log = logging.getLogger(__name__)
 
 LIBDIR = "usr/lib/x86_64-linux-gnu"
-FORMAT = 1
+FORMAT = 2  # 2: modules with their aliases and firmware (bootenv.drivers)
 
 COMPRESSORS: dict[str, tuple[str, ...]] = {
     # Single-threaded and fixed levels: reproducible output.
@@ -54,9 +56,12 @@ class BuildSpec:
     modules_dir: Path  # .../lib/modules/<kver>
     kver: str
     flavor: str = "standard"
-    module_groups: tuple[str, ...] = modules.STANDARD_GROUPS
-    extra_modules: tuple[str, ...] = ()
+    drivers: drivers.DriverRequest = field(default_factory=drivers.DriverRequest)
+    firmware_dir: Path | None = None  # the kernel tree's lib/firmware
     tool_groups: tuple[str, ...] = tools.DEFAULT_TOOLS
+    # Leave out tool groups whose kernel modules the driver set lacks
+    # (drivers.usable_tools); off when the tool groups were named.
+    tools_follow_drivers: bool = False
     compression: str = "zstd"
     local_cfg: Path | None = None  # embedded as /local.cfg
     source_date_epoch: int = 1700000000
@@ -237,22 +242,35 @@ def build(spec: BuildSpec, agent: FrozenAgent, out_dir: Path,
         st.top.mkdir()
         say("base layout and busybox")
         _base(st, spec)
-        say("tools: " + ", ".join(spec.tool_groups))
-        tool_paths = _tools(st, spec.tool_groups)
+        db = ModuleDB.load(spec.modules_dir)
+        chosen = drivers.choose(db, spec.modules_dir, spec.firmware_dir, spec.drivers,
+                                spec.tool_groups)
+        tool_groups: tuple[str, ...] = spec.tool_groups
+        tools_dropped: dict[str, list[str]] = {}
+        if spec.tools_follow_drivers:
+            tool_groups, tools_dropped = drivers.usable_tools(spec.tool_groups, db, chosen)
+        say("tools: " + ", ".join(tool_groups)
+            + (f" (without {', '.join(tools_dropped)}: no kernel support)" if tools_dropped
+               else ""))
+        tool_paths = _tools(st, tool_groups)
         _busybox(st)
-        say("kernel modules: " + ", ".join(spec.module_groups))
-        sel = modules.select(spec.modules_dir, spec.module_groups, spec.extra_modules)
+        say(f"kernel modules ({chosen.how}): {len(chosen.names)}, firmware: "
+            f"{len(chosen.firmware)} files")
+        sel = modules.ModuleSelection(spec.kver, chosen.paths, chosen.size)
         # squashfs compresses modules better as a whole than one by one.
         modules.install(sel, spec.modules_dir, st.top, compress=packing == "cpio")
+        drivers.install_firmware(chosen, spec.firmware_dir, st.top)
         say("frozen agent")
         agent_files = _agent(st, agent)
         sizes = {
             "agent": _tree_size(st.path(f"usr/lib/python{PYVER}"))
             + st.path(agent.python).stat().st_size,
             "modules": _tree_size(st.path(f"usr/lib/modules/{spec.kver}")),
+            "firmware": _tree_size(st.path("usr/lib/firmware")),
         }
         sizes["total"] = _tree_size(st.top)
-        sizes["tools_and_libraries"] = sizes["total"] - sizes["agent"] - sizes["modules"]
+        sizes["tools_and_libraries"] = (sizes["total"] - sizes["agent"] - sizes["modules"]
+                                        - sizes["firmware"])
         initrd = out_dir / "initrd.img"
         if packing == "squashfs":
             say(f"squashfs and stage 1 ({spec.compression})")
@@ -281,13 +299,16 @@ def build(spec: BuildSpec, agent: FrozenAgent, out_dir: Path,
                        "uncompressed_size": cpio_size, "compression": spec.compression,
                        "packing": packing, "files": files},
             "contents": sizes,
-            "modules": {"groups": list(spec.module_groups), "count": len(sel.modules),
-                        "list": list(sel.modules)},
+            "modules": drivers.manifest(db, chosen),
+            "firmware": drivers.firmware_manifest(chosen),
             "tools": sorted(t for t in tool_paths),
             "agent": {"freeze_key": agent.key, "python": python_version(), **agent_files},
             "inputs": {"host_packages": _host_packages([*tool_paths, "/usr/bin/busybox"]),
-                       "tool_groups": list(spec.tool_groups),
-                       "extra_modules": list(spec.extra_modules),
+                       "tool_groups": list(tool_groups),
+                       "tools_dropped": tools_dropped,
+                       "modules": spec.drivers.how,
+                       "module_names": list(spec.drivers.names),
+                       "add_modules": list(spec.drivers.add),
                        "source_date_epoch": spec.source_date_epoch},
         }
         manifest = out_dir / "manifest.json"

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sysclone.errors import SyscloneError
+from sysclone.errors import ConfigError, SyscloneError
 from sysclone.run import run
 
 log = logging.getLogger(__name__)
@@ -43,10 +43,22 @@ MODULE_GROUPS: dict[str, tuple[str, ...]] = {
     ),
     "watchdog": ("drivers/watchdog/i6300esb.ko*", "drivers/watchdog/softdog.ko*"),
     # Only useful with the tools that drive them (see IMPLIED_BY_TOOLS).
+    # Everything of md and device-mapper (bcache, thin pools, caches...):
     "raid-dm": ("drivers/md/*", "drivers/md/*/*"),
+    # What the agent builds, no more: md personalities for the RAID levels
+    # it creates, device-mapper with LVM's linear, striped, mirror and raid
+    # targets, dm-crypt with the ciphers of LUKS2's default (aes-xts-plain64,
+    # argon2 in userspace) and the kernel crypto API cryptsetup uses.
+    "md": ("drivers/md/md-mod.ko*", "drivers/md/raid0.ko*", "drivers/md/raid1.ko*",
+           "drivers/md/raid10.ko*", "drivers/md/raid456.ko*"),
+    "dm": ("drivers/md/dm-mod.ko*", "drivers/md/dm-raid.ko*", "drivers/md/dm-mirror.ko*",
+           "drivers/md/dm-log.ko*", "drivers/md/dm-region-hash.ko*"),
+    "crypt": ("drivers/md/dm-crypt.ko*", "crypto/xts.ko*", "crypto/essiv.ko*",
+              "crypto/af_alg.ko*", "crypto/algif_skcipher.ko*", "crypto/cryptd.ko*",
+              "crypto/crypto_simd.ko*", "arch/x86/crypto/aesni-intel.ko*",
+              "arch/x86/crypto/sha256-ssse3.ko*"),
     "btrfs": ("fs/btrfs/*",),
-    # InfiniBand and the big Mellanox/NVIDIA NIC drivers (several MB):
-    # for clusters that install over them.
+    # InfiniBand and bonding: for clusters that install over them.
     "hpc-network": ("drivers/net/ethernet/mellanox/*/*", "drivers/net/ethernet/mellanox/*/*/*",
                     "drivers/infiniband/*/*", "drivers/infiniband/*/*/*",
                     "drivers/net/bonding/*"),
@@ -55,18 +67,22 @@ MODULE_GROUPS: dict[str, tuple[str, ...]] = {
 STANDARD_GROUPS = ("storage", "network", "filesystems", "watchdog")
 
 # Tool groups that bring their kernel modules along.
-IMPLIED_BY_TOOLS = {"raid": ("raid-dm",), "lvm": ("raid-dm",), "crypt": ("raid-dm",),
+IMPLIED_BY_TOOLS = {"raid": ("md",), "lvm": ("dm",), "crypt": ("dm", "crypt"),
                     "btrfs": ("btrfs",)}
 
 # Matched by the broad globs but of no use to an installer: test drivers,
-# Fibre Channel/iSCSI offload HBAs, NIC drivers of the hpc-network group.
+# Fibre Channel/FCoE/iSCSI offload HBAs, and NICs long out of production
+# whose firmware alone weighs megabytes (Brocade's bna, Myricom's
+# myri10ge).  (mlx4/mlx5 NICs are standard: common in servers; their
+# InfiniBand side is hpc-network's.)
 EXCLUDE = ("drivers/scsi/scsi_debug.ko*", "drivers/scsi/*fcoe*", "drivers/scsi/qla*",
            "drivers/scsi/lpfc/*", "drivers/scsi/bfa/*", "drivers/scsi/be2iscsi/*",
            "drivers/scsi/bnx2fc/*", "drivers/scsi/cxgbi/*", "drivers/scsi/libfc/*",
            "drivers/scsi/scsi_transport_fc.ko*", "drivers/scsi/iscsi_*", "drivers/scsi/libiscsi*",
            "drivers/scsi/scsi_transport_iscsi.ko*", "drivers/scsi/ch.ko*", "drivers/scsi/st.ko*",
            "drivers/nvme/target/*", "drivers/nvme/host/nvme-rdma.ko*",
-           "drivers/nvme/host/nvme-fc.ko*", "drivers/net/ethernet/mellanox/*")
+           "drivers/nvme/host/nvme-fc.ko*", "drivers/scsi/csiostor/*",
+           "drivers/net/ethernet/brocade/*", "drivers/net/ethernet/myricom/*")
 
 
 def groups_for(module_groups: tuple[str, ...], tool_groups: tuple[str, ...]) -> tuple[str, ...]:
@@ -144,7 +160,8 @@ def select(modules_dir: Path, groups: Iterable[str] = STANDARD_GROUPS,
         elif key in by_name:
             wanted.add(by_name[key])
         else:
-            log.warning("module %s is not part of kernel %s", e, modules_dir.name)
+            raise ConfigError(f"kernel {modules_dir.name} has no module {e}",
+                              hint="module names as lsmod prints them")
     chosen = close_deps(wanted, deps)
     size = sum((modules_dir / m).stat().st_size for m in chosen)
     return ModuleSelection(modules_dir.name, tuple(sorted(chosen)), size)

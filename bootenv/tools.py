@@ -17,14 +17,20 @@ TOOL_GROUPS: dict[str, tuple[str, ...]] = {
     "xfs": ("mkfs.xfs",),
     "vfat": ("mkfs.fat", "mkfs.vfat"),
     "fsck": ("e2fsck", "tune2fs", "xfs_repair", "fsck.fat"),
-    "debug": ("sfdisk",),
+    "debug": ("sfdisk", "dmsetup", "btrfs"),
+    # The agent makes btrfs subvolumes with the kernel call itself (agent.
+    # filesystems), and LVM without dmsetup: their tools (1.2 MB) are for
+    # the rescue shell, in "debug".
     "btrfs": ("mkfs.btrfs",),
     "raid": ("mdadm",),
-    "lvm": ("lvm", "dmsetup"),
+    "lvm": ("lvm",),
     "crypt": ("cryptsetup",),
 }
 
-DEFAULT_TOOLS = ("core", "ext4", "xfs", "vfat")
+# Everything a layout can ask for (agent.plan refuses a layout whose tools
+# the boot environment lacks): plain filesystems, btrfs with subvolumes,
+# md RAID, LVM and LUKS.  Their kernel modules follow (modules.IMPLIED_BY_TOOLS).
+DEFAULT_TOOLS = ("core", "ext4", "xfs", "vfat", "btrfs", "raid", "lvm", "crypt")
 
 # kmod is one binary answering to several names.
 KMOD_NAMES = ("modprobe", "insmod", "rmmod", "lsmod", "modinfo", "depmod")

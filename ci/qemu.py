@@ -28,6 +28,12 @@ log = logging.getLogger(__name__)
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+# Secure Boot: the SMM-enforcing build, with variables that hold Microsoft's
+# keys (which signed Debian's shim) and have Secure Boot switched on.
+OVMF_CODE_SECURE = Path("/usr/share/OVMF/OVMF_CODE_4M.ms.fd")
+OVMF_VARS_SECURE = Path("/usr/share/OVMF/OVMF_VARS_4M.ms.fd")
+# Names boot_order may give (net, cdrom, diskN, usbN).
+_BOOT_DEVICE = re.compile(r"(net|cdrom|disk\d+|usb\d+)\Z")
 
 
 class VmError(SyscloneError):
@@ -44,6 +50,7 @@ class VmSpec:
     # initramfs while drivers probe) needs a second CPU to overlap.
     cpus: int = 2
     firmware: str = "bios"  # bios | uefi
+    secure_boot: bool = False  # uefi only: OVMF with Microsoft's keys, enforcing
     disks: tuple[Path, ...] = ()
     disk_bus: str = "virtio"  # virtio | nvme | sata
     nic_model: str = "virtio-net-pci"
@@ -55,6 +62,14 @@ class VmSpec:
     initrd: Path | None = None
     append: str | None = None
     cdrom: Path | None = None
+    # Disk images on a USB controller (qemu-xhci), as sticks, removable.
+    usb_disks: tuple[Path, ...] = ()
+    # A host tap device for the NIC instead of QEMU's user network: the
+    # machine is then on a real L2 segment (a DHCP server there answers it).
+    tap: str | None = None
+    # Boot devices in order, as firmware boot indexes ("net", "disk0",
+    # "cdrom", "usb0"): OVMF follows these, not -boot order.
+    boot_order: tuple[str, ...] = ()
     # (host port, guest port): TCP on the host's loopback forwarded into the
     # guest (QEMU user networking), e.g. to reach its sshd.
     forwards: tuple[tuple[int, int], ...] = ()
@@ -78,37 +93,67 @@ class VmSpec:
 
 
 def qemu_argv(spec: VmSpec, qmp: Path) -> list[str]:
-    argv = ["qemu-system-x86_64", "-name", spec.name, "-machine", "q35",
+    for dev in spec.boot_order:
+        if not _BOOT_DEVICE.match(dev):
+            raise VmError(f"{spec.name}: boot device {dev!r} is not net, cdrom, diskN or usbN")
+    if spec.secure_boot and spec.firmware != "uefi":
+        raise VmError(f"{spec.name}: Secure Boot needs firmware='uefi'")
+    if spec.tap and (spec.tftp_root or spec.bootfile or spec.forwards):
+        raise VmError(f"{spec.name}: tftp, bootfile and forwards are QEMU user-network "
+                      "features; a tap NIC has none")
+
+    def bootindex(dev: str) -> str:
+        return f",bootindex={spec.boot_order.index(dev)}" if dev in spec.boot_order else ""
+
+    # SMM: the secure OVMF build refuses to start without it.
+    machine = "q35,smm=on" if spec.secure_boot else "q35"
+    argv = ["qemu-system-x86_64", "-name", spec.name, "-machine", machine,
             "-accel", spec.accel(), "-m", str(spec.memory_mib), "-smp", str(spec.cpus),
             "-display", "none", "-vga", "none", "-serial", "stdio", "-monitor", "none",
             "-qmp", f"unix:{qmp},server=on,wait=off", "-no-reboot"]
     argv += ["-cpu", spec.cpu_model()]
     if spec.firmware == "uefi":
-        vars_copy = spec.workdir / f"{spec.name}.OVMF_VARS.fd"
+        code, template = (OVMF_CODE_SECURE, OVMF_VARS_SECURE) if spec.secure_boot \
+            else (OVMF_CODE, OVMF_VARS)
+        # Separate files: a machine's variables never change enforcement.
+        vars_copy = spec.workdir / (f"{spec.name}.OVMF_VARS.ms.fd" if spec.secure_boot
+                                    else f"{spec.name}.OVMF_VARS.fd")
         if not vars_copy.exists():
-            shutil.copyfile(OVMF_VARS, vars_copy)
-        argv += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+            shutil.copyfile(template, vars_copy)
+        if spec.secure_boot:
+            argv += ["-global", "driver=cfi.pflash01,property=secure,value=on"]
+        argv += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
                  "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}"]
     for i, d in enumerate(spec.disks):
         fmt = "qcow2" if d.suffix == ".qcow2" else "raw"
         argv += ["-drive", f"if=none,id=disk{i},format={fmt},file={d},cache=unsafe"]
         if spec.disk_bus == "nvme":
-            argv += ["-device", f"nvme,drive=disk{i},serial=sysclone{i}"]
+            argv += ["-device", f"nvme,drive=disk{i},serial=sysclone{i}{bootindex(f'disk{i}')}"]
         elif spec.disk_bus == "sata":
-            argv += ["-device", f"ide-hd,drive=disk{i}"]
+            argv += ["-device", f"ide-hd,drive=disk{i}{bootindex(f'disk{i}')}"]
         else:
-            argv += ["-device", f"virtio-blk-pci,drive=disk{i}"]
-    net = "user,id=n0"
-    if spec.tftp_root:
-        net += f",tftp={spec.tftp_root}"
-    if spec.bootfile:
-        net += f",bootfile={spec.bootfile}"
-    for host_port, guest_port in spec.forwards:
-        net += f",hostfwd=tcp:127.0.0.1:{host_port}-:{guest_port}"
-    argv += ["-netdev", net, "-device", f"{spec.nic_model},netdev=n0,mac={spec.mac}"]
+            argv += ["-device", f"virtio-blk-pci,drive=disk{i}{bootindex(f'disk{i}')}"]
+    if spec.usb_disks:
+        argv += ["-device", "qemu-xhci,id=xhci"]
+    for i, d in enumerate(spec.usb_disks):
+        argv += ["-drive", f"if=none,id=usb{i},format=raw,file={d},cache=unsafe",
+                 "-device", f"usb-storage,bus=xhci.0,drive=usb{i},removable=on"
+                            f"{bootindex(f'usb{i}')}"]
+    if spec.tap:
+        net = f"tap,id=n0,ifname={spec.tap},script=no,downscript=no"
+    else:
+        net = "user,id=n0"
+        if spec.tftp_root:
+            net += f",tftp={spec.tftp_root}"
+        if spec.bootfile:
+            net += f",bootfile={spec.bootfile}"
+        for host_port, guest_port in spec.forwards:
+            net += f",hostfwd=tcp:127.0.0.1:{host_port}-:{guest_port}"
+    argv += ["-netdev", net,
+             "-device", f"{spec.nic_model},netdev=n0,mac={spec.mac}{bootindex('net')}"]
     if spec.cdrom:
         argv += ["-drive", f"if=none,id=cd0,media=cdrom,readonly=on,file={spec.cdrom}",
-                 "-device", "ide-cd,drive=cd0"]
+                 "-device", f"ide-cd,drive=cd0{bootindex('cdrom')}"]
     argv += ["-boot", f"order={spec.boot}"]
     if spec.kernel:
         argv += ["-kernel", str(spec.kernel)]

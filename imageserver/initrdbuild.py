@@ -10,9 +10,9 @@ those files written on top, runs the image's update-initramfs or dracut in
 a chroot of it, and sends back what the tool wrote under /boot (and its
 bookkeeping under /var/lib/initramfs-tools).  The image itself is never
 written to.  Under emulation this turns minutes of forks into seconds;
-results are cached by their inputs, so a rack of identical clients costs
-one build.  Host-only initrds are still built on the client, which is the
-only place that knows its hardware.
+the last few results are kept, keyed by their inputs, for retries.
+Host-only initrds are still built on the client, which is the only place
+that knows its hardware.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def build(state: StateRoot, req: InitrdRequest) -> bytes:
     if missing:
         raise ConfigError(f"initrd request: override(s) not found: {', '.join(missing)}")
     key = req.key(tree)
-    cached = state.cache("initrd", f"{key}.tar")
+    cached = state.initrds / f"{key}.tar"
     with _lock(key):
         if cached.is_file():
             log.info("initrd for %s %s from the cache", req.module, req.kver)
@@ -119,7 +119,19 @@ def build(state: StateRoot, req: InitrdRequest) -> bytes:
         tmp = cached.with_suffix(".tmp")
         tmp.write_bytes(data)
         tmp.replace(cached)
+        _prune(cached.parent)
         return data
+
+
+# Clients differ (each names its own swap for resume), so the cache serves
+# retries and identical reinstalls; a bounded number of builds is kept.
+KEEP_BUILDS = 16
+
+
+def _prune(top: Path) -> None:
+    builds = sorted(top.glob("*.tar"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in builds[KEEP_BUILDS:]:
+        old.unlink(missing_ok=True)
 
 
 def _lock(key: str) -> threading.Lock:

@@ -2,10 +2,15 @@
 
 Per-client files are looked up the way SystemImager 4.9 does: by host name,
 then group name, then base host name (node01 -> node), then image name,
-then `default` (see shared/compat/README.md).  A captured image brings its
-golden client's layout (its version's layout.xml): it comes after the
-scripts directory's `<image>.xml` and before `default.xml`.  No layout at
-all means the agent uses its built-in default layout for its firmware.
+then `default` (see shared/compat/README.md); a layout is NAME.xml
+(SystemImager XML) or NAME.toml (its TOML form), XML first.  A captured
+image brings its golden client's layout (its version's layout.xml): it
+comes after the scripts directory's `<image>.xml` and before `default.xml`.
+No layout at all means the agent uses its built-in default layout for its
+firmware.
+
+Pre-/post-install scripts and the network configuration come along, chosen
+by the same names (imageserver.clientfiles).
 
 A client gets the image's current version unless it names one (IMAGENAME=
 web@3); the instructions name the version and the rsync module that holds
@@ -25,6 +30,8 @@ from sysclone.errors import ConfigError
 from sysclone.paths import StateRoot
 
 LAYOUT_DIR = "disks-layouts"
+# A layout is SystemImager XML or its TOML form; for one name, XML first.
+LAYOUT_SUFFIXES = (".xml", ".toml")
 API_VERSION = 1
 
 
@@ -58,12 +65,21 @@ def find_file(directory: Path, names: list[str], suffixes: tuple[str, ...]) -> P
     return None
 
 
+def layout_file(path: Path) -> dict[str, Any]:
+    """A layout as the instructions carry it: the agent parses `text` in
+    `format` (agent.storage.layoutfile)."""
+    fmt = "toml" if path.suffix == ".toml" else "systemimager-xml"
+    return {"name": path.name, "format": fmt, "text": path.read_text()}
+
+
 @dataclass(frozen=True)
 class ClientQuery:
     hostname: str | None
     mac: str | None
     image: str | None
     layout: str | None = None  # si.disks-layout asked by the client
+    network_config: str | None = None  # si.network-config asked by the client
+    script: str | None = None  # si.script-name: an extra class of scripts
 
 
 @dataclass(frozen=True)
@@ -90,24 +106,31 @@ def resolve(state: StateRoot, q: ClientQuery, policy: ServerPolicy,
     layout: dict[str, Any] | None = None
     if q.layout:
         p = layout_dir / Path(q.layout).name
-        found = p if p.is_file() else find_file(layout_dir, [q.layout], (".xml",))
+        found = p if p.is_file() else find_file(layout_dir, [q.layout], LAYOUT_SUFFIXES)
         if not found:
             raise ConfigError(f"disks layout {q.layout!r} not found in {layout_dir}")
-        layout = {"name": found.name, "format": "systemimager-xml", "text": found.read_text()}
+        layout = layout_file(found)
     else:
         names = [n for n in candidates(q.hostname, (), image) if n != "default"]
-        found = find_file(layout_dir, names, (".xml",))
+        found = find_file(layout_dir, names, LAYOUT_SUFFIXES)
         captured = store.versions.version_dir(image, version) / "layout.xml" \
             if version is not None else None
         if found is None and captured is not None and captured.is_file():
             layout = {"name": f"{image}@{version}/layout.xml", "format": "systemimager-xml",
                       "text": captured.read_text()}
         else:
-            found = found or find_file(layout_dir, ["default"], (".xml",))
+            found = found or find_file(layout_dir, ["default"], LAYOUT_SUFFIXES)
             if found:
-                layout = {"name": found.name, "format": "systemimager-xml",
-                          "text": found.read_text()}
+                layout = layout_file(found)
     usage = info.usage
+    # Pre/post-install scripts and the network configuration, chosen by the
+    # same names (imageserver.clientfiles); groups come with cluster.xml.
+    from imageserver import clientfiles
+
+    groups: tuple[str, ...] = ()
+    scripts = clientfiles.scripts_for(state.scripts, q.hostname, groups, image, q.script)
+    network = clientfiles.network_config_for(state.scripts, q.hostname, groups, image,
+                                             q.network_config, store.tree(ref))
     return {
         "version": API_VERSION,
         "hostname": q.hostname,
@@ -121,5 +144,7 @@ def resolve(state: StateRoot, q: ClientQuery, policy: ServerPolicy,
         },
         "layout": layout,
         "overrides": [],
+        "scripts": scripts,
+        "network_config": network,
         "params": {"si.post-action": policy.post_action} if policy.post_action else {},
     }

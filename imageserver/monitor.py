@@ -2,12 +2,16 @@
 
 Each client's events are appended to ROOT/log/<client>.jsonl (the install's
 permanent record) and handed to subscribers, such as the console printer of
-`sysclone serve` and `sysclone demo`.
+`sysclone serve` and `sysclone demo`.  The machine inventory a client's
+`hello` carries (agent.inventory) is also kept on its own, the last one per
+client, in ROOT/log/<client>.inventory.json: `sysclone clients show NAME`
+and `sysclone bootenv check --client NAME` read it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 import time
@@ -35,6 +39,7 @@ class ClientState:
     percent: int | None = None
     updated: float = 0.0
     error: str | None = None
+    inventory_at: float | None = None  # when the last inventory arrived
 
 
 @dataclass
@@ -62,14 +67,43 @@ class Monitor:
             if ev.get("kind") == "failed":
                 st.error = ev.get("message")
             self.log_dir.mkdir(parents=True, exist_ok=True)
+            if isinstance(ev.get("inventory"), dict):
+                st.inventory_at = ev["received"]
+                self._keep_inventory(cid, ev)
             with (self.log_dir / f"{cid}.jsonl").open("a") as f:
                 f.write(json.dumps(ev, sort_keys=True) + "\n")
         for fn in list(self._subs):
             fn(ev)
 
+    def _keep_inventory(self, cid: str, ev: Event) -> None:
+        inv = {**ev["inventory"], "received": ev["received"],
+               "install_nic": ev["inventory"].get("install_nic") or ev.get("mac")}
+        path = inventory_path(self.log_dir, cid)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(inv, indent=1, sort_keys=True) + "\n")
+        tmp.replace(path)
+
+    def inventory(self, client: str) -> dict[str, Any] | None:
+        return read_inventory(self.log_dir, client)
+
     def snapshot(self) -> list[dict[str, Any]]:
         with self._lock:
             return [vars(s).copy() for s in self.clients.values()]
+
+
+def inventory_path(log_dir: Path, client: str) -> Path:
+    return log_dir / f"{_SAFE.sub('_', client)[:64]}.inventory.json"
+
+
+def read_inventory(log_dir: Path, client: str) -> dict[str, Any] | None:
+    """A client's last inventory, or None."""
+    if not client:
+        return None
+    try:
+        data = json.loads(inventory_path(log_dir, client).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def format_event(ev: Event) -> str | None:

@@ -46,8 +46,31 @@ def free_port(address: str = "127.0.0.1") -> int:
 
 
 @contextmanager
+def _serve_lock(state: StateRoot) -> Iterator[None]:
+    """One server per state root: two would rewrite each other's rsyncd.conf
+    (their ports differ) every second."""
+    import fcntl
+
+    state.run.mkdir(parents=True, exist_ok=True)
+    with (state.run / "serve.lock").open("w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SyscloneError(f"another `sysclone serve` already serves {state.root}",
+                                hint="stop it, or use another --root") from None
+        yield
+
+
+@contextmanager
 def serving(state: StateRoot, cfg: ServeConfig, monitor: Monitor | None = None
             ) -> Iterator[Running]:
+    with _serve_lock(state), _serving(state, cfg, monitor) as running:
+        yield running
+
+
+@contextmanager
+def _serving(state: StateRoot, cfg: ServeConfig, monitor: Monitor | None
+             ) -> Iterator[Running]:
     monitor = monitor or Monitor(state.logs)
     policy = ServerPolicy(rsync_port=cfg.rsync_port, default_image=cfg.default_image,
                           post_action=cfg.post_action)

@@ -1,7 +1,9 @@
-"""Standard kernel flavors fetched from Debian's archive.
+"""Kernels for boot environments.
 
-`fetch_standard` (kernels.standard) resolves a flavor such as cloud-amd64 on
-the host's Debian mirror (kernels.aptsources), downloads and verifies the
-image package (kernels.archive) and unpacks it as a KernelTree
-(kernels.tree): vmlinuz plus lib/modules/<version> with depmod's indexes.
+A kernel tree (kernels.tree) is made (kernels.assemble) from any system
+tree holding a kernel: Debian's packages fetched through apt with a private
+configuration (kernels.apt, kernels.standard; the mirror from the host's
+apt: kernels.aptsources), an image in the store or the running host
+(kernels.fromtree).  kernels.moduledb reads its module indexes: modalias
+lookup, dependencies, soft dependencies, built-in modules, firmware.
 """

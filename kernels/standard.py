@@ -1,43 +1,47 @@
-"""Fetching a standard Debian kernel flavor (cloud-amd64, amd64, rt-amd64...).
+"""Debian's kernels: a standard flavor (amd64, cloud-amd64, rt-amd64...) or
+one image package, with Debian's firmware for the drivers that need it.
 
-`linux-image-<flavor>` is resolved on the host's Debian mirror to the image
-package it currently stands for; that .deb is downloaded (verified, cached by
-sha256), unpacked with dpkg-deb, trimmed to what a boot environment needs and
-indexed with depmod, then renamed into state.kernels/<flavor>-<kver> in one
-step, so a tree that exists is always complete.
+`linux-image-<flavor>` is resolved (through apt: kernels.apt) to the image
+package it currently stands for; that .deb and the firmware packages are
+downloaded (verified by apt, cached by sha256), unpacked with dpkg-deb and
+assembled into a kernel tree (kernels.assemble) that carries the firmware
+its modules declare.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from kernels import aptsources
-from kernels.archive import ArchiveError, DebianArchive, Package, resolve_metapackage
-from kernels.fetch import Fetch, Progress, http_fetch
-from kernels.tree import KernelPackage, KernelSource, KernelTree, list_kernels, load
+from kernels.apt import Archive, ArchiveError, Package, check_name, file_sha256
+from kernels.assemble import assemble, kernel_versions
+from kernels.tree import KernelPackage, KernelSource, KernelTree, list_kernels
 from sysclone.errors import ConfigError
 from sysclone.paths import StateRoot
 from sysclone.run import run
 
 log = logging.getLogger(__name__)
 
-_FLAVOR_RE = re.compile(r"^[a-z0-9][a-z0-9.+-]*$")
-_ARCH_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
-# Where debian-archive-keyring puts the archive keys (.pgp since trixie);
-# used only when the mirror is given explicitly and apt's sources say nothing.
-DEBIAN_KEYRINGS = (
-    Path("/usr/share/keyrings/debian-archive-keyring.pgp"),
-    Path("/usr/share/keyrings/debian-archive-keyring.gpg"),
-)
-# depmod's outputs that prove the tree is indexed.
-_DEPMOD_FILES = ("modules.dep", "modules.alias")
+Progress = Callable[[int, int], None]
+"""Called as progress(done_bytes, total_bytes)."""
+
+DEFAULT_FLAVOR = "amd64"
+
+# Debian's firmware packages (non-free-firmware) that hold what the standard
+# flavor's NIC and storage drivers declare: bnx2 and bnx2x (Broadcom
+# NetXtreme II), misc-nonfree (tg3's tigon, ice's DDP package, e100,
+# cxgb4...), qlogic (qed/qede), realtek (r8169's rtl_nic), netxen (qlcnic's
+# phanfw).  Only the files the chosen modules declare go into a boot
+# environment; netronome (nfp, tens of MB) is left out: the manifest lists
+# what its nfp module lacks.
+FIRMWARE_PACKAGES = ("firmware-bnx2", "firmware-bnx2x", "firmware-misc-nonfree",
+                     "firmware-qlogic", "firmware-realtek", "firmware-netxen")
 
 
 @dataclass(frozen=True)
@@ -45,203 +49,150 @@ class ResolvedKernel:
     """What `linux-image-<flavor>` stands for on a mirror right now."""
 
     flavor: str
-    arch: str
     metapackage: str
     package: Package
-    mirror: str
-    suite: str
-    codename: str
+    archive: Archive
 
 
-def _archive(
-    state: StateRoot, suite: str | None, mirror: str | None, arch: str,
-    apt_root: Path, fetch: Fetch,
-) -> DebianArchive:
+def debian_archive(state: StateRoot, suite: str | None = None, mirror: str | None = None,
+                   arch: str = "amd64") -> Archive:
+    """The host's Debian archive (its apt sources) unless mirror and suite
+    are given."""
+    if not (mirror and suite):
+        found = aptsources.find_debian_mirror(arch=arch)
+        mirror, suite = mirror or found.uri, suite or found.suite
+    return Archive(mirror, suite, arch, state.cache_dir)
+
+
+def image_package(archive: Archive, name: str) -> Package:
+    """Follow a metapackage's Depends to the linux-image-* it stands for
+    (linux-image-amd64 -> linux-image-6.1.0-50-amd64); an image package
+    depends on no other linux-image-*, which is how we know we arrived."""
+    package = archive.show(name)
+    seen = {name}
+    while True:
+        step = None
+        for group in package.depends_on():
+            wanted = [n for n in group if n.startswith("linux-image-") and n not in seen]
+            if wanted:
+                step = wanted[0]
+                break
+        if step is None:
+            return package
+        log.debug("%s -> %s", package, step)
+        seen.add(step)
+        package = archive.show(step)
+
+
+def resolve_flavor(archive: Archive, flavor: str) -> ResolvedKernel:
+    check_name(flavor, "flavor")
+    meta = f"linux-image-{flavor}"
     try:
-        found: aptsources.DebianMirror | None = aptsources.find_debian_mirror(apt_root, arch=arch)
-    except ConfigError:
-        if not (mirror and suite):
-            raise
-        found = None  # both given: the host's sources are only a keyring hint
-    if found is not None and (mirror is None or mirror.rstrip("/") == found.uri):
-        keyrings, inline, fingerprints = found.keyrings, found.inline_keys, found.fingerprints
-    else:
-        # Another mirror than the host's: it serves Debian, so Debian's keys.
-        keyrings = tuple(p for p in DEBIAN_KEYRINGS if p.is_file())[:1] or DEBIAN_KEYRINGS[-1:]
-        inline, fingerprints = (), ()
-    uri = mirror or (found.uri if found else "")
-    release = suite or (found.suite if found else "")
-    log.debug("Debian archive: %s %s (keyrings %s)", uri, release,
-              ", ".join(map(str, keyrings)))
-    return DebianArchive(uri, release, keyrings=keyrings, inline_keys=inline,
-                         fingerprints=fingerprints, cache_dir=state.cache_dir, fetch=fetch)
+        package = image_package(archive, meta)
+    except ArchiveError as e:
+        raise ArchiveError(e.message, hint="check the flavor name (e.g. amd64, cloud-amd64, "
+                                           "rt-amd64)") from None
+    log.info("%s is %s", meta, package)
+    return ResolvedKernel(flavor, meta, package, archive)
 
 
-def _check_names(flavor: str, arch: str) -> None:
-    if not _FLAVOR_RE.match(flavor):
-        raise ConfigError(f"flavor {flavor!r}: expected a Debian kernel flavor such as "
-                          "cloud-amd64, amd64 or arm64")
-    if not _ARCH_RE.match(arch):
-        raise ConfigError(f"arch {arch!r}: expected a Debian architecture such as amd64")
-
-
-def resolve_standard(
-    state: StateRoot,
-    flavor: str = "cloud-amd64",
-    suite: str | None = None,
-    mirror: str | None = None,
-    arch: str = "amd64",
-    *,
-    apt_root: Path = aptsources.DEFAULT_APT_ROOT,
-    fetch: Fetch = http_fetch,
-) -> ResolvedKernel:
-    """Find the image package `linux-image-<flavor>` currently points to,
-    without downloading it.  Mirror and suite default to the host's Debian
-    archive in its apt sources."""
-    _check_names(flavor, arch)
-    archive = _archive(state, suite, mirror, arch, apt_root, fetch)
-    return _resolve(archive, flavor, arch)
-
-
-def _resolve(archive: DebianArchive, flavor: str, arch: str) -> ResolvedKernel:
-    metapackage = f"linux-image-{flavor}"
-    package = resolve_metapackage(archive.packages("main", arch), metapackage)
-    release = archive.release()
-    log.info("%s is %s", metapackage, package)
-    return ResolvedKernel(flavor, arch, metapackage, package, archive.mirror,
-                          archive.suite, release.codename)
-
-
-def _existing(state: StateRoot, flavor: str, sha256: str) -> KernelTree | None:
+def _existing(state: StateRoot, sha256: str, firmware: tuple[str, ...]) -> KernelTree | None:
+    """A tree of the same package with the same firmware packages."""
     for tree in list_kernels(state.kernels):
-        if tree.flavor == flavor and tree.package.sha256 == sha256 and _complete(tree.path,
-                                                                                 tree.kver):
+        if tree.package and tree.package.sha256 == sha256 and tree.origin == "debian" \
+                and tuple(p.split()[0] for p in tree.firmware_packages) == firmware \
+                and (tree.modules_dir / "modules.dep").is_file():
             return tree
     return None
 
 
-def _complete(path: Path, kver: str) -> bool:
-    modules = path / "lib" / "modules" / kver
-    return (path / "vmlinuz").is_file() and all((modules / f).is_file() for f in _DEPMOD_FILES)
+def _unpack(deb: Path, dest: Path) -> None:
+    run(["dpkg-deb", "-x", deb, dest])
 
 
-def _kernel_version(unpacked: Path, package: Package) -> str:
-    """The one kernel version the package ships modules and a vmlinuz for.
-    Debian moved modules from /lib/modules to /usr/lib/modules (trixie and
-    later); both are looked at."""
-    versions = {
-        d.name
-        for base in ("lib/modules", "usr/lib/modules")
-        if (unpacked / base).is_dir()
-        for d in (unpacked / base).iterdir()
-        if d.is_dir() and (unpacked / "boot" / f"vmlinuz-{d.name}").is_file()
-    }
-    if len(versions) != 1:
-        found = ", ".join(sorted(versions)) or "none"
-        raise ArchiveError(f"{package}: expected one kernel (boot/vmlinuz-<version> with "
-                           f"lib/modules/<version>), found {found}",
-                           hint="is this a kernel image package rather than a metapackage?")
-    return versions.pop()
-
-
-def _placeholder(path: Path) -> bool:
-    # Debian's images ship a one-line System.map pointing at the -dbg
-    # package; a consumer finding it would take it for the real symbol map.
-    with path.open("rb") as f:
-        return b"The real System.map is in" in f.read(256)
-
-
-def _assemble(unpacked: Path, tree: Path, kver: str) -> None:
-    """Move the parts a boot environment needs from the unpacked package
-    into the tree; the rest (docs, lintian overrides, hooks) is dropped."""
-    boot = unpacked / "boot"
-    (boot / f"vmlinuz-{kver}").rename(tree / "vmlinuz")
-    for name, target in ((f"config-{kver}", "config"), (f"System.map-{kver}", "System.map")):
-        if (boot / name).is_file() and not _placeholder(boot / name):
-            (boot / name).rename(tree / target)
-    modules = next(p for p in (unpacked / "lib" / "modules" / kver,
-                               unpacked / "usr" / "lib" / "modules" / kver) if p.is_dir())
-    (tree / "lib" / "modules").mkdir(parents=True)
-    modules.rename(tree / "lib" / "modules" / kver)
-
-
-def _install(tmp: Path, final: Path, sha256: str) -> Path:
-    """Rename the finished tree into place.  A tree already there for the
-    same package (a concurrent fetch won) is kept; one for another build of
-    the same kernel version is replaced."""
-    old = None
-    if final.exists():
-        try:
-            there = load(final)
-            if there.package.sha256 == sha256 and _complete(final, there.kver):
-                log.info("%s appeared meanwhile; keeping it", final)
-                return final
-        except ConfigError:
-            pass
-        old = final.with_name(f".old-{final.name}-{os.getpid()}")
-        final.rename(old)
-        log.info("replacing %s (another build of the same kernel version)", final)
-    tmp.rename(final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def fetch_standard(
-    state: StateRoot,
-    flavor: str = "cloud-amd64",
-    suite: str | None = None,
-    mirror: str | None = None,
-    arch: str = "amd64",
-    progress: Progress | None = None,
-    *,
-    apt_root: Path = aptsources.DEFAULT_APT_ROOT,
-    fetch: Fetch = http_fetch,
-) -> KernelTree:
-    """Fetch Debian's `linux-image-<flavor>` into state.kernels and return it.
-
-    Mirror and suite default to the host's Debian archive from its apt
-    sources (under `apt_root`).  If the package it resolves to (by sha256) is
-    already unpacked, that tree is returned without downloading anything.
-    `progress(done_bytes, total_bytes)` follows the .deb download.
-    """
-    _check_names(flavor, arch)
+def add_debian(state: StateRoot, archive: Archive, package: Package, *, name: str | None,
+               flavor: str = "", metapackage: str = "", firmware: bool = True,
+               progress: Progress | None = None, replace: bool = False,
+               deb: Path | None = None) -> KernelTree:
+    """A Debian kernel image package (with Debian's firmware) as a tree;
+    `deb` is its file when it did not come from the archive."""
     started = time.monotonic()
-    archive = _archive(state, suite, mirror, arch, apt_root, fetch)
-    resolved = _resolve(archive, flavor, arch)
-    package = resolved.package
-    existing = _existing(state, flavor, package.sha256)
-    if existing is not None:
-        log.info("%s is already unpacked in %s", package, existing.path)
-        return existing
-
-    deb = archive.download(package, progress)
+    if name is None:
+        existing = _existing(state, package.sha256, FIRMWARE_PACKAGES if firmware else ())
+        if existing is not None:
+            log.info("%s is already unpacked in %s", package, existing.path)
+            return existing
+    if progress:
+        progress(0, package.size)
+    file = deb or archive.download(package)
+    if progress:
+        progress(package.size, package.size)
+    fw = [archive.show(p) for p in FIRMWARE_PACKAGES] if firmware else []
+    fw_debs = [archive.download(p) for p in fw]
+    fw_names = [f"{p.name} {p.version}" for p in fw]
     state.kernels.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=state.kernels, prefix=f".fetch-{flavor}-"))
+    scratch = Path(tempfile.mkdtemp(dir=state.kernels, prefix=".unpack-"))
     try:
-        os.chmod(tmp, 0o755)  # mkdtemp's 0700 would stick to the final tree
-        unpacked = tmp / ".deb"
-        run(["dpkg-deb", "-x", deb, unpacked])
-        kver = _kernel_version(unpacked, package)
-        _assemble(unpacked, tmp, kver)
-        shutil.rmtree(unpacked)
-        run(["depmod", "-b", tmp, kver])
-        missing = [f for f in _DEPMOD_FILES if not (tmp / "lib/modules" / kver / f).is_file()]
-        if missing:
-            raise ArchiveError(f"depmod did not write {', '.join(missing)} for {kver} "
-                               f"under {tmp}/lib/modules",
-                               hint="the host's depmod may expect /usr/lib/modules")
-        KernelTree(
-            path=tmp,
-            flavor=flavor,
-            kver=kver,
-            arch=arch,
+        _unpack(file, scratch / "kernel")
+        kvers = kernel_versions(scratch / "kernel")
+        if len(kvers) != 1:
+            raise ArchiveError(f"{package}: expected one kernel (boot/vmlinuz-<version> with "
+                               f"lib/modules/<version>), found {', '.join(kvers) or 'none'}",
+                               hint="is this a kernel image package rather than a "
+                                    "metapackage?")
+        for d in fw_debs:
+            _unpack(d, scratch / "firmware")
+        meta = KernelTree(
+            path=scratch, kver=kvers[0], arch=archive.arch,
+            origin="deb" if deb else "debian", flavor=flavor,
             package=KernelPackage(package.name, package.version, package.sha256,
-                                  package.filename, resolved.metapackage),
-            source=KernelSource(resolved.mirror, resolved.suite, resolved.codename),
-        ).write()
-        final = _install(tmp, state.kernels / f"{flavor}-{kver}", package.sha256)
+                                  package.filename, metapackage),
+            source=KernelSource(archive.mirror, archive.suite, archive.codename()),
+            firmware_packages=tuple(fw_names))
+        roots = [(scratch / "firmware", "lib/firmware"), (scratch / "firmware", "usr/lib/firmware")]
+        tree = assemble(state.kernels, name or f"{flavor or 'debian'}-{kvers[0]}",
+                        scratch / "kernel", kvers[0], meta, firmware=roots, move=True,
+                        replace_existing=replace or name is None)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    log.info("%s unpacked in %s (%.1fs)", package, final, time.monotonic() - started)
-    return load(final)
+        shutil.rmtree(scratch, ignore_errors=True)
+    log.info("%s in %s (%.1fs)", package, tree.path, time.monotonic() - started)
+    return tree
+
+
+def fetch_standard(state: StateRoot, flavor: str = DEFAULT_FLAVOR, suite: str | None = None,
+                   mirror: str | None = None, arch: str = "amd64",
+                   progress: Progress | None = None, *, name: str | None = None,
+                   firmware: bool = True, replace: bool = False) -> KernelTree:
+    """Debian's `linux-image-<flavor>` as a kernel tree.  Without a name,
+    one already unpacked from the same package (by sha256) is returned as
+    it is; the tree is named <flavor>-<kver>."""
+    archive = debian_archive(state, suite, mirror, arch)
+    resolved = resolve_flavor(archive, flavor)
+    return add_debian(state, archive, resolved.package, name=name, flavor=flavor,
+                      metapackage=resolved.metapackage, firmware=firmware,
+                      progress=progress, replace=replace)
+
+
+def add_package(state: StateRoot, package: str, name: str, *, suite: str | None = None,
+                mirror: str | None = None, arch: str = "amd64", firmware: bool = True,
+                replace: bool = False) -> KernelTree:
+    """A kernel image package: a .deb file, or a package name for apt."""
+    archive = debian_archive(state, suite, mirror, arch)
+    deb = Path(package)
+    if package.endswith(".deb"):
+        if not deb.is_file():
+            raise ConfigError(f"--package {package}: no such file")
+        return add_debian(state, archive, _deb_info(deb), name=name, firmware=firmware,
+                          replace=replace, deb=deb)
+    return add_debian(state, archive, image_package(archive, package), name=name,
+                      firmware=firmware, replace=replace)
+
+
+def _deb_info(deb: Path) -> Package:
+    fields = run(["dpkg-deb", "--showformat", "${Package}\\n${Version}\\n${Architecture}\\n",
+                  "--show", deb]).stdout.splitlines()
+    if len(fields) < 3 or not fields[0].startswith("linux-image-"):
+        raise ConfigError(f"{deb}: not a kernel image package (linux-image-*)")
+    return Package(fields[0], fields[1], fields[2], deb.name, file_sha256(deb),
+                   deb.stat().st_size)
+

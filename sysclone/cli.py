@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from sysclone import checks, imagecli
+from sysclone import checks, imagecli, layoutcli, mediacli, updatecli
 from sysclone.errors import ConfigError, SyscloneError
 from sysclone.paths import StateRoot
 from sysclone.ui import Ui, print_table
@@ -26,7 +26,7 @@ Handler = Callable[[argparse.Namespace, StateRoot, Ui], int]
 # ----------------------------------------------------------------- images ---
 
 def cmd_image_bootstrap(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
-    from imageserver.bootstrap import DEFAULT_PACKAGES, BootstrapSpec, bootstrap_image
+    from imageserver.bootstrap import BootstrapSpec, bootstrap_image, package_set
     from imageserver.store import check_name
     from kernels.aptsources import find_debian_mirror
 
@@ -43,7 +43,7 @@ def cmd_image_bootstrap(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
         m = find_debian_mirror()
         mirror = m.uri
         ui.info(f"mirror {mirror} (from {m.where})")
-    packages = tuple(dict.fromkeys([*DEFAULT_PACKAGES, *a.include]))
+    packages = package_set(a.include)
     spec = BootstrapSpec(mirror=mirror, suite=suite, arch=a.arch, packages=packages,
                          serial_console=not a.no_serial_console)
     with ui.step(f"bootstrap image {a.name} ({suite}, {len(packages)} packages)") as update:
@@ -94,24 +94,72 @@ def cmd_kernel_fetch(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
     from kernels.standard import fetch_standard
 
     checks.debian_name(a.flavor, "--flavor", "kernel flavor")
+    _check_archive_options(a)
+    with ui.progress(f"linux-image-{a.flavor}", None) as update:
+        tree = fetch_standard(state, flavor=a.flavor, suite=a.suite, mirror=a.mirror,
+                              arch=a.arch, progress=update, firmware=not a.no_firmware)
+    _say_kernel(ui, tree)
+    return 0
+
+
+def _check_archive_options(a: argparse.Namespace) -> None:
     checks.debian_name(a.arch, "--arch", "Debian architecture")
     if a.suite:
         checks.debian_name(a.suite, "--suite", "Debian suite")
     if a.mirror:
         checks.mirror_url(a.mirror)
-    with ui.progress(f"linux-image-{a.flavor}", None) as update:
-        tree = fetch_standard(state, flavor=a.flavor, suite=a.suite, mirror=a.mirror,
-                              arch=a.arch, progress=update)
-    ui.info(f"kernel {tree.kver} ({tree.package.name} {tree.package.version}) in {tree.path}")
+
+
+def _say_kernel(ui: Ui, tree: object) -> None:
+    from kernels.tree import KernelTree
+
+    assert isinstance(tree, KernelTree)
+    ui.info(f"kernel {tree.name}: {tree.kver} ({tree.describe_source()}), {tree.modules} "
+            f"modules, {tree.firmware} firmware files, in {tree.path}")
+
+
+def cmd_kernel_add(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
+    from imageserver.names import NAME_HINT, is_name
+    from kernels import fromtree, standard
+
+    if not is_name(a.name):
+        raise ConfigError(f"kernel name {a.name!r} is not valid", hint=NAME_HINT)
+    sources = [x for x in (a.from_image, a.from_host or None, a.package, a.flavor) if x]
+    if len(sources) != 1:
+        raise ConfigError("kernel add: give exactly one of --from-image, --from-host, "
+                          "--package, --flavor")
+    if a.version and not (a.from_image or a.from_host):
+        raise ConfigError("--version goes with --from-image or --from-host")
+    _check_archive_options(a)
+    with ui.step(f"kernel {a.name}") as update:
+        if a.from_image:
+            update(f"from image {a.from_image}")
+            tree = fromtree.add_from_image(state, a.from_image, a.name, a.version, a.replace)
+        elif a.from_host:
+            update("from this host")
+            tree = fromtree.add_from_host(state, a.name, a.version, a.replace)
+        elif a.package:
+            update(f"from {a.package}")
+            tree = standard.add_package(state, a.package, a.name, suite=a.suite,
+                                        mirror=a.mirror, arch=a.arch,
+                                        firmware=not a.no_firmware, replace=a.replace)
+        else:
+            checks.debian_name(a.flavor, "--flavor", "kernel flavor")
+            update(f"linux-image-{a.flavor}")
+            tree = standard.fetch_standard(state, flavor=a.flavor, suite=a.suite,
+                                           mirror=a.mirror, arch=a.arch, name=a.name,
+                                           firmware=not a.no_firmware, replace=a.replace)
+    _say_kernel(ui, tree)
     return 0
 
 
 def cmd_kernel_list(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
     from kernels.tree import list_kernels
 
-    rows = [{"flavor": k.flavor, "version": k.kver, "package": k.package.version,
-             "path": k.path} for k in list_kernels(state.kernels)]
-    print_table(rows, ["flavor", "version", "package", "path"])
+    rows = [{"name": k.name, "version": k.kver, "source": k.describe_source(),
+             "modules": k.modules or "?", "firmware": k.firmware} for k in list_kernels(
+                 state.kernels)]
+    print_table(rows, ["name", "version", "source", "modules", "firmware"])
     return 0
 
 
@@ -126,17 +174,62 @@ def cmd_bootenv_build(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
         _check_local_cfg(Path(a.local_cfg), ui)
     result = build_bootenv(state, ui, output=output,
                            kernel=a.kernel, flavor=a.flavor,
-                           module_groups=_split(a.modules), extra_modules=_split(a.add_modules),
+                           modules_arg=a.modules, add_modules=_split(a.add_modules) or (),
+                           modules_from=Path(a.modules_from) if a.modules_from else None,
                            tool_groups=_split(a.tools), compression=a.compression,
                            local_cfg=Path(a.local_cfg) if a.local_cfg else None,
                            use_cache=not a.no_cache, packing=a.packing)
     d = result.data
-    ui.info(f"kernel     {result.kernel} ({d['kernel']['version']})")
+    ui.info(f"kernel     {result.kernel} ({d['kernel']['version']}, {d['kernel']['name']})")
     ui.info(f"initrd.img {result.initrd} ({d['initrd']['size'] / 2**20:.1f} MiB "
             f"{d['initrd']['compression']}, {d['initrd']['uncompressed_size'] / 2**20:.1f} MiB "
             "unpacked)")
+    fw = d["firmware"]
+    ui.info(f"drivers    {d['modules']['count']} modules ({d['modules']['how']}), "
+            f"{fw['count']} firmware files"
+            + (f"; declared but not in the kernel tree: {len(fw['missing'])}"
+               if fw["missing"] else ""))
     ui.info(f"manifest   {result.manifest}")
     return 0
+
+
+def cmd_bootenv_check(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
+    from bootenv import check
+    from imageserver.monitor import read_inventory
+
+    bootenv = Path(a.bootenv)
+    carried = check.Carried.from_manifest(check.load_manifest(bootenv),
+                                          str(bootenv / "manifest.json"))
+    if bool(a.inventory) == bool(a.client):
+        raise ConfigError("bootenv check: give --inventory FILE or --client NAME")
+    if a.client:
+        inv = read_inventory(state.logs, a.client)
+        if inv is None:
+            raise ConfigError(f"no inventory from client {a.client!r}",
+                              hint="clients send theirs when they boot; see sysclone clients")
+        devices, notes = check.from_inventory(inv, f"client {a.client}")
+    else:
+        try:
+            text = Path(a.inventory).read_text(errors="replace")
+        except OSError as e:
+            raise ConfigError(f"--inventory {a.inventory}: {e.strerror}") from None
+        devices, notes = check.parse_machine(text, a.inventory)
+    full, where = check.full_kernel_aliases(carried, state.kernels, a.kernel)
+    if full is None:
+        notes.append(where)
+    result = check.check(devices, carried, full)
+    for row in result.rows:
+        print(row.describe())
+    for n in notes:
+        print(f"note: {n}")
+    if not result.rows:
+        print("note: no storage controller or NIC in the inventory")
+    if result.ok:
+        print(f"ok: {bootenv} drives every disk controller and the install NIC")
+        return 0
+    for p in result.problems:
+        print(f"FAIL: {p}")
+    return 1
 
 
 def _check_local_cfg(path: Path, ui: Ui) -> None:
@@ -208,32 +301,6 @@ def _image_names(state: StateRoot) -> list[str]:
     return ImageStore(state).names()
 
 
-# -------------------------------------------------------------------- pxe ---
-
-def cmd_pxe_build(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
-    from mkmedia.pxe import PxeSpec, write_tree
-
-    bootenv = checks.bootenv_dir(a.bootenv, state)
-    out = checks.output_dir(a.output, "--output", state) if a.output else state.pxe
-    if out.resolve() == bootenv.resolve():
-        raise ConfigError(f"the PXE tree {out} is the boot environment itself",
-                          hint="write it to another directory with --output")
-    append = " ".join(a.append)
-    _check_append(append, ui)
-    tree = write_tree(out, PxeSpec(bootenv / "kernel", bootenv / "initrd.img", append))
-    ui.info(f"PXE tree in {tree} (serve it over TFTP; boot file pxelinux.0)")
-    return 0
-
-
-def _check_append(append: str, ui: Ui) -> None:
-    """The install parameters are read now, as the agent will read them: a
-    typo (si.hostnme=) or a bad value is found before any client boots."""
-    from agent.params import parse_cmdline
-
-    for w in parse_cmdline(append, name="the APPEND line").warnings:
-        ui.info(f"warning: {w}")
-
-
 # ------------------------------------------------------------------- demo ---
 
 def cmd_demo(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
@@ -260,6 +327,13 @@ def cmd_params(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
 
 def cmd_clients(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
     """Last known state of every client from the monitor's logs."""
+    if a.show:
+        if len(a.show) == 2 and a.show[0] == "reinstall":
+            return mediacli.reinstall_client(a.show[1], state, ui)
+        if len(a.show) != 2 or a.show[0] != "show":
+            raise ConfigError(f"clients: expected `clients`, `clients show NAME` or `clients "
+                              f"reinstall NAME`, got {' '.join(a.show)!r}")
+        return cmd_clients_show(a.show[1], a.json, state)
     rows = []
     for f in sorted(state.logs.glob("*.jsonl")) if state.logs.is_dir() else []:
         last = {}
@@ -271,6 +345,22 @@ def cmd_clients(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
         rows.append({"client": f.stem, "last": last.get("kind", ""), "phase": phase,
                      "message": str(last.get("message", ""))[:60]})
     print_table(rows, ["client", "last", "phase", "message"])
+    return 0
+
+
+def cmd_clients_show(name: str, as_json: bool, state: StateRoot) -> int:
+    from imageserver.monitor import read_inventory
+    from sysclone.inventorycli import render
+
+    inv = read_inventory(state.logs, name)
+    if inv is None:
+        known = sorted(p.name.removesuffix(".inventory.json")
+                       for p in state.logs.glob("*.inventory.json")) \
+            if state.logs.is_dir() else []
+        raise ConfigError(f"no inventory from client {name!r}",
+                          hint="clients with one: " + (", ".join(known) or "none yet"))
+    print(json.dumps(inv, indent=1, sort_keys=True) + "\n" if as_json else render(name, inv),
+          end="")
     return 0
 
 
@@ -304,7 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mirror", help="Debian mirror URL (default: from the apt sources)")
     p.add_argument("--arch", default="amd64")
     p.add_argument("--include", action="append", default=[], metavar="PKG",
-                   help="extra package (repeatable)")
+                   help="extra package (repeatable); dracut replaces initramfs-tools, and "
+                        "systemd-networkd (part of systemd) enables networkd in place of "
+                        "ifupdown")
     p.add_argument("--no-serial-console", action="store_true",
                    help="do not put the console on ttyS0 too")
     p.add_argument("--force", action="store_true",
@@ -320,35 +412,67 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", metavar="NAME[@N]")
     imagecli.add_image_actions(isub, add)
     imagecli.add_client_commands(sub, add)
+    layoutcli.add_layout_commands(sub, add)
 
-    k = sub.add_parser("kernel", help="kernel flavors for boot environments",
-                       description="Fetch and list kernels for boot environments.")
+    k = sub.add_parser("kernel", help="kernels for boot environments",
+                       description="Add and list kernels for boot environments: Debian's, "
+                                   "an image's own (UYOK) or this host's, with their "
+                                   "modules and firmware.")
     ksub = k.add_subparsers(dest="kernel_command", metavar="ACTION", required=True)
+
+    def archive_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--suite", help="Debian suite (default: the machine's)")
+        p.add_argument("--mirror", help="Debian mirror URL (default: from the apt sources)")
+        p.add_argument("--arch", default="amd64")
+        p.add_argument("--no-firmware", action="store_true",
+                       help="without Debian's firmware packages")
+
+    p = add(ksub, "add", cmd_kernel_add,
+            "add a kernel with its modules and the firmware they declare: from an image "
+            "(its newest /boot/vmlinuz-* by Debian version order), this host, a Debian "
+            "kernel package, or a standard Debian flavor")
+    p.add_argument("name", help="the kernel's name (bootenv build --kernel NAME)")
+    p.add_argument("--from-image", metavar="IMAGE[@N]", help="an image's own kernel (UYOK)")
+    p.add_argument("--from-host", action="store_true", help="the running kernel of this host")
+    p.add_argument("--package", metavar="DEB|PACKAGE",
+                   help="a linux-image .deb file, or a package name apt resolves")
+    p.add_argument("--flavor", help="linux-image-<flavor> from Debian: amd64, cloud-amd64...")
+    p.add_argument("--version", help="with --from-image/--from-host: this kernel version "
+                                     "(uname -r) rather than the newest")
+    p.add_argument("--replace", action="store_true", help="replace a kernel of that name")
+    archive_options(p)
     p = add(ksub, "fetch", cmd_kernel_fetch,
-            "download a standard kernel flavor from Debian (verified) and unpack it "
-            "with its modules")
-    p.add_argument("--flavor", default="cloud-amd64",
-                   help="linux-image-<flavor> (default: cloud-amd64)")
-    p.add_argument("--suite", help="Debian suite (default: the machine's)")
-    p.add_argument("--mirror", help="Debian mirror URL (default: from the apt sources)")
-    p.add_argument("--arch", default="amd64")
-    add(ksub, "list", cmd_kernel_list, "list fetched kernels")
+            "download a standard kernel flavor from Debian (verified by apt) with Debian's "
+            "firmware, as <flavor>-<version>")
+    p.add_argument("--flavor", default="amd64",
+                   help="linux-image-<flavor> (default: amd64, the generic kernel)")
+    archive_options(p)
+    add(ksub, "list", cmd_kernel_list,
+        "list kernels: name, version, source, module and firmware counts")
 
     b = sub.add_parser("bootenv", help="boot environments (kernel + initramfs + agent)",
-                       description="Build boot environments.")
+                       description="Build boot environments and check what they can drive.")
     bsub = b.add_subparsers(dest="bootenv_command", metavar="ACTION", required=True)
     p = add(bsub, "build", cmd_bootenv_build,
             "build kernel + initrd.img with the frozen agent, its tools and drivers, "
             "plus a manifest.json")
     p.add_argument("--output", help="output directory (default: ROOT/bootenv/standard)")
-    p.add_argument("--kernel", help="kernel tree directory (default: the newest fetched of "
-                                    "--flavor, fetched if needed)")
-    p.add_argument("--flavor", default="cloud-amd64")
-    p.add_argument("--modules", help="module groups, comma-separated (default: storage, "
-                                     "raid-dm, network, filesystems, watchdog)")
-    p.add_argument("--add-modules", help="extra modules by name, comma-separated")
-    p.add_argument("--tools", help="tool groups, comma-separated (default: core,ext4,xfs,vfat; "
-                                   "others: btrfs, raid, lvm, crypt)")
+    p.add_argument("--kernel", metavar="NAME|DIR",
+                   help="a kernel (sysclone kernel list) or kernel tree directory (default: "
+                        "the newest of --flavor, fetched if needed)")
+    p.add_argument("--flavor", default="amd64",
+                   help="Debian kernel flavor when no --kernel (default: amd64)")
+    p.add_argument("--modules", metavar="all|standard|loaded|LIST",
+                   help="standard (default: storage, network, filesystems, watchdog groups "
+                        "plus what the tools need); all; loaded (the golden client's, recorded "
+                        "when its image was captured); or module groups, names and globs, "
+                        "comma-separated")
+    p.add_argument("--modules-from", metavar="FILE",
+                   help="with loaded: a /proc/modules or lsmod listing")
+    p.add_argument("--add-modules", metavar="LIST",
+                   help="more modules by name or glob, comma-separated (dependencies follow)")
+    p.add_argument("--tools", help="tool groups, comma-separated (default: core,ext4,xfs,"
+                                   "vfat,btrfs,raid,lvm,crypt; also: fsck, debug)")
     p.add_argument("--compression", default="zstd", choices=("zstd", "xz", "gzip", "none"))
     p.add_argument("--packing", default="auto", choices=("auto", "squashfs", "cpio"),
                    help="squashfs: a compressed root read on demand behind a tiny first "
@@ -357,6 +481,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "when the kernel can")
     p.add_argument("--local-cfg", help="embed this local.cfg in the initrd")
     p.add_argument("--no-cache", action="store_true", help="re-freeze the agent")
+    p = add(bsub, "check", cmd_bootenv_check,
+            "before any boot: can this boot environment drive this machine's storage "
+            "controllers and NICs? (exit 1 when a disk controller or the install NIC "
+            "cannot be driven)")
+    p.add_argument("bootenv", metavar="BOOTENV", help="a boot environment directory")
+    p.add_argument("--inventory", metavar="FILE",
+                   help="an inventory (sysclone client inventory, the agent's) or modalias "
+                        "lines (cat /sys/bus/*/devices/*/modalias)")
+    p.add_argument("--client", metavar="NAME",
+                   help="the last inventory client NAME sent (sysclone clients)")
+    p.add_argument("--kernel", metavar="NAME|DIR",
+                   help="the full kernel, to name missing drivers (default: the manifest's)")
 
     p = add(sub, "serve", cmd_serve,
             "run the image server: an rsync daemon exporting the images read-only and the "
@@ -370,15 +506,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hosts-allow", action="append", metavar="NET",
                    help="rsync 'hosts allow' entry (repeatable)")
 
-    x = sub.add_parser("pxe", help="PXE boot trees", description="PXE boot trees.")
-    xsub = x.add_subparsers(dest="pxe_command", metavar="ACTION", required=True)
-    p = add(xsub, "build", cmd_pxe_build,
-            "write a pxelinux tree (BIOS) with the boot environment and install parameters")
-    p.add_argument("--bootenv", help="boot environment directory (default: "
-                                     "ROOT/bootenv/standard)")
-    p.add_argument("--output", help="TFTP root to write (default: ROOT/pxe)")
-    p.add_argument("append", nargs="*", help="kernel command line: install parameters "
-                                             "(IMAGESERVER=... IMAGENAME=...) and options")
+    # media iso|usb|pxe, pxe build (its old name), bootserver
+    mediacli.add_media_commands(sub, add)
+    # updateclient, push-update
+    updatecli.add_update_commands(sub, add)
 
     p = add(sub, "demo", cmd_demo,
             "the whole job on a QEMU machine: bootstrap an image, build the boot environment, "
@@ -388,11 +519,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory", type=int, default=512, help="VM memory in MiB (default 512)")
     p.add_argument("--disk-size", type=int, default=4, help="VM disk in GiB (default 4)")
     p.add_argument("--timeout", type=int, default=1800, help="seconds before giving up")
-    p.add_argument("--flavor", default="cloud-amd64", help="kernel flavor of the boot env")
+    p.add_argument("--flavor", default="amd64",
+                   help="kernel flavor of the boot environment (default: amd64)")
 
     p = add(sub, "params", cmd_params, "describe every install parameter the agent reads")
     p.add_argument("--markdown", action="store_true")
-    add(sub, "clients", cmd_clients, "show what the monitor last heard from each client")
+    p = add(sub, "clients", cmd_clients,
+            "show what the monitor last heard from each client; `clients show NAME`: a "
+            "client's last inventory (PCI devices, disks, NICs, CPU, memory, firmware, DMI); "
+            "`clients reinstall NAME`: install it again at its next network boot (after an "
+            "install its PXE entry boots its local disk)")
+    p.add_argument("show", nargs="*", metavar="show NAME", help="one client's inventory")
+    p.add_argument("--json", action="store_true", help="with show: the inventory as JSON")
     return ap
 
 

@@ -26,6 +26,7 @@ from sysclone.paths import StateRoot
 from sysclone.ui import Ui
 
 HOST_FROM_GUEST = "10.0.2.2"  # QEMU user networking: the host's loopback
+BOOT_MEMORY_MIB = 256  # at least, for the installed system's first boot
 # Console lines that mean the install will not finish.
 INSTALL_FAILED = rf"{FAILED_MARKER}|agent exited with status|Kernel panic"
 
@@ -37,7 +38,7 @@ class DemoOptions:
     memory_mib: int = 512
     disk_gib: int = 4
     timeout: int = 1800
-    flavor: str = "cloud-amd64"
+    flavor: str = "amd64"  # Debian's generic kernel: drives bare metal too
     mac: str = "52:54:00:5c:10:01"
     post_action: str = "poweroff"
 
@@ -84,15 +85,17 @@ def prepare(state: StateRoot, ui: Ui, opts: DemoOptions) -> Path:
 
 
 def pxe_vm(state: StateRoot, name: str, bootenv: Path, disk: Path, append: str, *,
-           memory_mib: int = 512, mac: str = VmSpec.mac) -> VmSpec:
+           memory_mib: int = 512, mac: str = VmSpec.mac,
+           more_disks: tuple[Path, ...] = ()) -> VmSpec:
     """A VM that PXE-boots the boot environment with `append` as its install
     parameters, through QEMU's TFTP from its own PXE tree."""
     from mkmedia.pxe import PxeSpec, write_tree
 
     tftp = state.pxe / name
     write_tree(tftp, PxeSpec(bootenv / "kernel", bootenv / "initrd.img", append))
-    return VmSpec(name=name, workdir=state.vms, memory_mib=memory_mib, disks=(disk,), mac=mac,
-                  tftp_root=tftp, bootfile="pxelinux.0", boot="n")
+    return VmSpec(name=name, workdir=state.vms, memory_mib=memory_mib,
+                  disks=(disk, *more_disks), mac=mac, tftp_root=tftp, bootfile="pxelinux.0",
+                  boot="n")
 
 
 def install_vm(state: StateRoot, ui: Ui, opts: DemoOptions, bootenv: Path, disk: Path,
@@ -134,8 +137,11 @@ def boot_vm(state: StateRoot, opts: DemoOptions, disk: Path, timeout: float = 60
             ) -> tuple[Vm, float, str]:
     """Boot the installed disk alone; wait for the login prompt, then press
     the power button."""
+    # The installer runs in 128 MiB; the installed Debian's own initramfs
+    # (unpacked whole by its kernel) needs more than that to boot.
     spec = VmSpec(name=f"{opts.hostname}-boot", workdir=state.vms,
-                  memory_mib=opts.memory_mib, disks=(disk,), mac=opts.mac, boot="c")
+                  memory_mib=max(opts.memory_mib, BOOT_MEMORY_MIB), disks=(disk,), mac=opts.mac,
+                  boot="c")
     t0 = time.monotonic()
     with Vm(spec) as vm:
         _, line = vm.wait_for(r"\S+ login:", timeout)

@@ -105,7 +105,9 @@ def add_capture(isub: Any, add: Add) -> None:
         "What is left out, first matching rule wins:\n"
         "  1. the contents of pseudo, network and bind mounts in the client's mount list\n"
         "     (proc, sysfs, devtmpfs, tmpfs, cgroup, nfs, cifs, fuse, iso9660, overlay...):\n"
-        "     they are not the machine's data, and the clone mounts its own;\n"
+        "     they are not the machine's data, and the clone mounts its own (their mount\n"
+        "     point directories are kept, with the mode and time the client shows while\n"
+        "     they are mounted: /proc is 0555 then, whatever lies under it);\n"
         "  2. --exclude and --exclude-from (rsync filter syntax: '- PAT', '+ PAT', PAT);\n"
         f"  3. {SERVER_FILE} on this server, if it exists;\n"
         "  4. these defaults (--no-default-excludes drops them):\n" + help_text() + "\n"
@@ -306,3 +308,6 @@ def add_client_commands(sub: Any, add: Add) -> None:
     csub = c.add_subparsers(dest="client_command", metavar="ACTION", required=True)
     p = add(csub, "prepare", cmd_client_prepare, PREPARE_HELP)
     add_prepare_arguments(p)
+    from sysclone.inventorycli import add_inventory_command
+
+    add_inventory_command(csub, add)

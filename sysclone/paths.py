@@ -61,6 +61,12 @@ class StateRoot:
         return self.root / "run"
 
     @property
+    def initrds(self) -> Path:
+        """Initrds the image server built for clients, cached by their inputs
+        (image version, kernel, the files the install wrote)."""
+        return self.root / "initrds"
+
+    @property
     def logs(self) -> Path:
         """Install reports received from clients, one file per client."""
         return self.root / "log"

@@ -6,6 +6,12 @@
     si_rmimage NAME                                 -> image delete NAME
     si_cpimage SRC DEST                             -> image copy SRC DEST
     si_mvimage SRC DEST                             -> image rename SRC DEST
+    si_updateclient --server HOST [--image NAME]    -> updateclient --server HOST ...
+    si_pushupdate --client HOSTS --server HOST      -> push-update HOSTS... --server HOST
+    si_mkbootserver --interface IFACE               -> bootserver --interface IFACE
+    si_mkautoinstallcd --out-file FILE              -> media iso --output FILE
+    si_mkautoinstalldisk --device DEV|--out-file F  -> media usb --device DEV|--output F
+    si_mkclientnetboot --netboot|--localboot --clients C  -> media pxe --client/--local C
 
 Options are SystemImager 4.x's, with its single-dash spellings and unique
 abbreviations (-golden-client, -im).  Options for things sysclone does
@@ -39,6 +45,16 @@ DROPPED = {
     "--force": "nothing to confirm",
     "--verbose": "sysclone is verbose by default (-q for less)",
     "--server": "si_lsimage lists this server's own store",
+    "--configure-from": "--autoinstall reads the live network of the default route's NIC",
+    "--no-bootloader": "the boot loader is refreshed only when a kernel changed",
+    "--reboot": "--autoinstall reboots (kexec with --kexec); an update asks for no reboot",
+    "--override": "overrides are chosen per client by the server",
+    "--updateclient-options": "give push-update's own options (--dry-run, --exclude...)",
+    "--range": "name each client",
+    "--continue-install": "updateclient never reinstalls; see --autoinstall",
+    "--kernel": "the boot environment comes from `sysclone bootenv build`",
+    "--initrd": "the boot environment comes from `sysclone bootenv build`",
+    "--flavor": "the boot environment comes from `sysclone bootenv build`",
 }
 
 
@@ -153,3 +169,123 @@ def si_mvimage(args: Sequence[str] | None = None) -> int:
     _dropped(ap, "--verbose", flag=True)
     a = ap.parse_args(args)
     return _run(["image", "rename", a.source, a.destination], a)
+
+
+def _words(values: list[str]) -> list[str]:
+    """SystemImager took lists as one quoted string: "node1 node2" or "a,b"."""
+    return [w for v in values for w in v.replace(",", " ").split()]
+
+
+def si_updateclient(args: Sequence[str] | None = None) -> int:
+    ap = _parser("si_updateclient", "Update this client to its image, or reinstall it "
+                                    "(sysclone updateclient).")
+    _opt(ap, "server", metavar="HOST")
+    _opt(ap, "image", metavar="NAME[@N]")
+    _opt(ap, "dry-run", action="store_true")
+    _opt(ap, "autoinstall", action="store_true")
+    _opt(ap, "rollback", action="store_true")
+    _opt(ap, "exclude", action="append", default=[], metavar="PATTERN")
+    _dropped(ap, "--configure-from", "--override", "--directory", "--log", "--flavor")
+    _dropped(ap, "--no-bootloader", "--reboot", "--yes", flag=True)
+    a = ap.parse_args(args)
+    argv = ["updateclient"]
+    argv += ["--server", a.server] if a.server else []
+    argv += ["--image", a.image] if a.image else []
+    argv += [f for f, on in (("--dry-run", a.dry_run), ("--autoinstall", a.autoinstall),
+                             ("--rollback", a.rollback)) if on]
+    for e in a.exclude:
+        argv += ["--exclude", e]
+    return _run(argv, a)
+
+
+def si_pushupdate(args: Sequence[str] | None = None) -> int:
+    ap = _parser("si_pushupdate", "Update many clients over SSH (sysclone push-update).")
+    ap.add_argument("--client", "-client", "--clients", "-clients", dest="client",
+                    action="append", required=True, metavar="HOSTS",
+                    help="clients, space- or comma-separated (repeatable)")
+    _opt(ap, "server", required=True, metavar="HOST",
+         help="the image server, as the clients reach it")
+    _opt(ap, "image", metavar="NAME[@N]")
+    _opt(ap, "ssh-user", metavar="USER")
+    _opt(ap, "concurrency", type=int, metavar="N")
+    _dropped(ap, "--updateclient-options", "--range")
+    _dropped(ap, "--continue-install", flag=True)
+    a = ap.parse_args(args)
+    clients = [f"{a.ssh_user}@{c}" if a.ssh_user and "@" not in c else c
+               for c in _words(a.client)]
+    argv = ["push-update", *clients, "--server", a.server]
+    argv += ["--image", a.image] if a.image else []
+    argv += ["--concurrency", str(a.concurrency)] if a.concurrency else []
+    return _run(argv, a)
+
+
+def si_mkbootserver(args: Sequence[str] | None = None) -> int:
+    ap = _parser("si_mkbootserver", "Configure and run the boot server: dnsmasq for DHCP "
+                                    "and TFTP (sysclone bootserver).")
+    _opt(ap, "interface", required=True, metavar="IFACE")
+    _opt(ap, "address", metavar="ADDR/PREFIX")
+    _opt(ap, "mode", choices=("full", "proxy"), default="full")
+    _opt(ap, "dhcpd", metavar="FILE", help="also write an ISC dhcpd fragment")
+    _opt(ap, "run", action="store_true", help="run dnsmasq in the foreground")
+    a = ap.parse_args(args)
+    argv = ["bootserver", "--interface", a.interface, "--mode", a.mode]
+    argv += ["--address", a.address] if a.address else []
+    argv += ["--dhcpd", a.dhcpd] if a.dhcpd else []
+    argv += ["--run"] if a.run else []
+    return _run(argv, a)
+
+
+def _media_options(ap: argparse.ArgumentParser) -> None:
+    _opt(ap, "append", action="append", default=[], metavar="STRING")
+    _opt(ap, "config", metavar="FILE", help="a local.cfg for the agent")
+    _dropped(ap, "--kernel", "--initrd", "--flavor")
+
+
+def _media_argv(a: argparse.Namespace) -> list[str]:
+    argv: list[str] = []
+    for s in a.append:
+        argv += ["--append", s]
+    argv += ["--local-cfg", a.config] if a.config else []
+    return argv
+
+
+def si_mkautoinstallcd(args: Sequence[str] | None = None) -> int:
+    ap = _parser("si_mkautoinstallcd", "Make a boot ISO (sysclone media iso).")
+    _opt(ap, "out-file", required=True, metavar="FILE")
+    _media_options(ap)
+    a = ap.parse_args(args)
+    return _run(["media", "iso", "--output", a.out_file, *_media_argv(a)], a)
+
+
+def si_mkautoinstalldisk(args: Sequence[str] | None = None) -> int:
+    ap = _parser("si_mkautoinstalldisk", "Make a USB boot disk (sysclone media usb).")
+    _opt(ap, "device", metavar="DEV")
+    _opt(ap, "out-file", metavar="FILE")
+    _opt(ap, "force", action="store_true")
+    _media_options(ap)
+    a = ap.parse_args(args)
+    argv = ["media", "usb"]
+    argv += ["--device", a.device] if a.device else []
+    argv += ["--output", a.out_file] if a.out_file else []
+    argv += ["--force"] if a.force else []
+    return _run([*argv, *_media_argv(a)], a)
+
+
+def si_mkclientnetboot(args: Sequence[str] | None = None) -> int:
+    ap = _parser("si_mkclientnetboot", "Set clients to install, or to boot their disk, at "
+                                       "their next network boot (sysclone media pxe).")
+    _opt(ap, "netboot", action="store_true")
+    _opt(ap, "localboot", action="store_true")
+    _opt(ap, "clients", action="append", default=[], metavar="CLIENTS",
+         help="MACs, addresses or networks, space- or comma-separated")
+    _opt(ap, "append", action="append", default=[], metavar="STRING")
+    _dropped(ap, "--flavor")
+    a = ap.parse_args(args)
+    if a.netboot == a.localboot:
+        ap.error("give --netboot or --localboot")
+    argv = ["media", "pxe"]
+    for s in a.append:
+        argv += ["--append", s]
+    for c in _words(a.clients):
+        argv += ["--local", c] if a.localboot else ["--client", c, ""]
+    return _run(argv, a)

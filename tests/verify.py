@@ -8,14 +8,19 @@ from pathlib import Path
 
 
 def sh(*argv: str, check: bool = True) -> str:
-    return subprocess.run(argv, check=check, capture_output=True, text=True).stdout
+    r = subprocess.run(argv, capture_output=True, text=True)
+    if check and r.returncode != 0:
+        raise AssertionError(f"{' '.join(argv)[:300]} failed ({r.returncode}): "
+                             f"{(r.stderr or r.stdout).strip()[-2000:]}")
+    return r.stdout
 
 
-def itemized_differences(image: Path, installed: Path) -> dict[str, str]:
+def itemized_differences(image: Path, installed: Path,
+                         extra: tuple[str, ...] = ()) -> dict[str, str]:
     """path -> rsync itemize code, for every file whose content, type, owner,
     permissions, ACLs or xattrs differ, or that exists on one side only.
     Directory timestamp changes alone are not differences."""
-    out = sh("rsync", "-aHAXn", "--checksum", "--numeric-ids", "--delete", "-i",
+    out = sh("rsync", "-aHAXn", "--checksum", "--numeric-ids", "--delete", "-i", *extra,
              f"{image}/", f"{installed}/")
     diffs = {}
     for line in out.splitlines():

@@ -1,6 +1,13 @@
 """The installed system's initrd: where the image keeps it, what is in it,
 and regenerating it inside the chroot with the image's own tool
-(initramfs-tools, dracut or SUSE's mkinitrd, whichever the image has).
+(initramfs-tools, dracut, Arch's mkinitcpio or SUSE's mkinitrd, whichever
+the image has).
+
+What the layout needs to mount root (md, LVM, LUKS, btrfs) must get into
+the initrd: each tool is told so in its own configuration (`require`), and
+an image without the package that provides the tool's support for it is
+refused, naming the package -- an initrd without it could not boot the
+machine, now or after the next kernel update.
 
 Whether it needs regenerating at all is agent.configure.initrdpolicy's call.
 """
@@ -13,13 +20,63 @@ import re
 import shutil
 import tarfile
 from pathlib import Path
+from typing import ClassVar
 
 from agent.configure.footprint import MAINLINE, NONE, PREFERRED, exists
-from agent.configure.initrdpolicy import wanted_in_initrd
+from agent.configure.initrdpolicy import StorageNeeds, wanted_in_initrd
 from agent.initramfs import DECOMPRESSORS, Listing, read_listing
+from sysclone.errors import SyscloneError
 from sysclone.run import run, which
 
 log = logging.getLogger(__name__)
+
+# What the layout asks of the initrd, by the tools the storage needs name
+# (agent.configure.initrdpolicy.FEATURE_TOOLS) and the root filesystem.
+FEATURES = ("md", "lvm", "luks", "btrfs")
+_BY_TOOL = {"mdadm": "md", "lvm": "lvm", "cryptsetup": "luks"}
+_WHAT = {"md": "software RAID (md)", "lvm": "LVM", "luks": "LUKS", "btrfs": "a btrfs root"}
+
+
+class InitrdError(SyscloneError):
+    pass
+
+
+def features_of(needs: StorageNeeds) -> frozenset[str]:
+    out = {_BY_TOOL[t] for t in needs.tools if t in _BY_TOOL}
+    if "btrfs" in needs.modules:
+        out.add("btrfs")
+    return frozenset(out)
+
+
+Provides = dict[str, tuple[tuple[str, ...], str]]
+"""feature -> (paths any of which provides it in the image, their package)"""
+
+
+def _missing(tool: str, root: Path, features: frozenset[str], provides: Provides) -> None:
+    """Refuse, naming the packages, when the image lacks what `tool` needs
+    to put a feature in the initrd (provides: feature -> (paths, package))."""
+    gaps = [(f, pkg, paths[0]) for f, (paths, pkg) in sorted(provides.items())
+            if f in features and not exists(root, *paths)]
+    if not gaps:
+        return
+    what = ", ".join(_WHAT[f] for f, _, _ in gaps)
+    pkgs = ", ".join(dict.fromkeys(pkg for _, pkg, _ in gaps))
+    raise InitrdError(
+        f"the layout needs {what} in the initrd, but the image lacks "
+        + "; ".join(f"{pkg} (no /{path})" for _, pkg, path in gaps)
+        + f": {tool} could not build an initrd that mounts root",
+        hint=f"install {pkgs} in the golden image")
+
+
+def _write_conf(root: Path, rel: str, text: str) -> list[str]:
+    p = root / rel
+    if p.is_file() and not p.is_symlink() and p.read_text(errors="replace") == text:
+        return []
+    p.parent.mkdir(parents=True, exist_ok=True)
+    if p.is_symlink():
+        p.unlink()
+    p.write_text(text)
+    return [rel]
 
 
 def kernel_versions(root: Path) -> list[str]:
@@ -62,6 +119,28 @@ class InitrdTool:
 
     def regenerate(self, root: Path, kvers: list[str]) -> None:
         raise NotImplementedError
+
+    def require(self, root: Path, features: frozenset[str]) -> list[str]:
+        """Make the tool put `features` (FEATURES) in the initrds it builds,
+        or refuse naming the missing package; returns what was written
+        (relative paths, sent along when the server builds the initrd)."""
+        if features:
+            raise InitrdError(f"sysclone cannot tell {self.name} to include "
+                              + ", ".join(_WHAT[f] for f in sorted(features)),
+                              hint="use an image with initramfs-tools, dracut or mkinitcpio")
+        return []
+
+
+def unlocks_luks(root: Path) -> bool:
+    """Whether the initrd must unlock LUKS volumes: then it is not generic.
+    cryptroot puts in the crypttab entries of the devices it finds under /
+    (on the image server it would find none), and key files are never sent
+    to the server."""
+    tab = root / "etc/crypttab"
+    if not tab.is_file():
+        return False
+    return any(line.strip() and not line.lstrip().startswith("#")
+               for line in tab.read_text(errors="replace").splitlines())
 
 
 def shell_assignments(text: str) -> dict[str, str]:
@@ -130,7 +209,23 @@ class InitramfsTools(InitrdTool):
         return value
 
     def builds_generic(self, root: Path) -> bool:
-        return self.modules_setting(root) == "most"
+        return self.modules_setting(root) == "most" and not unlocks_luks(root)
+
+    # feature -> (the hook that puts it in the initrd, its package)
+    HOOKS: ClassVar[Provides] = {
+        "md": (("usr/share/initramfs-tools/hooks/mdadm",), "mdadm"),
+        "lvm": (("usr/share/initramfs-tools/hooks/lvm2",), "lvm2"),
+        "luks": (("usr/share/initramfs-tools/hooks/cryptroot",), "cryptsetup-initramfs"),
+        "btrfs": (("usr/share/initramfs-tools/hooks/btrfs",), "btrfs-progs"),
+    }
+
+    def require(self, root: Path, features: frozenset[str]) -> list[str]:
+        # The hooks add their tools and modules whenever they are installed
+        # (mdadm's with mdadm.conf, lvm2's, cryptroot's with the crypttab
+        # entries of /, of resume and of those marked `initramfs`): their
+        # presence is what matters.
+        _missing(self.name, root, features, self.HOOKS)
+        return []
 
     def regenerate(self, root: Path, kvers: list[str]) -> None:
         for k in kvers:
@@ -147,12 +242,120 @@ class Dracut(InitrdTool):
         return MAINLINE if exists(root, "usr/bin/dracut", "sbin/dracut") else NONE
 
     def builds_generic(self, root: Path) -> bool:
-        return True  # always run with --no-hostonly, below
+        # Always run with --no-hostonly, below.
+        return not unlocks_luks(root)
 
     def regenerate(self, root: Path, kvers: list[str]) -> None:
         for k in kvers:
             # --no-hostonly: the image may go to machines unlike this one.
             run(["dracut", "--force", "--no-hostonly", "--kver", k], target=root)
+
+    MODULES: ClassVar[dict[str, str]] = {"md": "mdraid", "lvm": "lvm", "luks": "crypt",
+                                         "btrfs": "btrfs"}
+    # feature -> (the binary its module installs, its package): dracut's
+    # modules all ship with dracut, but each is skipped without its tool.
+    BINARIES: ClassVar[Provides] = {
+        "md": (("sbin/mdadm", "usr/sbin/mdadm"), "mdadm"),
+        "lvm": (("sbin/lvm", "usr/sbin/lvm"), "lvm2"),
+        "luks": (("sbin/cryptsetup", "usr/sbin/cryptsetup"), "cryptsetup"),
+        "btrfs": (("bin/btrfs", "usr/bin/btrfs", "sbin/btrfs"), "btrfs-progs"),
+    }
+
+    def require(self, root: Path, features: frozenset[str]) -> list[str]:
+        _missing(self.name, root, features, self.BINARIES)
+        if not features:
+            return []
+        # Asked for by name, a module that cannot be installed fails the
+        # build instead of being left out quietly.
+        mods = " ".join(self.MODULES[f] for f in sorted(features))
+        return _write_conf(root, "etc/dracut.conf.d/50-sysclone.conf",
+                           "# written by sysclone: what the layout needs to mount root\n"
+                           f'add_dracutmodules+=" {mods} "\n')
+
+
+class Mkinitcpio(InitrdTool):
+    """Arch Linux's mkinitcpio: presets in /etc/mkinitcpio.d name each
+    kernel's image; HOOKS in /etc/mkinitcpio.conf say what goes in."""
+
+    name = "mkinitcpio"
+    CONF = "etc/mkinitcpio.conf"
+    # feature -> (its hook's install script, package); luks depends on
+    # whether the initrd runs systemd (sd-encrypt) or busybox (encrypt).
+    HOOKS: ClassVar[Provides] = {
+        "md": (("usr/lib/initcpio/install/mdadm_udev",), "mdadm"),
+        "lvm": (("usr/lib/initcpio/install/lvm2",), "lvm2"),
+        "luks": (("usr/lib/initcpio/install/encrypt",), "cryptsetup"),
+        "btrfs": (("usr/lib/initcpio/install/btrfs",), "btrfs-progs"),
+    }
+
+    def fits(self, root: Path) -> int:
+        return MAINLINE if exists(root, "usr/bin/mkinitcpio") else NONE
+
+    def preset(self, root: Path, kver: str) -> str | None:
+        """The preset of a kernel: its package base (linux, linux-lts)."""
+        for base in ("usr/lib/modules", "lib/modules"):
+            p = root / base / kver / "pkgbase"
+            if p.is_file():
+                name = p.read_text().strip()
+                if name and "/" not in name:
+                    return name
+        return None
+
+    def initrd_path(self, root: Path, kver: str) -> Path | None:
+        name = self.preset(root, kver)
+        if name:
+            preset = root / "etc/mkinitcpio.d" / f"{name}.preset"
+            image = None
+            if preset.is_file():
+                image = shell_assignments(preset.read_text(errors="replace")).get(
+                    "default_image")
+            for cand in ([image] if image else []) + [f"/boot/initramfs-{name}.img"]:
+                if (root / cand.lstrip("/")).is_file():
+                    return root / cand.lstrip("/")
+        return super().initrd_path(root, kver)
+
+    def regenerate(self, root: Path, kvers: list[str]) -> None:
+        for k in kvers:
+            name = self.preset(root, k)
+            if name and (root / "etc/mkinitcpio.d" / f"{name}.preset").is_file():
+                run(["mkinitcpio", "-p", name], target=root)
+            else:
+                run(["mkinitcpio", "-k", k, "-g", f"/boot/initramfs-{k}.img"], target=root)
+
+    def hooks(self, root: Path) -> tuple[list[str], re.Match[str] | None, str]:
+        conf = root / self.CONF
+        text = conf.read_text(errors="replace") if conf.is_file() else ""
+        # The last assignment wins, as when bash sources the file.
+        m = next(reversed(list(re.finditer(r"^HOOKS=\((.*?)\)", text, re.M | re.S))), None)
+        return (m.group(1).split() if m else []), m, text
+
+    def require(self, root: Path, features: frozenset[str]) -> list[str]:
+        hooks, m, text = self.hooks(root)
+        systemd = "systemd" in hooks
+        provides = dict(self.HOOKS)
+        if systemd:
+            provides["luks"] = (("usr/lib/initcpio/install/sd-encrypt",), "cryptsetup")
+        _missing(self.name, root, features, provides)
+        if not features:
+            return []
+        if m is None:
+            raise InitrdError(f"/{self.CONF} has no HOOKS=(...) line: sysclone cannot add "
+                              "the hooks the layout needs",
+                              hint="restore the HOOKS line in the golden image")
+        # Before `filesystems`, in the order the Arch wiki gives:
+        # block, mdadm_udev, (sd-)encrypt, lvm2, filesystems.
+        want = [h for f, h in (("md", "mdadm_udev"),
+                               ("luks", "sd-encrypt" if systemd else "encrypt"),
+                               ("lvm", "lvm2"), ("btrfs", "btrfs")) if f in features]
+        new = [h for h in hooks if h not in want]
+        if "block" not in new:
+            new.insert(new.index("filesystems") if "filesystems" in new else len(new), "block")
+        at = new.index("filesystems") if "filesystems" in new else len(new)
+        new[at:at] = want
+        if new == hooks:
+            return []
+        line = "HOOKS=(" + " ".join(new) + ")"
+        return _write_conf(root, self.CONF, text[:m.start()] + line + text[m.end():])
 
 
 class SuseMkinitrd(InitrdTool):
@@ -166,7 +369,22 @@ class SuseMkinitrd(InitrdTool):
         run(["mkinitrd"], target=root)
 
 
-TOOLS: tuple[InitrdTool, ...] = (InitramfsTools(), Dracut(), SuseMkinitrd())
+TOOLS: tuple[InitrdTool, ...] = (InitramfsTools(), Dracut(), Mkinitcpio(), SuseMkinitrd())
+
+
+# What the initrd tools read of what an install writes: sent to the image
+# server when it builds the initrd (and nothing else: not the new SSH host
+# keys, for one).
+INITRD_INPUTS = ("etc/fstab", "etc/crypttab", "etc/mdadm/", "etc/mdadm.conf",
+                 "etc/initramfs-tools/", "etc/dracut.conf", "etc/dracut.conf.d/",
+                 "etc/mkinitcpio.conf", "etc/mkinitcpio.d/", "etc/modprobe.d/", "etc/modules",
+                 "etc/modules-load.d/", "etc/lvm/", "etc/cryptsetup-initramfs/",
+                 "etc/udev/rules.d/", "etc/vconsole.conf", "etc/default/keyboard",
+                 "etc/default/console-setup")
+
+
+def is_initrd_input(rel: str) -> bool:
+    return any(rel == p or (p.endswith("/") and rel.startswith(p)) for p in INITRD_INPUTS)
 
 
 # What a server-built initrd may bring back (imageserver.initrdbuild).

@@ -64,13 +64,22 @@ class StorageNeeds:
     modules: frozenset[str]  # canonical module names
     tools: frozenset[str]  # binaries (mdadm, lvm, cryptsetup)
     identifiers: frozenset[str]  # UUIDs and devices of this plan, lower-case
+    # What the initrd must name to bring root up: the LUKS volumes it unlocks
+    # (its crypttab), the md arrays it assembles (its mdadm.conf).
+    must_name: frozenset[str] = frozenset()
 
     def to_dict(self) -> dict[str, list[str]]:
         return {"modules": sorted(self.modules), "tools": sorted(self.tools)}
 
 
+def _norm(ident: str) -> str:
+    """UUIDs compared without their separators: mdadm writes a:b:c:d."""
+    return ident.lower().replace("-", "").replace(":", "")
+
+
 def storage_needs(root_fs: str, disk_drivers: list[str], features: set[str],
-                  raid_levels: set[str], identifiers: set[str]) -> StorageNeeds:
+                  raid_levels: set[str], identifiers: set[str],
+                  must_name: set[str] | None = None) -> StorageNeeds:
     mods = {module_name(root_fs)} | {module_name(m) for m in disk_drivers}
     tools: set[str] = set()
     for f in features:
@@ -78,7 +87,8 @@ def storage_needs(root_fs: str, disk_drivers: list[str], features: set[str],
         tools |= set(FEATURE_TOOLS.get(f, ()))
     mods |= {RAID_MODULES[lvl] for lvl in raid_levels if lvl in RAID_MODULES}
     return StorageNeeds(frozenset(mods), frozenset(tools),
-                        frozenset(i.lower() for i in identifiers))
+                        frozenset(i.lower() for i in identifiers),
+                        frozenset(i.lower() for i in must_name or ()))
 
 
 @dataclass(frozen=True)
@@ -161,13 +171,19 @@ def _stale_names(listing: Listing, needs: StorageNeeds) -> list[str]:
         text = listing.text(path) or ""
         body = "\n".join(line for line in text.splitlines()
                          if line.strip() and not line.lstrip().startswith("#"))
+        known = {_norm(i) for i in needs.identifiers}
         for token in UUID_RE.findall(body):
-            if token.lower() not in needs.identifiers:
+            if _norm(token) not in known:
                 out.append(f"{path} names UUID {token}, not a device of this install")
         m = re.search(r"^\s*RESUME=[\"']?(/dev/\S+?)[\"']?\s*$", body, re.M)
         if m and m.group(1).lower() not in needs.identifiers:
             out.append(f"{path} names {m.group(1)}, not a device of this install")
     return out
+
+
+def _unnamed(listing: Listing, needs: StorageNeeds) -> set[str]:
+    text = _norm(" ".join(listing.text(p) or "" for p in listing.contents if is_disk_naming(p)))
+    return {m for m in needs.must_name if _norm(m) not in text}
 
 
 def decide(policy: str, tool: str | None, facts: list[InitrdFacts],
@@ -196,6 +212,8 @@ def decide(policy: str, tool: str | None, facts: list[InitrdFacts],
         if tools:
             reasons.append(f"{f.path.name} lacks {', '.join(tools)}")
         reasons += [f"{f.path.name}: {s}" for s in _stale_names(f.listing, needs)]
+        reasons += [f"{f.path.name} does not name {m}, which root needs at boot"
+                    for m in sorted(_unnamed(f.listing, needs))]
     if reasons:
         return Decision(True, policy, tuple(reasons))
     kinds = ", ".join(sorted(needs.modules))

@@ -1,41 +1,67 @@
 """Network configuration for the installed system.
 
 The install NIC is configured the way it was brought up for the install
-(DHCP, or the static IPADDR/NETMASK/GATEWAY given), in whatever style the
-image uses: systemd-networkd, NetworkManager, netplan, ifupdown or RHEL's
-network-scripts.  Styles that can match the NIC by MAC address do; ifupdown
-cannot, so it is given the name udev will give the NIC on the installed
-system (computed with udev's own net_id builtin, under the image's naming
-policy), not the kernel's eth0 of the boot environment.
+(DHCP, or the static IPADDR/NETMASK/GATEWAY given), plus whatever the
+server's network configuration (si.network-config, SystemImager's
+net-config.xml: more NICs, bonds, VLANs, aliases, IPv6) describes, in
+whatever style the image uses: systemd-networkd, NetworkManager, netplan,
+ifupdown or RHEL's network-scripts (one module each, net_*.py; registered
+in STYLES below).  A style that cannot express a setting refuses it by
+name, before anything is written.
+
+Styles that can match the NIC by MAC address do; ifupdown and
+network-scripts name it, so the install NIC is given the name udev will
+give it on the installed system (computed with udev's own net_id builtin,
+under the image's naming policy), not the kernel's eth0 of the boot
+environment.  What a style writes to, it also enables (systemctl enable,
+done on the tree): an image can carry networkd or NetworkManager unused.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, field
-from ipaddress import IPv4Interface
 from pathlib import Path
 
-from agent.configure.footprint import GENERIC, MAINLINE, NONE, PREFERRED, exists
+from agent.configure.footprint import best, exists
+from agent.configure.net_ifcfg import NetworkScripts
+from agent.configure.net_ifupdown import Ifupdown
+from agent.configure.net_netplan import Netplan
+from agent.configure.net_networkd import Networkd
+from agent.configure.net_nm import NetworkManager
+from agent.configure.netmodel import (
+    Addressing,
+    Iface,
+    NetConfigError,
+    NicIdentity,
+    check_set,
+    install_iface,
+    with_install_nic,
+)
+from agent.configure.netstyle import Style, Written
+from agent.configure.netxml import NetworkConfig, parse_network_config
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class NicIdentity:
-    kernel_name: str  # as named in the boot environment (eth0)
-    mac: str
-    udev_names: dict[str, str] = field(default_factory=dict)  # ID_NET_NAME_* -> name
-
-
-@dataclass(frozen=True)
-class Addressing:
-    method: str  # dhcp | static
-    address: str | None = None  # 10.0.0.5/24
-    gateway: str | None = None
-    dns: tuple[str, ...] = ()
-    domain: str | None = None
+__all__ = [
+    "STYLES",
+    "Addressing",
+    "Iface",
+    "Ifupdown",
+    "NetConfigError",
+    "Netplan",
+    "NetworkConfig",
+    "NetworkManager",
+    "NetworkScripts",
+    "Networkd",
+    "NicIdentity",
+    "Style",
+    "Written",
+    "configure",
+    "installed_name",
+    "parse_net_id",
+    "parse_network_config",
+]
 
 
 # udev's NamePolicy words -> the net_id property each one reads.
@@ -84,150 +110,56 @@ def installed_name(nic: NicIdentity, root: Path) -> str:
     return nic.kernel_name
 
 
-class Style:
-    name = "none"
-    files: tuple[str, ...] = ()
-
-    def fits(self, root: Path) -> int:
-        return NONE
-
-    def write(self, root: Path, nic: NicIdentity, addr: Addressing) -> list[str]:
-        raise NotImplementedError
-
-
-def _write(root: Path, rel: str, text: str, mode: int = 0o644) -> str:
-    p = root / rel
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(text)
-    p.chmod(mode)
-    return "/" + rel
-
-
-def _enabled(root: Path, unit: str) -> bool:
-    # systemctl enable makes absolute symlinks (/lib/systemd/system/...):
-    # dangling when seen from outside the image, and glob() skips those.
-    wants = root / "etc/systemd/system"
-    return any((d / unit).is_symlink() or (d / unit).exists() for d in wants.glob("*.wants"))
-
-
-class Networkd(Style):
-    name = "systemd-networkd"
-
-    def fits(self, root: Path) -> int:
-        if not exists(root, "lib/systemd/systemd-networkd", "usr/lib/systemd/systemd-networkd"):
-            return NONE
-        return PREFERRED if _enabled(root, "systemd-networkd.service") else NONE
-
-    def write(self, root: Path, nic: NicIdentity, addr: Addressing) -> list[str]:
-        lines = ["[Match]", f"MACAddress={nic.mac}", "", "[Network]"]
-        if addr.method == "dhcp":
-            lines.append("DHCP=ipv4")
-        else:
-            lines.append(f"Address={addr.address}")
-            if addr.gateway:
-                lines.append(f"Gateway={addr.gateway}")
-            lines += [f"DNS={d}" for d in addr.dns]
-            if addr.domain:
-                lines.append(f"Domains={addr.domain}")
-        name = f"etc/systemd/network/50-sysclone-{nic.mac.replace(':', '')}.network"
-        return [_write(root, name, "# written by sysclone\n" + "\n".join(lines) + "\n")]
-
-
-class NetworkManager(Style):
-    name = "NetworkManager"
-
-    def fits(self, root: Path) -> int:
-        if not exists(root, "usr/sbin/NetworkManager"):
-            return NONE
-        return PREFERRED if _enabled(root, "NetworkManager.service") else MAINLINE
-
-    def write(self, root: Path, nic: NicIdentity, addr: Addressing) -> list[str]:
-        lines = ["[connection]", "id=sysclone-install", "type=ethernet",
-                 "autoconnect=true", "", "[ethernet]", f"mac-address={nic.mac.upper()}", "",
-                 "[ipv4]"]
-        if addr.method == "dhcp":
-            lines.append("method=auto")
-        else:
-            gw = f",{addr.gateway}" if addr.gateway else ""
-            lines += ["method=manual", f"address1={addr.address}{gw}"]
-            if addr.dns:
-                lines.append("dns=" + ";".join(addr.dns) + ";")
-        lines += ["", "[ipv6]", "method=auto"]
-        return [_write(root, "etc/NetworkManager/system-connections/sysclone-install"
-                             ".nmconnection", "\n".join(lines) + "\n", 0o600)]
-
-
-class Netplan(Style):
-    name = "netplan"
-
-    def fits(self, root: Path) -> int:
-        return PREFERRED if exists(root, "usr/sbin/netplan") else NONE
-
-    def write(self, root: Path, nic: NicIdentity, addr: Addressing) -> list[str]:
-        y = ["network:", "  version: 2", "  ethernets:", "    install:",
-             "      match:", f"        macaddress: \"{nic.mac}\""]
-        if addr.method == "dhcp":
-            y.append("      dhcp4: true")
-        else:
-            y.append(f"      addresses: [{addr.address}]")
-            if addr.gateway:
-                y += ["      routes:", "        - to: default", f"          via: {addr.gateway}"]
-            if addr.dns:
-                y += ["      nameservers:", f"        addresses: [{', '.join(addr.dns)}]"]
-        return [_write(root, "etc/netplan/50-sysclone.yaml", "\n".join(y) + "\n", 0o600)]
-
-
-class Ifupdown(Style):
-    name = "ifupdown"
-
-    def fits(self, root: Path) -> int:
-        if not exists(root, "sbin/ifup", "usr/sbin/ifup"):
-            return NONE
-        return MAINLINE if (root / "etc/network/interfaces").is_file() else GENERIC
-
-    def write(self, root: Path, nic: NicIdentity, addr: Addressing) -> list[str]:
-        name = installed_name(nic, root)
-        lines = [f"# {nic.mac}: written by sysclone", f"allow-hotplug {name}"]
-        if addr.method == "dhcp":
-            lines.append(f"iface {name} inet dhcp")
-        else:
-            iface = IPv4Interface(addr.address or "")
-            lines += [f"iface {name} inet static", f"    address {iface.with_prefixlen}"]
-            if addr.gateway:
-                lines.append(f"    gateway {addr.gateway}")
-            if addr.dns:
-                lines.append(f"    dns-nameservers {' '.join(addr.dns)}")
-        written = [_write(root, f"etc/network/interfaces.d/{name}", "\n".join(lines) + "\n")]
-        interfaces = root / "etc/network/interfaces"
-        text = interfaces.read_text() if interfaces.is_file() else ""
-        if not re.search(r"^\s*source(-directory)?\s+/etc/network/interfaces\.d", text, re.M):
-            text += "\nsource /etc/network/interfaces.d/*\n"
-            written.append(_write(root, "etc/network/interfaces", text))
-        return written
-
-
-class NetworkScripts(Style):
-    name = "network-scripts"
-
-    def fits(self, root: Path) -> int:
-        return MAINLINE if (root / "etc/sysconfig/network-scripts").is_dir() else NONE
-
-    def write(self, root: Path, nic: NicIdentity, addr: Addressing) -> list[str]:
-        name = installed_name(nic, root)
-        lines = [f"DEVICE={name}", f"HWADDR={nic.mac}", "ONBOOT=yes", "TYPE=Ethernet"]
-        if addr.method == "dhcp":
-            lines.append("BOOTPROTO=dhcp")
-        else:
-            iface = IPv4Interface(addr.address or "")
-            lines += ["BOOTPROTO=none", f"IPADDR={iface.ip}", f"PREFIX={iface.network.prefixlen}"]
-            if addr.gateway:
-                lines.append(f"GATEWAY={addr.gateway}")
-            lines += [f"DNS{i}={d}" for i, d in enumerate(addr.dns, 1)]
-        return [_write(root, f"etc/sysconfig/network-scripts/ifcfg-{name}",
-                       "\n".join(lines) + "\n")]
-
-
 # Netplan first: where it is installed it generates the networkd or
 # NetworkManager configuration, so it must be the one written to.
 STYLES: tuple[Style, ...] = (Netplan(), Networkd(), NetworkManager(), Ifupdown(),
                              NetworkScripts())
+
+
+def choose(root: Path) -> Style | None:
+    return best(STYLES, root)
+
+
+def configure(root: Path, style: Style, nic: NicIdentity, addr: Addressing,
+              netcfg: NetworkConfig | None = None) -> Written:
+    """Write the installed system's network in `style`: the install NIC as
+    it was brought up, and what the network configuration file describes.
+    Every warning (a setting with no equivalent, a control= the image's
+    style overrides, the install NIC added) comes back for the report."""
+    name = installed_name(nic, root)
+    notes: list[str] = []
+    if netcfg is None:
+        ifaces = [install_iface(name, nic, addr)]
+    else:
+        ifaces, note = with_install_nic(list(netcfg.ifaces), nic, name, addr)
+        notes += list(netcfg.warnings) + ([note] if note else [])
+        notes += control_notes(style, netcfg)
+    check_set(ifaces)
+    written = style.write(root, ifaces)
+    return Written(written.files, (*notes, *written.warnings))
+
+
+def control_notes(style: Style, netcfg: NetworkConfig) -> list[str]:
+    """SystemImager picked the writer from each <if>'s control=; sysclone
+    picks it from what the image contains.  Say where they differ."""
+    odd = sorted({c for _, c in netcfg.controls if c and c not in style.controls})
+    if not odd:
+        return []
+    return [f"{netcfg.name}: control=\"{', '.join(odd)}\" is not how this image configures "
+            f"its network: written for {style.name}, which the image uses"]
+
+
+def check_image(root: Path, netcfg: NetworkConfig) -> tuple[str, list[str]]:
+    """What the image server checks before it sends a network configuration:
+    that the image's style can express it (the install NIC is not known
+    yet).  Returns the style's name and the warnings; raises NetConfigError."""
+    style = choose(root)
+    if style is None:
+        raise NetConfigError(f"{netcfg.name}: the image has no network style sysclone knows "
+                             "(systemd-networkd, NetworkManager, netplan, ifupdown, "
+                             "network-scripts)")
+    ifaces = list(netcfg.ifaces)
+    check_set(ifaces, vlan_parents=False)
+    problems = style.check(root, ifaces)
+    problems.raise_if_any()
+    return style.name, [*netcfg.warnings, *control_notes(style, netcfg), *problems.warnings]

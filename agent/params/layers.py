@@ -31,14 +31,16 @@ them is an error wherever it is read, never ignored."""
 class Source(IntEnum):
     """Kinds of sources, lowest precedence first: a later one overrides an
     earlier one (SystemImager 4.9: a server config beats the command line;
-    local.cfg beats DHCP, and the one on the disk beats the initrd's)."""
+    local.cfg beats DHCP, the one on the disk beats the initrd's, and the
+    one on the boot medium -- 4.3's floppy -- beats every other local.cfg)."""
 
     DEFAULT = 0
     DHCP = 1
     CMDLINE = 2
     LOCAL_CFG_INITRD = 3
     LOCAL_CFG_DISK = 4
-    SERVER = 5
+    LOCAL_CFG_MEDIUM = 5
+    SERVER = 6
 
     @property
     def label(self) -> str:
@@ -46,7 +48,7 @@ class Source(IntEnum):
 
     @property
     def is_local_cfg(self) -> bool:
-        return self in (Source.LOCAL_CFG_INITRD, Source.LOCAL_CFG_DISK)
+        return self in (Source.LOCAL_CFG_INITRD, Source.LOCAL_CFG_DISK, Source.LOCAL_CFG_MEDIUM)
 
 
 _LABELS = {
@@ -55,6 +57,7 @@ _LABELS = {
     Source.CMDLINE: "kernel command line",
     Source.LOCAL_CFG_INITRD: "local.cfg in the initrd",
     Source.LOCAL_CFG_DISK: "local.cfg on the target disk",
+    Source.LOCAL_CFG_MEDIUM: "local.cfg on the boot medium",
     Source.SERVER: "server config",
 }
 

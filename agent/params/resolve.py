@@ -2,10 +2,10 @@
 
 Precedence, lowest first (SystemImager's rules, see Source): defaults <
 DHCP < kernel command line < local.cfg in the initrd < local.cfg on the
-target disk < server config.  A scalar takes its value from the highest
-layer that sets it; a repeatable (si.break) collects the values of every
-layer.  si.skip-local-cfg, from the kernel command line, drops the local.cfg
-layers.
+target disk < local.cfg on the boot medium < server config.  A scalar
+takes its value from the highest layer that sets it; a repeatable
+(si.break) collects the values of every layer.  si.skip-local-cfg, from
+the kernel command line, drops the local.cfg layers.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from agent.params.table import (
     SUPPORTED_PROTOCOLS,
     DlProtocol,
     InitrdPolicy,
+    LuksUnlock,
     PostAction,
     param,
 )
@@ -47,6 +48,8 @@ class InstallParams:
     server_port: int
     disks: tuple[str, ...]
     dry_run: bool
+    luks_key: str | None
+    luks_unlock: LuksUnlock
     # identity and install network
     hostname: str | None
     domainname: str | None
@@ -98,8 +101,11 @@ class InstallParams:
         return step in self.breaks
 
     def to_dict(self) -> dict[str, Any]:
-        """Canonical name -> JSON-friendly value (None when unset)."""
-        return {p.name: _jsonable(getattr(self, p.field)) for p in PARAMS}
+        """Canonical name -> JSON-friendly value (None when unset; a secret's
+        placeholder when set)."""
+        return {p.name: p.format_value(getattr(self, p.field)) if p.secret
+                and getattr(self, p.field) is not None else _jsonable(getattr(self, p.field))
+                for p in PARAMS}
 
     @classmethod
     def defaults(cls) -> InstallParams:

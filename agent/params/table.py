@@ -65,6 +65,13 @@ class PostAction(StrEnum):
     SHELL = "shell"
 
 
+class LuksUnlock(StrEnum):
+    """How the installed system unlocks its LUKS volumes (si.luks-unlock)."""
+
+    KEYFILE = "keyfile"
+    CONSOLE = "console"
+
+
 class InitrdPolicy(StrEnum):
     """Whether the installed system's initrd is rebuilt (si.initrd)."""
 
@@ -121,6 +128,8 @@ class Param:
     Such a parameter is accepted by the parsers (so its name is known and
     its value checked) and refused when resolved to anything but its
     default: it is never parsed and then silently ignored."""
+    secret: bool = False
+    """Its value is never shown (si.luks-key): listings print a placeholder."""
 
     def __post_init__(self) -> None:
         if not self.field:
@@ -189,9 +198,12 @@ class Param:
         return base
 
     def format_value(self, value: Any) -> str:
-        """The text form of a typed value, as it would be written."""
+        """The text form of a typed value, as it would be written (a
+        secret's as a placeholder)."""
         if value is None:
             return ""
+        if self.secret:
+            return "(secret)"
         if isinstance(value, bool):
             return "yes" if value else "no"
         if isinstance(value, tuple):
@@ -239,18 +251,23 @@ PARAMS: tuple[Param, ...] = (
           "Image to install (default: chosen by the server from the host name).",
           aliases=_documented("IMAGENAME", origin="4.9")),
     Param("si.script-name", Kind.NAME, None,
-          "Main install script on the server (default: looked up by host name, group, "
-          "image, then 'default').",
-          aliases=_a("SCRIPTNAME", origin="4.9"),
-          refused="the agent runs no install scripts; it installs from the server's "
-                  "instructions"),
+          "An extra class of pre-/post-install scripts on the server: besides those named "
+          "NNall.*, NN<image>.*, NN<base host name>.*, NN<group>.* and NN<host name>.*, "
+          "the ones named NN<NAME>.* run, last. The install stops when no script has that "
+          "name. (SystemImager named its main install script so; sysclone has none, its "
+          "instructions take that place.)",
+          aliases=_a("SCRIPTNAME", origin="4.9")),
     Param("si.disks-layout", Kind.NAME, None,
           "Disk layout file on the server (default: looked up like the script).",
           aliases=_a("DISKS_LAYOUT", origin="4.9")),
     Param("si.network-config", Kind.NAME, None,
-          "Network configuration file on the server for the installed system.",
-          refused="the installed system gets the install network's addressing (DHCP, or "
-                  "the static si.ip-address settings)"),
+          "Network configuration for the installed system: SystemImager's network-config "
+          "XML (NICs, bonds, VLANs, aliases, IPv6, DNS) in the server's "
+          "scripts/network-configs/NAME[.xml] (default: looked up by host name, group, base "
+          "host name, image, then 'default'; none found: the install NIC only). Written in "
+          "the image's own network style; what that style cannot express is refused before "
+          "any disk is touched. The install NIC is added, as installed, when the file does "
+          "not mention it."),
     Param("si.dl-protocol", Kind.ENUM, DlProtocol.RSYNC,
           "How the image is transferred. Only rsync is implemented by sysclone so far. "
           "When not given, si.ssh-download-url selects ssh and "
@@ -268,6 +285,19 @@ PARAMS: tuple[Param, ...] = (
     Param("si.dry-run", Kind.BOOL, False,
           "Show the install plan and the effective parameters, touch nothing.",
           origin="sysclone"),
+    Param("si.luks-key", Kind.TEXT, None,
+          "Key (passphrase) of the layout's LUKS volumes, all of them. Without it the agent "
+          "fetches each volume's key from the image server (ROOT/scripts/luks-keys/, looked "
+          "up by host name, base host name, image, then 'default'). Whoever can read the "
+          "boot configuration can read it: prefer the server's key files, or a local.cfg "
+          "only root can read. Never shown in listings.",
+          origin="sysclone", secret=True),
+    Param("si.luks-unlock", Kind.ENUM, LuksUnlock.KEYFILE,
+          "How the installed system unlocks its LUKS volumes at boot: 'keyfile' stores the "
+          "key in /etc/cryptsetup-keys.d and in the initrd, so it boots unattended (the key "
+          "can then be read from /boot); 'console' asks for the passphrase on the console at "
+          "every boot and stores no key.",
+          choices=LuksUnlock, origin="sysclone"),
     # -- identity and install network -------------------------------------------------------------
     Param("si.hostname", Kind.HOSTNAME, None,
           "Host name of the installed machine (default: from DHCP or the server).",

@@ -25,13 +25,23 @@ The rules (and why):
   * Each logical partition is preceded by 1 MiB holding its extended boot
     record (only one sector is needed, but the next partition must start
     aligned).
+  * Scaling (when the caller gives `minimums`, as the install plan does): a
+    layout written for a bigger disk whose absolute sizes do not fit is
+    shrunk to fit.  Every partition with an absolute size shrinks by the
+    same factor, except the BIOS boot partition and the ESP (firmware-sized)
+    and none below its minimum (what its filesystem needs for the image, at
+    least 1 MiB); partitions held at their minimum leave the factor to the
+    others.  `*` still takes what is left, at least its minimum.  If even
+    the minimums do not fit, the layout is refused.  Each scaled partition
+    records the size the layout asked for.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from agent.storage.model import Disk, LabelType, Partition, PartType
+from agent.storage.model import Disk, LabelType, Partition, PartType, is_bios_boot, is_esp
 from agent.storage.units import MiB, Unit, align_down, align_up, human, size_to_bytes
 from sysclone.errors import ConfigError
 
@@ -48,6 +58,7 @@ class PlannedPartition:
     device: str  # /dev/sda6, /dev/nvme0n1p6
     partition: Partition  # the layout's entry: flags, name, type id
     sector_size: int = 512
+    asked: int | None = None  # bytes the layout asked for, when scaled down
 
     @property
     def end(self) -> int:
@@ -82,30 +93,94 @@ def usable_area(label: LabelType, disk_size: int, sector_size: int,
 
 
 def plan_partitions(disk: Disk, disk_size_bytes: int, sector_size: int = 512, *,
-                    alignment: int = MiB) -> list[PlannedPartition]:
+                    alignment: int = MiB,
+                    minimums: Mapping[int, int] | None = None) -> list[PlannedPartition]:
     """The partitions of `disk` as byte ranges on a disk of `disk_size_bytes`,
     in on-disk order (an extended partition comes before its logical ones).
 
-    Empty for label_type convert/none: their partitions exist already.
-    Raises ConfigError when the layout does not fit, naming the disk, what
-    the layout needs and what the disk has.  Expects a validated layout."""
+    With `minimums` ({partition number: bytes}, possibly empty) a layout too
+    big for the disk is scaled down to fit, see above.  Empty for
+    label_type convert/none: their partitions exist already.  Raises
+    ConfigError when the layout does not fit, naming the disk, what the
+    layout needs and what the disk has.  Expects a validated layout."""
     if not disk.label.creates_table:
         return []
     if sector_size < 512 or sector_size & (sector_size - 1):
         raise ValueError(f"sector size {sector_size} is not a power of two >= 512")
     if alignment % sector_size:
         raise ValueError(f"alignment {alignment} is not a multiple of the sector size")
-    return _Planner(disk, disk_size_bytes, sector_size, alignment).plan()
+    return _Planner(disk, disk_size_bytes, sector_size, alignment, minimums).plan()
+
+
+@dataclass
+class _Item:
+    """One partition of a level while sizes are decided."""
+
+    p: Partition
+    wanted: int | None  # None: `*`
+    minimum: int
+    scalable: bool
+    size: int = 0
 
 
 class _Planner:
-    def __init__(self, disk: Disk, disk_size: int, sector_size: int, alignment: int) -> None:
+    def __init__(self, disk: Disk, disk_size: int, sector_size: int, alignment: int,
+                 minimums: Mapping[int, int] | None) -> None:
         self.disk = disk
         self.disk_size = disk_size
         self.sector_size = sector_size
         self.alignment = alignment
+        self.scale = minimums is not None
+        self.minimums = dict(minimums or {})
         self.first, self.end = usable_area(disk.label, disk_size, sector_size, alignment)
         self.usable = max(0, self.end - self.first)
+
+    def minimum(self, p: Partition) -> int:
+        return max(self.alignment, align_up(self.minimums.get(p.number, 0), self.alignment))
+
+    def item(self, p: Partition, wanted: int | None, minimum: int | None = None) -> _Item:
+        # Firmware-defined partitions keep their size; percentages fit already.
+        scalable = self.scale and wanted is not None and self.disk.unit is not Unit.PERCENT \
+            and not is_bios_boot(p) and not is_esp(self.disk.label, p)
+        return _Item(p, wanted, self.minimum(p) if minimum is None else minimum, scalable)
+
+    def fit(self, items: list[_Item], room: int) -> bool:
+        """Sizes for one level in `room` bytes; False when they cannot fit.
+        Without scaling, fixed sizes are kept or the level does not fit."""
+        rest = next((i for i in items if i.wanted is None), None)
+        fixed = sum(i.wanted for i in items if i.wanted is not None)
+        need_rest = rest.minimum if rest is not None else 0
+        if fixed + need_rest <= room:
+            for i in items:
+                i.size = i.wanted if i.wanted is not None else room - fixed
+            return True
+        shrink = [i for i in items if i.scalable]
+        if not shrink:
+            return False
+        budget = room - need_rest - sum(i.wanted for i in items
+                                        if i.wanted is not None and not i.scalable)
+        # Water-filling: one factor for all, those it would push below their
+        # minimum are held there and the factor is worked out again.
+        while shrink:
+            total = sum(i.wanted for i in shrink if i.wanted is not None)
+            factor = budget / total if total else 0.0
+            low = [i for i in shrink if (i.wanted or 0) * factor < i.minimum]
+            if not low:
+                break
+            for i in low:
+                i.size = i.minimum
+                budget -= i.minimum
+                shrink.remove(i)
+        if budget < 0:
+            return False
+        for i in shrink:
+            i.size = max(i.minimum, align_down(int((i.wanted or 0) * factor), self.alignment))
+        for i in items:
+            if i.wanted is not None and not i.scalable:
+                i.size = i.wanted
+        if rest is not None:
+            rest.size = room - sum(i.size for i in items if i is not rest)
+        return sum(i.size for i in items) <= room
 
     def wanted(self, p: Partition) -> int | None:
         """Bytes a fixed-size partition gets (aligned); None for `*`."""
@@ -140,54 +215,71 @@ class _Planner:
         if d.logicals and d.extended is None:  # validate() says so too, with lines
             raise ConfigError(f"{d.dev} has logical partitions but no extended partition")
         gap = self.alignment  # room for each logical partition's boot record
-        logicals = sorted(d.logicals, key=lambda p: p.number)
-        logical_sizes = {p.number: self.wanted(p) for p in logicals}
-        logical_fixed = sum(s for s in logical_sizes.values() if s is not None) \
+        logicals = [self.item(p, self.wanted(p)) for p in sorted(d.logicals,
+                                                                 key=lambda p: p.number)]
+        logical_fixed = sum(i.wanted for i in logicals if i.wanted is not None) \
             + gap * len(logicals)
-        logical_rest = any(s is None for s in logical_sizes.values())
+        logical_rest = any(i.wanted is None for i in logicals)
         extended_min = max(logical_fixed + (self.alignment if logical_rest else 0),
                            self.alignment)
+        # What the extended partition can shrink to: its logicals' minimums.
+        extended_least = max(sum(i.minimum for i in logicals) + gap * len(logicals),
+                             self.alignment) if self.scale else extended_min
 
-        top = sorted(d.top_level, key=lambda p: p.number)
-        sizes = {p.number: self.wanted(p) for p in top}
-        for p in top:
-            size = sizes[p.number]
-            if p.kind is PartType.EXTENDED and size is not None and size < extended_min:
-                raise ConfigError(
-                    f"extended partition {p.number} of {d.dev} is {human(size)} but its "
-                    f"logical partitions need {human(extended_min)}",
-                    hint="each logical partition also needs 1 MiB for its boot record")
-        fixed = sum(s for s in sizes.values() if s is not None)
-        rest = next((p for p in top if sizes[p.number] is None), None)
-        if rest is None:
-            if fixed > self.usable:
+        top = []
+        for p in sorted(d.top_level, key=lambda p: p.number):
+            wanted = self.wanted(p)
+            if p.kind is PartType.EXTENDED:
+                if wanted is not None and wanted < extended_min and not self.scale:
+                    raise ConfigError(
+                        f"extended partition {p.number} of {d.dev} is {human(wanted)} but its "
+                        f"logical partitions need {human(extended_min)}",
+                        hint="each logical partition also needs 1 MiB for its boot record")
+                top.append(self.item(p, wanted, extended_least))
+            else:
+                top.append(self.item(p, wanted))
+        if not self.fit(top, self.usable):
+            fixed = sum(i.wanted for i in top if i.wanted is not None)
+            rest = next((i for i in top if i.wanted is None), None)
+            if self.scale and any(i.scalable for i in top):
+                least = sum(i.minimum if i.scalable or i.wanted is None else i.wanted or 0
+                            for i in top)
+                big = sorted((i for i in top + logicals if i.minimum >= 32 * MiB
+                              and i.p.kind is not PartType.EXTENDED),
+                             key=lambda i: -i.minimum)[:3]
+                what = "its partitions even scaled down"
+                if big:
+                    what += " (" + ", ".join(f"partition {i.p.number} at least "
+                                             f"{i.minimum // MiB:,} MiB" for i in big) + \
+                        ": the image data and the smallest filesystem each holds)"
+                raise self.too_small(least, what)
+            if rest is None:
                 raise self.too_small(fixed, "its partitions")
-        else:
-            least = extended_min if rest.kind is PartType.EXTENDED else self.alignment
-            if fixed + least > self.usable:
-                raise self.too_small(fixed + least, f'its partitions (partition {rest.number}, '
-                                                    f'size "*", needs at least {human(least)})')
-            sizes[rest.number] = self.usable - fixed
+            raise self.too_small(fixed + rest.minimum,
+                                 f'its partitions (partition {rest.p.number}, size "*", needs '
+                                 f"at least {human(rest.minimum)})")
 
         planned: list[PlannedPartition] = []
         pos = self.first
-        for p in top:
-            size = sizes[p.number]
-            assert size is not None
-            planned.append(self.placed(p, pos, size))
-            if p.kind is PartType.EXTENDED:
-                inside = size - logical_fixed  # what a `*` logical partition gets
+        for i in top:
+            planned.append(self.placed(i.p, pos, i.size, i.wanted))
+            if i.p.kind is PartType.EXTENDED:
+                if not self.fit(logicals, i.size - gap * len(logicals)):
+                    raise ConfigError(
+                        f"extended partition {i.p.number} of {d.dev} is {human(i.size)} but "
+                        f"its logical partitions need {human(extended_min)}",
+                        hint="each logical partition also needs 1 MiB for its boot record")
                 lpos = pos
                 for lp in logicals:
-                    lsize = logical_sizes[lp.number]
-                    lsize = inside if lsize is None else lsize
                     lpos += gap
-                    planned.append(self.placed(lp, lpos, lsize))
-                    lpos += lsize
-            pos += size
+                    planned.append(self.placed(lp.p, lpos, lp.size, lp.wanted))
+                    lpos += lp.size
+            pos += i.size
         return planned
 
-    def placed(self, p: Partition, start: int, size: int) -> PlannedPartition:
+    def placed(self, p: Partition, start: int, size: int,
+               wanted: int | None) -> PlannedPartition:
+        asked = wanted if wanted is not None and size < wanted else None
         return PlannedPartition(number=p.number, kind=p.kind, start=start, size=size,
                                 device=self.disk.partition_path(p.number), partition=p,
-                                sector_size=self.sector_size)
+                                sector_size=self.sector_size, asked=asked)

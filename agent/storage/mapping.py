@@ -6,6 +6,8 @@ the caller chose (in its order of preference), and every device path that
 names one of them or one of their partitions is rewritten with the target
 disk's partition naming (/dev/sda6 -> /dev/nvme0n1p6).  Paths that are not
 the layout's disks (/dev/md0, /dev/vg/lv, /dev/dvd, LABEL=...) are kept.
+Which machine disk each layout disk is, selectors included, is decided by
+`selectors.choose_disks`; this only renames.
 """
 
 from __future__ import annotations
@@ -50,8 +52,10 @@ def map_disks(layout: Layout, actual_disks: Sequence[str]) -> Layout:
                   for r in layout.raids)
     fsinfo = tuple(replace(e, real_dev=ren(e.real_dev), mount_dev=ren(e.mount_dev))
                    for e in layout.fsinfo)
+    crypts = tuple(replace(c, device=rename_device(c.device, mapping)) for c in layout.crypts)
     bootloader = layout.bootloader
     if bootloader is not None:
         bootloader = replace(bootloader, targets=tuple(
             replace(t, dev=rename_device(t.dev, mapping)) for t in bootloader.targets))
-    return replace(layout, disks=disks, raids=raids, fsinfo=fsinfo, bootloader=bootloader)
+    return replace(layout, disks=disks, raids=raids, fsinfo=fsinfo, bootloader=bootloader,
+                   crypts=crypts)

@@ -2,12 +2,14 @@
 
 A faithful, typed copy of a SystemImager disks-layout file (see
 systemimager.disks-layout(7), disk-layout.dtd, disks-layout.xsd): disks and
-partitions, software RAID, LVM, the bootloader and the fstab lines.  Items are
-frozen dataclasses so a layout can be compared, hashed and safely shared;
-rewriting one (e.g. renaming disks) makes a new one.
+partitions, software RAID, LVM, the bootloader and the fstab lines; plus
+sysclone's additions: LUKS volumes, filesystem labels and disk selectors.
+Items are frozen dataclasses so a layout can be compared, hashed and safely
+shared; rewriting one (e.g. renaming disks) makes a new one.
 
-Nothing here reads files or checks cross-references: `sixml` builds a layout
-from XML (schema-level checks), `validate` checks that it makes sense.
+Nothing here reads files or checks cross-references: `sixml` (XML) and
+`tomlform` (TOML) build a layout with schema-level checks, `validate`
+checks that it makes sense.
 
 `src_line` fields remember where an item was read, for error messages only:
 they are left out of comparisons so that a layout equals its round trip.
@@ -161,11 +163,35 @@ def is_bios_boot(p: Partition) -> bool:
 
 
 @dataclass(frozen=True)
+class DiskSelector:
+    """Which of the machine's disks a layout disk is (TOML layouts only;
+    SystemImager XML maps disks in order).  Every field given must match;
+    the plan refuses a selector that matches no disk or several."""
+
+    size: str | None = None  # ">=100GiB", "<2T", "400G..520G" (agent.storage.selectors)
+    model: str | None = None  # shell pattern, case-insensitive
+    serial: str | None = None  # shell pattern
+    wwn: str | None = None  # shell pattern, case-insensitive, without 0x
+    bus: str | None = None  # nvme, sata, sas, scsi, usb, virtio, xen, mmc, ata
+    by_path: str | None = None  # shell pattern on the /dev/disk/by-path name
+    order: int | None = None  # the Nth usable disk, 1-based, in name order
+
+    FIELDS = ("size", "model", "serial", "wwn", "bus", "by_path", "order")
+
+    def items(self) -> list[tuple[str, str | int]]:
+        return [(k, v) for k in self.FIELDS if (v := getattr(self, k)) is not None]
+
+    def describe(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.items())
+
+
+@dataclass(frozen=True)
 class Disk:
     dev: str
     label: LabelType
     unit: Unit
     partitions: tuple[Partition, ...]
+    select: DiskSelector | None = None
     src_line: int | None = _src()
 
     def partition(self, number: int) -> Partition | None:
@@ -205,6 +231,24 @@ class RaidArray:
     devices: tuple[str, ...] = ()
     metadata: str | None = None  # sysclone extension: mdadm --metadata
     src_line: int | None = _src()
+
+
+@dataclass(frozen=True)
+class CryptVolume:
+    """A LUKS2 volume (sysclone extension): `device` encrypted, opened as
+    /dev/mapper/<name>.  It may be a physical volume of an LVM group."""
+
+    name: str
+    device: str  # a partition, md array or logical volume of the layout
+    lvm_group: str | None = None
+    cipher: str | None = None  # cryptsetup --cipher; default cryptsetup's
+    key_size: int | None = None  # bits, cryptsetup --key-size
+    options: str | None = None  # extra crypttab options (discard, ...)
+    src_line: int | None = _src()
+
+    @property
+    def path(self) -> str:
+        return f"/dev/mapper/{self.name}"
 
 
 @dataclass(frozen=True)
@@ -258,7 +302,52 @@ class FsEntry:
     passno: int | None = None  # `pass`
     format: bool | None = None  # False: keep existing data; None: format if we can
     comment: str | None = None
+    label: str | None = None  # sysclone extension: the filesystem label mkfs sets
     src_line: int | None = _src()
+
+    @property
+    def labels(self) -> list[str]:
+        """Every label the line asks for: `label`, mount_dev's LABEL=
+        (SystemImager labels the filesystems fstab names by label), and the
+        label option in mkfs_opts (how SystemImager and captured layouts
+        set one).  `validate` requires them to agree."""
+        from agent.storage.mkfsopts import TOOL_OF_FS, split_label
+
+        out = [self.label] if self.label is not None else []
+        if self.mount_dev and self.mount_dev.startswith("LABEL="):
+            out.append(self.mount_dev[len("LABEL="):])
+        tool = TOOL_OF_FS.get(self.fs or "")
+        if tool and self.mkfs_opts:
+            try:
+                opt = split_label(tool, self.mkfs_opts)[0]
+            except ValueError:  # unbalanced quotes: reported by validate
+                opt = None
+            if opt is not None:
+                out.append(opt)
+        return out
+
+    @property
+    def fs_label(self) -> str | None:
+        """The label the filesystem gets."""
+        labels = self.labels
+        return labels[0] if labels else None
+
+    @property
+    def fs_uuid(self) -> str | None:
+        """The UUID fstab names it by (mount_dev UUID=...), lower-case."""
+        if self.mount_dev and self.mount_dev.startswith("UUID="):
+            return self.mount_dev[len("UUID="):].lower()
+        return None
+
+    @property
+    def subvolume(self) -> str | None:
+        """The btrfs subvolume this line mounts (options subvol=...)."""
+        if self.fs != "btrfs" or not self.options:
+            return None
+        for opt in self.options.split(","):
+            if opt.startswith("subvol="):
+                return opt[len("subvol="):].strip("/") or None
+        return None
 
     @property
     def is_comment(self) -> bool:
@@ -291,6 +380,7 @@ class Layout:
     lvm_version: int | None = None  # <lvm version=>; LVM metadata format, default 2
     bootloader: Bootloader | None = None
     fsinfo: tuple[FsEntry, ...] = ()
+    crypts: tuple[CryptVolume, ...] = ()
     source: str = field(default="<layout>", compare=False)  # file name, for messages
 
     # -- queries (pure; used by validation, mapping and the installer) --
@@ -326,7 +416,16 @@ class Layout:
     def physical_volumes(self, vg: str) -> tuple[str, ...]:
         parts = tuple(d.partition_path(p.number) for d, p in self.partitions()
                       if p.lvm_group == vg)
-        return parts + tuple(r.name for r in self.raids if r.lvm_group == vg)
+        return parts + tuple(r.name for r in self.raids if r.lvm_group == vg) + \
+            tuple(c.path for c in self.crypts if c.lvm_group == vg)
+
+    def crypt(self, path: str) -> CryptVolume | None:
+        """The LUKS volume opened as `path` (/dev/mapper/<name>)."""
+        return next((c for c in self.crypts if c.path == path), None)
+
+    @property
+    def uses_selectors(self) -> bool:
+        return any(d.select is not None for d in self.disks)
 
     def find_logical_volume(self, path: str) -> tuple[VolumeGroup, LogicalVolume] | None:
         """By /dev/vg/lv or /dev/mapper/vg-lv."""

@@ -19,27 +19,25 @@ except the last:
     installer refuses a second bootloader; two raid/lvm sections are
     forbidden by the XSD).
 
-xml.etree is not used for reading because it does not keep line numbers;
-expat (its parser) does.  Expat does not fetch external entities.
+sysclone extensions beyond those: a <luks> section of <luks_dev> volumes,
+and fsinfo `label`.  The tree comes from `xmltree`, which refuses DOCTYPEs
+and entities; the writer is `sixml_write`.
 """
 
 from __future__ import annotations
 
 import re
 import shlex
-import xml.etree.ElementTree as ET
-import xml.parsers.expat
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import TypeVar
 
-from agent.storage.devices import DISK_PATH
 from agent.storage.model import (
     BootFlavor,
     Bootloader,
     BootTarget,
+    CryptVolume,
     Disk,
     Flag,
     FsEntry,
@@ -54,65 +52,22 @@ from agent.storage.model import (
     RaidLevel,
     VolumeGroup,
 )
+from agent.storage.names import CHUNK as _CHUNK
+from agent.storage.names import DISK_DEV as _DISK_DEV
+from agent.storage.names import DM_NAME
+from agent.storage.names import LVM_NAME as _LVM_NAME
+from agent.storage.names import MD_METADATA as _MD_METADATA
+from agent.storage.names import MD_NAME as _MD_NAME
+from agent.storage.names import PART_ID as _PART_ID
 from agent.storage.units import LvmSize, Size, Unit
+from agent.storage.xmltree import Node as _Node
+from agent.storage.xmltree import read_tree
 from sysclone.errors import ConfigError
 
 E = TypeVar("E", bound=Enum)
-T = TypeVar("T")
 
-# LVM's own rules (lvm(8) VALID NAMES); the XSD's pattern forgets "-" after
-# the first character, which LVM allows and real group names use.
-_LVM_NAME = re.compile(r"[A-Za-z0-9+_.][A-Za-z0-9+_.-]{0,127}")
-_MD_NAME = re.compile(r"/dev/md[0-9]+|/dev/md/[A-Za-z0-9_.:-]+")
-# The XSD also allows an NFS-style "host:/path"; read it, `validate` refuses it.
-_DISK_DEV = re.compile(DISK_PATH.pattern + r"|[A-Za-z0-9.-]+:/.+")
-_PART_ID = re.compile(r"[0-9a-fA-F]{1,2}|[0-9a-fA-F]{4}"
-                      r"|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-_CHUNK = re.compile(r"[0-9]+[KkMmGg]?")
-_MD_METADATA = ("0", "0.90", "1", "1.0", "1.1", "1.2", "default", "ddf", "imsm")
 _YES = ("yes", "y", "1", "true", "on")
 _NO = ("no", "n", "0", "false", "off")
-
-
-# --- a minimal tree that remembers line numbers ----------------------------
-@dataclass
-class _Node:
-    tag: str
-    attrs: dict[str, str]
-    line: int
-    children: list[_Node] = field(default_factory=list)
-    text: str = ""
-
-
-def _read_tree(data: str | bytes, source: str) -> _Node:
-    parser = xml.parsers.expat.ParserCreate()
-    stack: list[_Node] = []
-    roots: list[_Node] = []
-
-    def start(tag: str, attrs: dict[str, str]) -> None:
-        node = _Node(tag, attrs, parser.CurrentLineNumber)
-        (stack[-1].children if stack else roots).append(node)
-        stack.append(node)
-
-    def end(tag: str) -> None:
-        stack.pop()
-
-    def text(data: str) -> None:
-        if stack:
-            stack[-1].text += data
-
-    parser.StartElementHandler = start
-    parser.EndElementHandler = end
-    parser.CharacterDataHandler = text
-    try:
-        parser.Parse(data, True)
-    except xml.parsers.expat.ExpatError as exc:
-        reason = xml.parsers.expat.ErrorString(exc.code)
-        raise ConfigError(
-            f"{source}:{exc.lineno}: not well-formed XML: {reason}",
-            hint="disks-layout files are XML; see systemimager.disks-layout(7)",
-        ) from None
-    return roots[0]
 
 
 # --- reading ---------------------------------------------------------------
@@ -216,10 +171,11 @@ class _Reader:
         lvm_version: int | None = None
         bootloader: Bootloader | None = None
         fsinfo: list[FsEntry] = []
+        crypts: list[CryptVolume] = []
         seen: set[str] = set()
-        for child in self.children(root, ("disk", "raid", "lvm", "bootloader", "fsinfo",
+        for child in self.children(root, ("disk", "raid", "lvm", "luks", "bootloader", "fsinfo",
                                           "boel")):
-            if child.tag in ("raid", "lvm", "bootloader") and child.tag in seen:
+            if child.tag in ("raid", "lvm", "luks", "bootloader") and child.tag in seen:
                 raise ConfigError(f"{self.source}:{child.line}: a second <{child.tag}> "
                                   "section; only one is allowed",
                                   hint=f"put everything in the first <{child.tag}>")
@@ -234,6 +190,9 @@ class _Reader:
                 if lvm_version not in (None, 1, 2):
                     raise self.error(child, f"attribute version={a['version']!r} must be 1 or 2")
                 groups.extend(self.lvm_group(n) for n in self.some(child, "lvm_group"))
+            elif child.tag == "luks":
+                self.attrs(child, ())
+                crypts.extend(self.luks_dev(n) for n in self.some(child, "luks_dev"))
             elif child.tag == "bootloader":
                 bootloader = self.bootloader(child)
             elif child.tag == "fsinfo":
@@ -248,7 +207,7 @@ class _Reader:
                               hint="add <fsinfo> lines, at least one for /")
         return Layout(disks=tuple(disks), raids=tuple(raids), volume_groups=tuple(groups),
                       lvm_version=lvm_version, bootloader=bootloader, fsinfo=tuple(fsinfo),
-                      source=self.source)
+                      crypts=tuple(crypts), source=self.source)
 
     def some(self, node: _Node, tag: str) -> list[_Node]:
         """The children of a section that needs at least one of `tag`."""
@@ -387,6 +346,20 @@ class _Reader:
                 raise self.error(node, f"attribute lv_options={options!r}: {exc}") from None
         return LogicalVolume(name=name, size=size, options=options, src_line=node.line)
 
+    def luks_dev(self, node: _Node) -> CryptVolume:
+        a = self.attrs(node, ("name", "real_dev"),
+                       ("lvm_group", "cipher", "key_size", "options"))
+        name = self.need(node, a, "name")
+        if not DM_NAME.fullmatch(name):
+            raise self.error(node, f"attribute name={name!r} is not a device-mapper name",
+                             hint="letters, digits, + _ . and - (not first), at most 127")
+        return CryptVolume(
+            name=name, device=self.need(node, a, "real_dev"),
+            lvm_group=self.lvm_name(node, "lvm_group", a["lvm_group"]) if a["lvm_group"]
+            else None,
+            cipher=a["cipher"], key_size=self.integer(node, "key_size", a["key_size"], minimum=1),
+            options=a["options"], src_line=node.line)
+
     def bootloader(self, node: _Node) -> Bootloader:
         a = self.attrs(node, ("flavor", "install_type"), ("default_entry", "timeout"))
         targets = []
@@ -409,7 +382,7 @@ class _Reader:
         # The DTD requires real_dev, mp, fs, dump and pass; the XSD dropped
         # that so a line can be a bare comment.  `validate` checks the rest.
         a = self.attrs(node, (), ("line", "comment", "real_dev", "mount_dev", "mp", "fs",
-                                  "mkfs_opts", "options", "dump", "pass", "format"))
+                                  "mkfs_opts", "options", "dump", "pass", "format", "label"))
         return FsEntry(
             line=self.integer(node, "line", a["line"], minimum=1),
             real_dev=a["real_dev"], mount_dev=a["mount_dev"], mountpoint=a["mp"], fs=a["fs"],
@@ -417,7 +390,7 @@ class _Reader:
             dump=self.integer(node, "dump", a["dump"]),
             passno=self.integer(node, "pass", a["pass"]),
             format=self.boolean(node, "format", a["format"]),
-            comment=a["comment"],
+            comment=a["comment"], label=a["label"],
             src_line=node.line,
         )
 
@@ -425,7 +398,7 @@ class _Reader:
 def _name(node: _Node) -> str:
     """The element as a reader would find it: <part num="6">."""
     key = {"disk": "dev", "part": "num", "raid_disk": "name", "lvm_group": "name",
-           "lv": "name", "target": "dev", "fsinfo": "line"}.get(node.tag)
+           "lv": "name", "target": "dev", "fsinfo": "line", "luks_dev": "name"}.get(node.tag)
     if key and node.attrs.get(key):
         return f'<{node.tag} {key}="{node.attrs[key]}">'
     return f"<{node.tag}>"
@@ -434,7 +407,7 @@ def _name(node: _Node) -> str:
 def parse_layout(text: str | bytes, source_name: str = "<layout>") -> Layout:
     """A layout from disks-layout XML; errors name `source_name`.
     Checks the schema only: call validate.validate() before acting on it."""
-    return _Reader(source_name).layout(_read_tree(text, source_name))
+    return _Reader(source_name).layout(read_tree(text, source_name))
 
 
 def load_layout(path: str | Path) -> Layout:
@@ -446,82 +419,7 @@ def load_layout(path: str | Path) -> Layout:
     return parse_layout(data, str(path))
 
 
-# --- writing ---------------------------------------------------------------
-_HEADER = """<!--
-  Disk layout for a sysclone (SystemImager-compatible) install.
-  Format: systemimager.disks-layout(7).  Sizes are in the disk's
-  unit_of_measurement; "*" takes the space left.
--->
-"""
+# The writer lives beside the reader; re-exported for callers of this module.
+from agent.storage.sixml_write import to_xml  # noqa: E402
 
-
-def _set(el: ET.Element, name: str, value: object) -> None:
-    """Write an attribute unless it is absent (None)."""
-    if value is not None:
-        el.set(name, value if isinstance(value, str) else str(value))
-
-
-def _opt(value: T | None, conv: Callable[[T], str]) -> str | None:
-    return None if value is None else conv(value)
-
-
-def to_xml(layout: Layout) -> str:
-    """SystemImager disks-layout XML for `layout`; parse_layout() of it gives
-    back an equal layout."""
-    root = ET.Element("config")
-    for d in layout.disks:
-        de = ET.SubElement(root, "disk", dev=d.dev, label_type=d.label.value,
-                           unit_of_measurement=d.unit.value)
-        for p in d.partitions:
-            pe = ET.SubElement(de, "part", num=str(p.number), size=str(p.size),
-                               p_type=p.kind.value)
-            _set(pe, "id", p.part_id)
-            _set(pe, "p_name", p.name)
-            _set(pe, "flags", ",".join(f.value for f in p.flags) or None)
-            _set(pe, "raid_dev", p.raid_dev)
-            _set(pe, "lvm_group", p.lvm_group)
-    if layout.raids:
-        re_ = ET.SubElement(root, "raid")
-        for r in layout.raids:
-            rd = ET.SubElement(re_, "raid_disk", name=r.name, raid_level=r.level.value)
-            _set(rd, "raid_devices", r.raid_devices)
-            _set(rd, "spare_devices", r.spare_devices)
-            _set(rd, "persistence", _opt(r.persistence, lambda b: "yes" if b else "no"))
-            _set(rd, "rounding", r.rounding)
-            _set(rd, "layout", _opt(r.layout, lambda x: x.value))
-            _set(rd, "chunk_size", r.chunk_size)
-            _set(rd, "lvm_group", r.lvm_group)
-            _set(rd, "devices", " ".join(r.devices) or None)
-            _set(rd, "metadata", r.metadata)
-    if layout.volume_groups:
-        le = ET.SubElement(root, "lvm")
-        _set(le, "version", layout.lvm_version)
-        for g in layout.volume_groups:
-            # All four are required by the schema; empty means "not set".
-            ge = ET.SubElement(le, "lvm_group", name=g.name,
-                               max_log_vols=_opt(g.max_log_vols, str) or "",
-                               max_phys_vols=_opt(g.max_phys_vols, str) or "",
-                               phys_extent_size=_opt(g.phys_extent_size, str) or "")
-            for lv in g.volumes:
-                lve = ET.SubElement(ge, "lv", name=lv.name, size=str(lv.size))
-                _set(lve, "lv_options", lv.options)
-    if layout.bootloader:
-        b = layout.bootloader
-        be = ET.SubElement(root, "bootloader", flavor=b.flavor.value,
-                           install_type=b.install_type.value)
-        _set(be, "default_entry", b.default_entry)
-        _set(be, "timeout", b.timeout)
-        for t in b.targets:
-            te = ET.SubElement(be, "target", dev=t.dev)
-            _set(te, "path", t.path)
-    for e in layout.fsinfo:
-        fe = ET.SubElement(root, "fsinfo")
-        for name, value in (("line", e.line), ("comment", e.comment),
-                            ("real_dev", e.real_dev), ("mount_dev", e.mount_dev),
-                            ("mp", e.mountpoint), ("fs", e.fs), ("mkfs_opts", e.mkfs_opts),
-                            ("options", e.options), ("dump", e.dump), ("pass", e.passno),
-                            ("format", _opt(e.format, lambda b: "yes" if b else "no"))):
-            _set(fe, name, value)
-    ET.indent(root, space="  ")
-    return _HEADER + ET.tostring(root, encoding="unicode") + "\n"
-
+__all__ = ["DM_NAME", "load_layout", "parse_layout", "to_xml"]

@@ -125,7 +125,9 @@ def test_plan_rejects_too_small_disk_before_touching_it(state: StateRoot, served
     instr = resolve(state, ClientQuery("node7", None, "tiny"),
                     ServerPolicy(rsync_port=served.config.rsync_port))
     instr["image"]["usage"]["/"] = 3 << 30  # pretend the image holds 3 GiB
-    with pytest.raises(ConfigError, match=r"does not fit: / needs"):
+    # Even the swap shrunk away, / cannot hold 3 GiB on a 2 GiB disk.
+    with pytest.raises(ConfigError, match=r"too small for its partitions even scaled down "
+                                          r"\(partition 2 at least 3,436 MiB: the image data"):
         make_plan(instructions=instr, server="127.0.0.1", hostname="node7",
                   targets=[disks.Disk(Path(dev).name, 2 << 30)], fw="bios",
                   ram_bytes=512 << 20)

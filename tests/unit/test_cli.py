@@ -24,12 +24,16 @@ from sysclone.cli import build_parser, main
 from sysclone.errors import ConfigError
 from sysclone.paths import StateRoot
 from tests.conftest import FakeDaemon
+from tests.unit.mediafakes import fake_bootfiles
 
 LEAVES = {"image bootstrap", "image list", "image show", "image delete", "image capture",
           "image versions", "image rollback", "image prune", "image diff", "image verify",
-          "image chroot", "image copy", "image rename", "client prepare", "kernel fetch",
-          "kernel list", "bootenv build", "serve", "pxe build", "demo", "params", "clients"}
-GROUPS = {"image", "client", "kernel", "bootenv", "pxe"}
+          "image chroot", "image copy", "image rename", "client prepare", "client inventory",
+          "kernel add", "kernel fetch", "kernel list", "bootenv build", "bootenv check", "serve",
+          "pxe build", "demo", "params", "clients",
+          "layout check", "layout plan", "layout convert",
+          "media iso", "media usb", "media pxe", "bootserver", "updateclient", "push-update"}
+GROUPS = {"image", "client", "kernel", "bootenv", "pxe", "layout", "media"}
 
 
 def subcommands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()
@@ -165,7 +169,7 @@ def test_image_list_show_delete(root, capsys):
 
 def test_empty_lists(root, capsys):
     for argv, header in ((["image", "list"], "NAME VERSION VERSIONS ORIGIN SOURCE SIZE FILES"),
-                         (["kernel", "list"], "FLAVOR VERSION PACKAGE PATH"),
+                         (["kernel", "list"], "NAME VERSION SOURCE MODULES FIRMWARE"),
                          (["clients"], "CLIENT LAST PHASE MESSAGE")):
         assert main(["--root", str(root), *argv]) == 0
         assert words(capsys.readouterr().out) == header
@@ -198,12 +202,7 @@ def test_params_describes_the_install_parameters(root, capsys):
 
 
 def test_pxe_build(root, tmp_path, capsys, monkeypatch):
-    pxelinux = tmp_path / "syslinux/pxelinux.0"
-    pxelinux.parent.mkdir()
-    pxelinux.write_bytes(b"pxelinux")
-    (tmp_path / "syslinux/ldlinux.c32").write_bytes(b"ldlinux")
-    monkeypatch.setattr(pxe, "PXELINUX", pxelinux)
-    monkeypatch.setattr(pxe, "SYSLINUX_BIOS", tmp_path / "syslinux")
+    fake_bootfiles(tmp_path / "host", monkeypatch)
     be = root / "bootenv/standard"
     be.mkdir(parents=True)
     (be / "kernel").write_bytes(b"k")
@@ -212,8 +211,15 @@ def test_pxe_build(root, tmp_path, capsys, monkeypatch):
                  "IMAGENAME=deb12"]) == 0
     cfg = (root / "pxe/pxelinux.cfg/default").read_text()
     assert "    APPEND initrd=initrd.img IMAGESERVER=10.0.2.2 IMAGENAME=deb12\n" in cfg
-    assert capsys.readouterr().err == (f"PXE tree in {root}/pxe (serve it over TFTP; "
-                                       "boot file pxelinux.0)\n")
+    # `pxe build` is `media pxe`: GRUB EFI and iPXE too, and the switch is on.
+    assert "linux /kernel IMAGESERVER=10.0.2.2 IMAGENAME=deb12 $sc_bootif" in (
+        root / "pxe/grub/grub.cfg").read_text()
+    assert (root / "pxe/bootx64.efi").read_bytes() == b"shimx64.efi.signed"
+    assert (root / "pxe/ipxe/default.ipxe").is_file()
+    err = capsys.readouterr().err
+    assert err.startswith(f"PXE tree in {root}/pxe: boot files pxelinux.0 (BIOS), bootx64.efi "
+                          "(UEFI, shim + GRUB), ipxe.efi / undionly.kpxe (iPXE), then "
+                          "boot.ipxe\n")
 
 
 def test_pxe_build_without_a_bootenv(root, tmp_path, capsys, monkeypatch):

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from mkmedia import pxe
 from sysclone import demo
 from sysclone.cli import main
+from tests.unit.mediafakes import fake_bootfiles
 
 
 @pytest.fixture
@@ -132,13 +132,8 @@ def test_serve_checks_its_options(argv: list[str], message: str, root: Path,
 
 @pytest.fixture
 def syslinux(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    d = tmp_path / "syslinux"
-    d.mkdir()
-    (d / "pxelinux.0").write_bytes(b"pxelinux")
-    (d / "ldlinux.c32").write_bytes(b"ldlinux")
-    monkeypatch.setattr(pxe, "PXELINUX", d / "pxelinux.0")
-    monkeypatch.setattr(pxe, "SYSLINUX_BIOS", d)
-    return d
+    """pxelinux, shim, GRUB and iPXE, faked (`pxe build` writes them all)."""
+    return fake_bootfiles(tmp_path / "host", monkeypatch)
 
 
 @pytest.fixture

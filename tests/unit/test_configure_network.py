@@ -115,47 +115,96 @@ def test_no_udev_names_known_keeps_the_kernel_name(tmp_path: Path) -> None:
     assert installed_name(NicIdentity("eth0", NIC.mac), tmp_path) == "eth0"
 
 
-# -- the styles ------------------------------------------------------------------------------
+# -- the styles: the install NIC alone ------------------------------------------------------
 
-def test_networkd_matches_by_mac(tmp_path: Path) -> None:
-    assert Networkd().write(tmp_path, NIC, DHCP) == \
-        ["/etc/systemd/network/50-sysclone-02fc00000001.network"]
+def unit(root: Path, name: str, install: str = "[Install]\nWantedBy=multi-user.target\n"
+         ) -> None:
+    """A vendor unit file, as the package installs it."""
+    f = root / "usr/lib/systemd/system" / name
+    f.parent.mkdir(parents=True, exist_ok=True)
+    f.write_text(f"[Unit]\nDescription={name}\n\n[Service]\nExecStart=/bin/true\n\n{install}")
+
+
+def systemd_image(root: Path) -> None:
+    unit(root, "systemd-networkd.service",
+         "[Install]\nWantedBy=multi-user.target\nAlso=systemd-networkd.socket\n"
+         "Alias=dbus-org.freedesktop.network1.service\n")
+    unit(root, "systemd-networkd.socket", "[Install]\nWantedBy=sockets.target\n")
+    unit(root, "NetworkManager.service",
+         "[Install]\nWantedBy=multi-user.target\nAlias=dbus-org.freedesktop.nm.service\n")
+
+
+def write(style: netconfig.Style, root: Path, addr: Addressing,
+          nic: NicIdentity = NIC) -> list[str]:
+    systemd_image(root)
+    return list(netconfig.configure(root, style, nic, addr).files)
+
+
+def test_networkd_matches_by_mac_and_is_enabled(tmp_path: Path) -> None:
+    assert write(Networkd(), tmp_path, DHCP) == [
+        "/etc/systemd/network/50-sysclone-02fc00000001.network",
+        "/etc/systemd/system/multi-user.target.wants/systemd-networkd.service",
+        "/etc/systemd/system/dbus-org.freedesktop.network1.service",
+        "/etc/systemd/system/sockets.target.wants/systemd-networkd.socket"]
     f = tmp_path / "etc/systemd/network/50-sysclone-02fc00000001.network"
     assert f.read_text() == ("# written by sysclone\n[Match]\nMACAddress=02:fc:00:00:00:01\n\n"
                              "[Network]\nDHCP=ipv4\n")
-    Networkd().write(tmp_path, NIC, STATIC)
+    write(Networkd(), tmp_path, STATIC)
     assert f.read_text().splitlines()[5:] == [
         "Address=10.0.0.57/24", "Gateway=10.0.0.1", "DNS=10.0.0.1", "DNS=9.9.9.9",
         "Domains=lab.example"]
     assert mode(f) == 0o644
+    link = tmp_path / "etc/systemd/system/multi-user.target.wants/systemd-networkd.service"
+    assert str(link.readlink()) == "/usr/lib/systemd/system/systemd-networkd.service"
 
 
 def test_networkmanager_keyfile_is_private(tmp_path: Path) -> None:
-    written = NetworkManager().write(tmp_path, NIC, STATIC)
-    assert written == ["/etc/NetworkManager/system-connections/sysclone-install.nmconnection"]
+    written = write(NetworkManager(), tmp_path, STATIC)
+    assert written == ["/etc/NetworkManager/system-connections/sysclone-install.nmconnection",
+                       "/etc/systemd/system/multi-user.target.wants/NetworkManager.service",
+                       "/etc/systemd/system/dbus-org.freedesktop.nm.service"]
     f = tmp_path / written[0].lstrip("/")
     assert mode(f) == 0o600  # NetworkManager ignores keyfiles others can read
-    assert f.read_text() == (
-        "[connection]\nid=sysclone-install\ntype=ethernet\nautoconnect=true\n\n"
+    text = f.read_text()
+    uuid = text.splitlines()[2]
+    assert uuid.startswith("uuid=")
+    assert text == (
+        f"[connection]\nid=sysclone-install\n{uuid}\ntype=ethernet\nautoconnect=true\n"
+        "autoconnect-priority=10\n\n"
         "[ethernet]\nmac-address=02:FC:00:00:00:01\n\n"
-        "[ipv4]\nmethod=manual\naddress1=10.0.0.57/24,10.0.0.1\ndns=10.0.0.1;9.9.9.9;\n\n"
+        "[ipv4]\nmethod=manual\naddress1=10.0.0.57/24,10.0.0.1\ndns=10.0.0.1;9.9.9.9;\n"
+        "dns-search=lab.example;\n\n"
         "[ipv6]\nmethod=auto\n")
-    NetworkManager().write(tmp_path, NIC, DHCP)
+    write(NetworkManager(), tmp_path, DHCP)
     assert "[ipv4]\nmethod=auto\n" in f.read_text()
     assert "address1" not in f.read_text()
+    assert f.read_text().splitlines()[2] == uuid  # the same connection, rewritten
 
 
-def test_netplan(tmp_path: Path) -> None:
-    assert Netplan().write(tmp_path, NIC, DHCP) == ["/etc/netplan/50-sysclone.yaml"]
+def test_netplan_names_its_renderer_and_enables_it(tmp_path: Path) -> None:
+    written = write(Netplan(), tmp_path, DHCP)
+    assert written[0] == "/etc/netplan/50-sysclone.yaml"
+    assert "/etc/systemd/system/multi-user.target.wants/systemd-networkd.service" in written
     f = tmp_path / "etc/netplan/50-sysclone.yaml"
     assert mode(f) == 0o600
-    assert f.read_text() == ("network:\n  version: 2\n  ethernets:\n    install:\n"
+    assert f.read_text() == ("# written by sysclone\nnetwork:\n  version: 2\n"
+                             "  renderer: networkd\n  ethernets:\n    \"install\":\n"
                              "      match:\n        macaddress: \"02:fc:00:00:00:01\"\n"
                              "      dhcp4: true\n")
-    Netplan().write(tmp_path, NIC, STATIC)
-    assert f.read_text().splitlines()[6:] == [
-        "      addresses: [10.0.0.57/24]", "      routes:", "        - to: default",
-        "          via: 10.0.0.1", "      nameservers:", "        addresses: [10.0.0.1, 9.9.9.9]"]
+    write(Netplan(), tmp_path, STATIC)
+    assert f.read_text().splitlines()[8:] == [
+        '      addresses: ["10.0.0.57/24"]', "      routes:", "        - to: default",
+        '          via: "10.0.0.1"', "      nameservers:",
+        '        search: ["lab.example"]', '        addresses: ["10.0.0.1", "9.9.9.9"]']
+
+
+def test_netplan_renders_for_networkmanager_where_it_runs(tmp_path: Path) -> None:
+    touch(tmp_path, "usr/sbin/netplan", "usr/sbin/NetworkManager")
+    enable(tmp_path, "NetworkManager.service")
+    written = write(Netplan(), tmp_path, DHCP)
+    assert "  renderer: NetworkManager" in (tmp_path / "etc/netplan/50-sysclone.yaml"
+                                             ).read_text().splitlines()
+    assert not any("systemd-networkd" in w for w in written)
 
 
 DEBIAN_INTERFACES = """\
@@ -181,7 +230,7 @@ def debian_image(root: Path, interfaces: str = DEBIAN_INTERFACES) -> None:
 
 def test_ifupdown_uses_the_predicted_name(tmp_path: Path) -> None:
     debian_image(tmp_path)
-    assert Ifupdown().write(tmp_path, NIC, DHCP) == ["/etc/network/interfaces.d/enp0s3"]
+    assert write(Ifupdown(), tmp_path, DHCP) == ["/etc/network/interfaces.d/enp0s3"]
     assert (tmp_path / "etc/network/interfaces.d/enp0s3").read_text() == (
         "# 02:fc:00:00:00:01: written by sysclone\nallow-hotplug enp0s3\n"
         "iface enp0s3 inet dhcp\n")
@@ -192,16 +241,33 @@ def test_ifupdown_static_and_net_ifnames_0(tmp_path: Path) -> None:
     debian_image(tmp_path)
     (tmp_path / "etc/default").mkdir()
     (tmp_path / "etc/default/grub").write_text('GRUB_CMDLINE_LINUX="net.ifnames=0"\n')
-    assert Ifupdown().write(tmp_path, NIC, STATIC) == ["/etc/network/interfaces.d/eth0"]
+    # No resolvconf or systemd-resolved: dns-nameservers alone would be
+    # read by nobody, so resolv.conf gets the servers too.
+    assert write(Ifupdown(), tmp_path, STATIC) == ["/etc/network/interfaces.d/eth0",
+                                                   "/etc/resolv.conf"]
     assert (tmp_path / "etc/network/interfaces.d/eth0").read_text().splitlines() == [
         "# 02:fc:00:00:00:01: written by sysclone", "allow-hotplug eth0",
         "iface eth0 inet static", "    address 10.0.0.57/24", "    gateway 10.0.0.1",
-        "    dns-nameservers 10.0.0.1 9.9.9.9"]
+        "    dns-nameservers 10.0.0.1 9.9.9.9", "    dns-search lab.example"]
+    assert (tmp_path / "etc/resolv.conf").read_text().splitlines()[1:] == [
+        "search lab.example", "nameserver 10.0.0.1", "nameserver 9.9.9.9"]
+
+
+@pytest.mark.parametrize("resolver", ["resolvconf", "systemd-resolved", "link"])
+def test_ifupdown_leaves_resolv_conf_to_a_resolver(tmp_path: Path, resolver: str) -> None:
+    debian_image(tmp_path)
+    if resolver == "resolvconf":
+        touch(tmp_path, "sbin/resolvconf")
+    elif resolver == "systemd-resolved":
+        enable(tmp_path, "systemd-resolved.service")
+    else:
+        (tmp_path / "etc/resolv.conf").symlink_to("../run/systemd/resolve/stub-resolv.conf")
+    assert write(Ifupdown(), tmp_path, STATIC) == ["/etc/network/interfaces.d/enp0s3"]
 
 
 def test_ifupdown_adds_the_source_line_when_missing(tmp_path: Path) -> None:
     debian_image(tmp_path, interfaces="auto lo\niface lo inet loopback\n")
-    written = Ifupdown().write(tmp_path, NIC, DHCP)
+    written = write(Ifupdown(), tmp_path, DHCP)
     assert written == ["/etc/network/interfaces.d/enp0s3", "/etc/network/interfaces"]
     assert (tmp_path / "etc/network/interfaces").read_text() == (
         "auto lo\niface lo inet loopback\n\nsource /etc/network/interfaces.d/*\n")
@@ -210,13 +276,13 @@ def test_ifupdown_adds_the_source_line_when_missing(tmp_path: Path) -> None:
 def test_network_scripts(tmp_path: Path) -> None:
     touch(tmp_path, "usr/lib/udev/rules.d/80-net-setup-link.rules")
     (tmp_path / "etc/sysconfig/network-scripts").mkdir(parents=True)
-    assert NetworkScripts().write(tmp_path, NIC, STATIC) == \
+    assert write(NetworkScripts(), tmp_path, STATIC) == \
         ["/etc/sysconfig/network-scripts/ifcfg-enp0s3"]
     assert (tmp_path / "etc/sysconfig/network-scripts/ifcfg-enp0s3").read_text() == (
         "DEVICE=enp0s3\nHWADDR=02:fc:00:00:00:01\nONBOOT=yes\nTYPE=Ethernet\n"
         "BOOTPROTO=none\nIPADDR=10.0.0.57\nPREFIX=24\nGATEWAY=10.0.0.1\n"
-        "DNS1=10.0.0.1\nDNS2=9.9.9.9\n")
-    NetworkScripts().write(tmp_path, NIC, DHCP)
+        "DNS1=10.0.0.1\nDNS2=9.9.9.9\nDOMAIN=\"lab.example\"\n")
+    write(NetworkScripts(), tmp_path, DHCP)
     assert "BOOTPROTO=dhcp\n" in \
         (tmp_path / "etc/sysconfig/network-scripts/ifcfg-enp0s3").read_text()
 
@@ -225,6 +291,20 @@ def test_network_scripts(tmp_path: Path) -> None:
 
 def scores(root: Path) -> dict[str, int]:
     return {s.name: s.fits(root) for s in STYLES}
+
+
+def test_networkd_installed_alone_is_the_last_resort(tmp_path: Path) -> None:
+    """Every systemd image carries networkd: unused unless enabled, but the
+    style to write when nothing else is there (it is enabled then)."""
+    touch(tmp_path, "usr/lib/systemd/systemd-networkd")
+    assert scores(tmp_path)["systemd-networkd"] == GENERIC
+    touch(tmp_path, "sbin/ifup")  # ifupdown without an interfaces file: a tie, networkd first
+    style = best(STYLES, tmp_path)
+    assert style is not None and style.name == "systemd-networkd"
+    (tmp_path / "etc/network").mkdir(parents=True)
+    (tmp_path / "etc/network/interfaces").write_text("auto lo\n")
+    style = best(STYLES, tmp_path)
+    assert style is not None and style.name == "ifupdown"
 
 
 def test_ubuntu_server_netplan_on_networkd(tmp_path: Path) -> None:
@@ -313,9 +393,10 @@ def test_every_style_writes_below_the_root_only(style: netconfig.Style, tmp_path
     root = tmp_path / "root"
     root.mkdir()
     (root / "etc/sysconfig/network-scripts").mkdir(parents=True)
-    written = style.write(root, NIC, STATIC)
+    written = write(style, root, STATIC)
     assert written
     for w in written:
         assert w.startswith("/etc/")
-        assert (root / w.lstrip("/")).is_file()
+        p = root / w.lstrip("/")
+        assert p.is_file() or (p.is_symlink() and w.startswith("/etc/systemd/system/"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["root"]

@@ -223,7 +223,7 @@ def test_write_fstab_of_an_efi_plan(root: Path, compat: Path) -> None:
     u = {f.mountpoint: f.uuid for f in plan.filesystems}
     assert lines[4:8] == [
         f"UUID={u['/']}\t/\txfs\tdefaults\t1\t2",
-        f"UUID={u[None]}\tnone\tswap\tsw\t0\t0",
+        f"UUID={u[None]}\tnone\tswap\tdefaults\t0\t0",  # the layout's options
         f"UUID={u['/boot']}\t/boot\txfs\tdefaults\t1\t2",
         f"UUID={u['/boot/efi']}\t/boot/efi\tvfat\tumask=0077,shortname=winnt\t0\t0",
     ]

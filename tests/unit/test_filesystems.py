@@ -107,3 +107,27 @@ def test_mount_all_parents_first_unmount_in_reverse(fake_commands: FakeCommands,
         ]
         assert (root / "boot/efi").is_dir()
     assert fake_commands.calls[2:] == [["umount", str(root / "boot/efi")], ["umount", str(root)]]
+
+
+def test_swap_is_on_for_the_install_and_off_once(fake_commands: FakeCommands) -> None:
+    from agent.filesystems import use_swap
+
+    fake_commands.add(["swapon"], "")
+    fake_commands.add(["swapoff"], "")
+    plans = (fs_plan("ext4"), fs_plan("swap", "/dev/vda3", mountpoint=None),
+             fs_plan("swap", "/dev/vdb3", mountpoint=None))
+    with ExitStack() as stack:
+        on = use_swap(plans, stack)
+        assert on.devices == ["/dev/vda3", "/dev/vdb3"]
+        assert fake_commands.calls == [["swapon", "/dev/vda3"], ["swapon", "/dev/vdb3"]]
+        on.off()  # the finish phase, timed
+    # ... and the stack's own callback (on failure paths) does not repeat it.
+    assert fake_commands.calls[2:] == [["swapoff", "/dev/vda3"], ["swapoff", "/dev/vdb3"]]
+
+
+def test_no_swap_in_the_layout(fake_commands: FakeCommands) -> None:
+    from agent.filesystems import use_swap
+
+    with ExitStack() as stack:
+        assert use_swap((fs_plan("ext4"),), stack).devices == []
+    assert fake_commands.calls == []

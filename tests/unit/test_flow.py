@@ -28,12 +28,12 @@ from typing import Any
 import pytest
 
 from agent import disks as disklib
-from agent import flow, hardware, network
+from agent import flow, hardware, inventory, network
 from agent.disks import Disk
 from agent.plan import make_plan
 from agent.report import DONE_MARKER, FAILED_MARKER, Reporter
 from tests.conftest import FakeCommands, FakeResult
-from tests.unit.agentfakes import FakeSysfs
+from tests.unit.agentfakes import FakeSysfs, sample
 from tests.unit.netfakes import FakeDhcp, FakeNetlink, refuse_dhcp
 
 GiB = 1 << 30
@@ -154,6 +154,9 @@ def machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(hardware, "coldplug", functools.partial(hardware.coldplug,
                                                                 sysfs=sysfs))
     monkeypatch.setattr(flow, "Kmod", FakeKmod)
+    # Inventory: udev's records of a real VM (there is no udev here).
+    monkeypatch.setattr(inventory, "snapshot", lambda context=None: inventory.records_from_json(
+        sample("udev-records-vm.json")))
     # Disks, firmware, memory, the host's mkfs tools: this machine's.
     monkeypatch.setattr(disklib, "list_disks", lambda: [Disk("vda", 20 * GiB)])
     monkeypatch.setattr(flow, "firmware", lambda: "bios")
@@ -213,7 +216,8 @@ def test_dry_run_prints_the_plan_and_touches_nothing(machine: Machine, dhcp: Fak
     assert [a for a in machine.ran() if a[0] == "rsync"] == [
         ["rsync", "--list-only", "--no-motd", "rsync://10.0.2.2:873/deb12/etc/hostname"]]
     assert machine.asked == [{"server": "10.0.2.2:8181", "hostname": "node1", "mac": MAC,
-                              "image": None, "layout": None}]
+                              "image": None, "layout": None, "network_config": None,
+                              "script": None}]
     assert rep.monitor == "http://10.0.2.2:8181"
     plan = next(e[2]["plan"] for e in machine.log if e[:2] == ("event", "plan"))
     assert plan["hostname"] == "node1"
@@ -325,6 +329,10 @@ def test_static_network(machine: Machine, monkeypatch: pytest.MonkeyPatch) -> No
     assert hello["network"] == {"iface": "eth0", "mac": MAC, "method": "static",
                                 "address": "10.0.2.50/24", "gateway": "10.0.2.1",
                                 "dns": ["10.0.2.3", "9.9.9.9"], "domain": "lab.example"}
+    # The machine's inventory goes with it, naming the install NIC.
+    assert hello["inventory"]["install_nic"] == MAC
+    assert hello["inventory"]["collector"] == "sysclone-agent"
+    assert any(p["kind"] == "network" for p in hello["inventory"]["pci"])
     assert f"eth0 ({MAC}): 10.0.2.50/24 by static, gateway 10.0.2.1" in rep.lines
 
 
@@ -345,11 +353,15 @@ def test_static_network_reaches_the_installed_systems_config(
     (root / "usr/sbin/ifup").touch()
     (root / "etc/network").mkdir(parents=True)
     (root / "etc/network/interfaces").write_text("source /etc/network/interfaces.d/*\n")
-    assert flow._write_network(s, net, root) == ["/etc/network/interfaces.d/eth0"]
+    # No resolvconf in this image: the name servers go to resolv.conf too.
+    assert flow._write_network(s, net, root) == ["/etc/network/interfaces.d/eth0",
+                                                 "/etc/resolv.conf"]
     assert (root / "etc/network/interfaces.d/eth0").read_text().splitlines() == [
         f"# {MAC}: written by sysclone", "allow-hotplug eth0", "iface eth0 inet static",
         "    address 10.0.2.50/24", "    gateway 10.0.2.1",
-        "    dns-nameservers 10.0.2.3 9.9.9.9"]
+        "    dns-nameservers 10.0.2.3 9.9.9.9", "    dns-search lab.example"]
+    assert "nameserver 10.0.2.3\nnameserver 9.9.9.9\n" in \
+        (root / "etc/resolv.conf").read_text()
 
 
 def test_static_settings_that_do_not_fit_stop_before_any_phase(machine: Machine) -> None:
@@ -397,7 +409,8 @@ def test_dhcp_options_become_parameters(machine: Machine, dhcp: FakeDhcp,
     assert rc == 0, rep.lines
     # Option 140 names the image server; 12 the host name, sent in the request too.
     assert machine.asked == [{"server": "10.0.2.9:8181", "hostname": "cn042", "mac": MAC,
-                              "image": None, "layout": None}]
+                              "image": None, "layout": None, "network_config": None,
+                              "script": None}]
     assert dhcp.asked == [("eth0", None)]
     assert machine.resolv_conf.read_text() == "search hpc.lab.example\nnameserver 10.0.2.3\n"
     # Options 7 and 141: the agent's log goes to that syslog server.
@@ -449,7 +462,7 @@ def test_a_dhcp_option_asking_for_what_sysclone_lacks_stops_the_install(
 # -- refused before any phase ----------------------------------------------------------------
 
 @pytest.mark.parametrize(("cmdline", "message"), [
-    ("si.script-name=compute", "si.script-name: 'compute' is not supported by sysclone yet"),
+    ("si.ssh-user=root", "si.ssh-user: 'root' is not supported by sysclone yet"),
     ("sysclone.bench=rsync", "sysclone.bench: unknown parameter (kernel command line)"),
     ("si.hostnme=www1", "si.hostnme: unknown install parameter (kernel command line)"),
     ("si.dl-protocol=torrent", "si.dl-protocol: 'torrent' is not implemented by sysclone yet"),

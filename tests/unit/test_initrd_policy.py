@@ -286,3 +286,25 @@ def test_generic_setting_is_read_from_the_image(tmp_path: Path) -> None:
     (conf / "conf.d/hostonly").write_text("MODULES=dep\n")
     assert not InitramfsTools().builds_generic(tmp_path)
     assert InitramfsTools().modules_setting(tmp_path) == "dep"
+
+
+def test_a_luks_root_needs_its_crypttab_in_the_initrd(tmp_path: Path) -> None:
+    luks = "aaaabbbb-cccc-dddd-eeee-ffff00001111"
+    need = storage_needs("ext4", ["virtio_blk"], {"luks"}, set(), {luks}, must_name={luks})
+    li = listing_of(tmp_path, debian_like(mods=("virtio_blk", "dm_crypt", "dm_mod")))
+    d = decide("auto", "initramfs-tools", facts(li), need)
+    assert d.regenerate and f"does not name {luks}" in d.describe()
+    li2 = listing_of(tmp_path, debian_like(
+        {"cryptroot": None, "cryptroot/crypttab": f"root UUID={luks} /k luks\n".encode(),
+         "usr/sbin/cryptsetup": b"ELF"}, mods=("virtio_blk", "dm_crypt", "dm_mod")))
+    assert not decide("auto", "initramfs-tools", facts(li2), need).regenerate
+
+
+def test_an_md_root_is_named_in_mdadm_conf_whatever_the_spelling(tmp_path: Path) -> None:
+    uuid = "0123abcd-4567-89ef-0123-456789abcdef"
+    need = storage_needs("ext4", [], {"md"}, {"raid1"}, {uuid}, must_name={uuid})
+    conf = b"ARRAY /dev/md0 metadata=1.2 UUID=0123abcd:456789ef:01234567:89abcdef\n"
+    li = listing_of(tmp_path, debian_like({"etc": None, "etc/mdadm": None,
+                                           "etc/mdadm/mdadm.conf": conf, "usr/sbin/mdadm": b""},
+                                          mods=("md_mod", "raid1")))
+    assert not decide("auto", "initramfs-tools", facts(li), need).regenerate

@@ -7,7 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from kernels.tree import KernelPackage, KernelSource, KernelTree, list_kernels, load
+from kernels.tree import (
+    KernelPackage,
+    KernelSource,
+    KernelTree,
+    find,
+    list_kernels,
+    load,
+    newest,
+    newest_of_flavor,
+)
 from sysclone.errors import ConfigError
 
 KVER = "6.1.0-50-cloud-amd64"
@@ -51,7 +60,8 @@ def test_tree_can_be_moved(tmp_path):
 def test_kernel_json_is_stable_and_relative(tmp_path):
     data = json.loads((make_tree(tmp_path).path / "kernel.json").read_text())
     assert data == {
-        "format": 1,
+        "format": 2,
+        "origin": "debian",
         "flavor": "cloud-amd64",
         "kver": KVER,
         "arch": "amd64",
@@ -61,13 +71,57 @@ def test_kernel_json_is_stable_and_relative(tmp_path):
                     "filename": "pool/main/l/x.deb", "metapackage": "linux-image-cloud-amd64"},
         "source": {"mirror": "http://deb.debian.org/debian", "suite": "bookworm",
                    "codename": "bookworm"},
+        "image": "", "host": "", "modules": 0, "firmware": 0, "firmware_packages": [],
     }
+
+
+def test_format_1_trees_still_load(tmp_path):
+    tree = make_tree(tmp_path)
+    file = tree.path / "kernel.json"
+    data = json.loads(file.read_text())
+    for key in ("origin", "image", "host", "modules", "firmware", "firmware_packages"):
+        del data[key]
+    file.write_text(json.dumps({**data, "format": 1}))
+    assert load(tree.path) == tree
+
+
+def test_an_image_kernel_has_no_package(tmp_path):
+    path = tmp_path / "golden"
+    path.mkdir()
+    tree = KernelTree(path=path, kver="6.1.0-9-amd64", arch="amd64", origin="image",
+                      image="web@3", modules=4000, firmware=12)
+    tree.write()
+    assert load(path) == tree
+    assert tree.describe_source() == "image web@3" and tree.name == "golden"
+
+
+def test_newest_is_debian_version_order():
+    assert newest(["6.1.0-9-amd64", "6.1.0-10-amd64", "6.1.0-2-amd64"]) == "6.1.0-10-amd64"
+    assert newest(["5.10.0-28-amd64", "6.1.0-9-amd64"]) == "6.1.0-9-amd64"
+    # Not a Debian version at all: ordered below the real ones, no error.
+    assert newest(["my_kernel!", "6.1.0-1-amd64"]) == "6.1.0-1-amd64"
+
+
+def test_newest_of_flavor_and_find(tmp_path):
+    root = tmp_path / "kernels"
+    old = make_tree(root, "amd64", "6.1.0-9-amd64")
+    new = make_tree(root, "amd64", "6.1.0-10-amd64")
+    make_tree(root, "cloud-amd64", "6.1.0-11-cloud-amd64")
+    assert newest_of_flavor(root, "amd64") == new != old
+    assert newest_of_flavor(root, "rt-amd64") is None
+    assert find(root, new.name) == new
+    assert find(root, str(old.path)) == old
+    with pytest.raises(ConfigError, match="no kernel named 'nope'") as e:
+        find(root, "nope")
+    assert "amd64-6.1.0-10-amd64" in (e.value.hint or "")
 
 
 @pytest.mark.parametrize("edit, message", [
     (lambda d: d.pop("kver"), "expected a non-empty string for 'kver'"),
-    (lambda d: d.update(format=2), "format 1"),
-    (lambda d: d.update(package="x"), "'package' and 'source' objects"),
+    (lambda d: d.update(format=3), "format 1 or 2"),
+    (lambda d: d.update(package="x"), "a 'package' object"),
+    (lambda d: d.update(package=None), "a 'package' object"),
+    (lambda d: d.update(origin="ftp"), "unknown origin"),
     (lambda d: d["source"].pop("mirror"), "'mirror'"),
     (lambda d: d.update(kver="../../etc"), "is not a kernel version"),
 ])

@@ -199,7 +199,7 @@ def test_fstab_order_follows_line_numbers():
     assert [e.mountpoint for e in lay.fstab()] == ["/", "/proc", "/tmp"]
 
 
-def test_doctype_and_schema_attributes_are_accepted():
+def test_schema_attributes_and_systemimagers_doctype_are_accepted():
     lay = parse_layout("""<?xml version="1.0" encoding="UTF-8"?>
     <!DOCTYPE config SYSTEM "disk-layout.dtd">
     <config xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"
@@ -207,8 +207,28 @@ def test_doctype_and_schema_attributes_are_accepted():
       <disk dev="/dev/sda" label_type="gpt" unit_of_measurement="MiB">
         <part num="1" size="*" p_type="primary"/></disk>
       <fsinfo real_dev="/dev/sda1" mp="/" fs="ext4"/>
-    </config>""", "doctype.xml")
+    </config>""", "schema.xml")
     assert lay.disks[0].src_line == 5
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('<?xml version="1.0"?>\n<!DOCTYPE config SYSTEM "http://evil/x.dtd">\n<config/>',
+     "doctype.xml:2: a <!DOCTYPE config> declaration is not allowed in a disk layout"),
+    ('<!DOCTYPE config PUBLIC "-//x//EN" "disk-layout.dtd">\n<config/>',
+     "doctype.xml:1: a <!DOCTYPE config> declaration is not allowed"),
+    ('<!DOCTYPE config SYSTEM "disk-layout.dtd" [\n<!ENTITY x SYSTEM "file:///etc/shadow">\n]>'
+     '\n<config><fsinfo comment="&x;"/></config>',
+     "doctype.xml:1: a <!DOCTYPE config> declaration is not allowed"),
+    ('<!DOCTYPE config [\n<!ENTITY a "aaaaaaaaaa">\n<!ENTITY b "&a;&a;&a;&a;&a;">\n]>\n'
+     '<config><fsinfo comment="&b;"/></config>',
+     "doctype.xml:1: a <!DOCTYPE config> declaration is not allowed"),
+    ('<config><fsinfo comment="&xxe;"/></config>',
+     "doctype.xml:1: not well-formed XML: undefined entity"),
+])
+def test_doctype_and_entities_are_refused(text, message):
+    with pytest.raises(ConfigError) as e:
+        parse_layout(text, "doctype.xml")
+    assert e.value.message.startswith(message), e.value.message
 
 
 def test_reads_declared_encoding():

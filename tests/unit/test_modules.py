@@ -33,6 +33,8 @@ STANDARD = {
     "kernel/fs/fat/fat.ko", "kernel/fs/fat/vfat.ko", "kernel/fs/isofs/isofs.ko",
     "kernel/fs/nls/nls_utf8.ko", "kernel/fs/xfs/xfs.ko", "kernel/lib/libcrc32c.ko",
     "kernel/net/core/failover.ko", "kernel/net/packet/af_packet_diag.ko",
+    "kernel/drivers/net/ethernet/mellanox/mlx4/mlx4_core.ko",
+    "kernel/drivers/net/ethernet/mellanox/mlx4/mlx4_en.ko",
 }
 
 
@@ -89,8 +91,10 @@ def test_match_groups_applies_excludes():
 
 
 def test_groups_for_adds_what_tools_need_once():
-    assert modules.groups_for(("storage",), ("core", "raid", "lvm")) == ("storage", "raid-dm")
-    assert modules.groups_for(("storage", "raid-dm"), ("crypt",)) == ("storage", "raid-dm")
+    assert modules.groups_for(("storage",), ("core", "raid", "lvm")) == ("storage", "md", "dm")
+    assert modules.groups_for(("storage", "dm"), ("crypt",)) == ("storage", "dm", "crypt")
+    assert modules.groups_for(("storage",), tools.DEFAULT_TOOLS) == (
+        "storage", "btrfs", "md", "dm", "crypt")
     assert modules.groups_for(("storage",), ("btrfs",)) == ("storage", "btrfs")
     assert modules.groups_for(("network",), ("core", "ext4")) == ("network",)
 
@@ -104,7 +108,9 @@ def test_select_standard_groups(moddir):
     # excluded even though a broad glob matches them
     assert "kernel/drivers/scsi/scsi_debug.ko" not in sel.modules
     assert "kernel/drivers/nvme/host/nvme-rdma.ko" not in sel.modules
-    assert "kernel/drivers/net/ethernet/mellanox/mlx4/mlx4_en.ko" not in sel.modules
+    # Mellanox NICs are common in servers: standard (their InfiniBand side is not)
+    assert "kernel/drivers/net/ethernet/mellanox/mlx4/mlx4_en.ko" in sel.modules
+    assert "kernel/drivers/infiniband/core/ib_core.ko" not in sel.modules
 
 
 def test_select_raid_and_btrfs_bring_their_dependencies(moddir):
@@ -115,20 +121,20 @@ def test_select_raid_and_btrfs_bring_their_dependencies(moddir):
         "kernel/lib/zstd/zstd_compress.ko", "kernel/lib/libcrc32c.ko"}
 
 
-def test_select_extra_modules_by_name_or_path(moddir, caplog):
+def test_select_extra_modules_by_name_or_path(moddir):
     sel = modules.select(moddir, groups=(), extra=("raid1", "dm_mod", "nls-ascii",
-                                                   "kernel/fs/configfs/configfs.ko",
-                                                   "no_such_module"))
+                                                   "kernel/fs/configfs/configfs.ko"))
     assert set(sel.modules) == {"kernel/drivers/md/raid1.ko", "kernel/drivers/md/md-mod.ko",
                                 "kernel/drivers/md/dm-mod.ko", "kernel/fs/nls/nls_ascii.ko",
                                 "kernel/fs/configfs/configfs.ko"}
-    assert f"module no_such_module is not part of kernel {KVER}" in caplog.text
+    with pytest.raises(ConfigError, match=f"kernel {KVER} has no module no_such_module"):
+        modules.select(moddir, groups=(), extra=("raid1", "no_such_module"))
 
 
-def test_select_hpc_network_gets_the_drivers_other_groups_exclude(moddir):
+def test_select_hpc_network_adds_infiniband(moddir):
     mlx = {"kernel/drivers/net/ethernet/mellanox/mlx4/mlx4_en.ko",
            "kernel/drivers/net/ethernet/mellanox/mlx4/mlx4_core.ko"}
-    assert not mlx & set(modules.select(moddir, groups=("network",)).modules)
+    assert mlx <= set(modules.select(moddir, groups=("network",)).modules)
     sel = modules.select(moddir, groups=("network", "hpc-network"))
     assert mlx <= set(sel.modules)
     assert {"kernel/drivers/infiniband/core/rdma_cm.ko",

@@ -60,7 +60,10 @@ def _layers() -> dict[Source, object]:
         Source.LOCAL_CFG_INITRD: parse_local_cfg("IMAGESERVER=10.0.0.3", name="initrd cfg"),
         Source.LOCAL_CFG_DISK: parse_local_cfg("IMAGESERVER=10.0.0.4",
                                                source=Source.LOCAL_CFG_DISK, name="disk cfg"),
-        Source.SERVER: server_layer({"si.image-server": "10.0.0.5"}),
+        Source.LOCAL_CFG_MEDIUM: parse_local_cfg("IMAGESERVER=10.0.0.5",
+                                                 source=Source.LOCAL_CFG_MEDIUM,
+                                                 name="medium cfg"),
+        Source.SERVER: server_layer({"si.image-server": "10.0.0.6"}),
     }
 
 
@@ -69,7 +72,8 @@ def _layers() -> dict[Source, object]:
     (Source.CMDLINE, "10.0.0.2", "kernel command line"),
     (Source.LOCAL_CFG_INITRD, "10.0.0.3", "initrd cfg, line 1 (as IMAGESERVER)"),
     (Source.LOCAL_CFG_DISK, "10.0.0.4", "disk cfg, line 1 (as IMAGESERVER)"),
-    (Source.SERVER, "10.0.0.5", "server config"),
+    (Source.LOCAL_CFG_MEDIUM, "10.0.0.5", "medium cfg, line 1 (as IMAGESERVER)"),
+    (Source.SERVER, "10.0.0.6", "server config"),
 ])
 def test_each_source_overrides_the_lower_ones(upto, host, origin):
     layers = [layer for source, layer in _layers().items() if source <= upto]
@@ -332,7 +336,7 @@ def test_explain_lists_values_and_origins():
     lines = text.splitlines()
     assert lines[0] == ("Install parameters (precedence, lowest first: default < DHCP < "
                         "kernel command line < local.cfg in the initrd < local.cfg on the "
-                        "target disk < server config)")
+                        "target disk < local.cfg on the boot medium < server config)")
     assert re.search(r"^  si\.image-server +10\.0\.0\.2 +kernel command line; overrides "
                      r"10\.0\.0\.1 from DHCP, option 140$", text, re.M)
     assert re.search(r"^  si\.image-name +web +kernel command line \(as IMAGENAME\)$", text, re.M)

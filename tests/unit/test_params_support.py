@@ -32,11 +32,15 @@ CONSUMERS: dict[str, str] = {
     "si.image-server": "agent/flow.py",  # find_server
     "si.image-name": "agent/flow.py",  # fetch_instructions
     "si.disks-layout": "agent/flow.py",
+    "si.script-name": "agent/flow.py",  # fetch_instructions -> imageserver.clientfiles
+    "si.network-config": "agent/flow.py",  # fetch_instructions -> the configure phase
     "si.dl-protocol": "agent/params/resolve.py",  # require_supported_protocol: rsync only
     "si.rsync-port": "agent/flow.py",
     "si.server-port": "agent/params/resolve.py",  # InstallParams.api_port
     "si.disk": "agent/flow.py",
     "si.dry-run": "agent/flow.py",
+    "si.luks-key": "agent/flow.py",  # validate_plan -> _luks_keys
+    "si.luks-unlock": "agent/flow.py",  # configure_system -> agent.configure.crypttab
     "si.hostname": "agent/flow.py",
     "si.domainname": "agent/flow.py",
     "si.install-iface": "agent/flow.py",
@@ -106,8 +110,8 @@ SAMPLES = {Kind.BOOL: "yes", Kind.NAME: "web", Kind.TEXT: "x", Kind.URL: "http:/
 def test_the_refused_ones() -> None:
     assert sorted(p.name for p in REFUSED) == [
         "si.config", "si.flamethrower-directory-portbase", "si.monitor-console",
-        "si.network-config", "si.script-name", "si.ssh-client", "si.ssh-download-url",
-        "si.ssh-server", "si.ssh-user", "si.tmpfs-staging"]
+        "si.ssh-client", "si.ssh-download-url", "si.ssh-server", "si.ssh-user",
+        "si.tmpfs-staging"]
 
 
 @pytest.mark.parametrize("p", REFUSED, ids=lambda p: p.name)
@@ -128,15 +132,15 @@ def test_a_refused_switch_turned_off_asks_for_nothing(p) -> None:
 
 
 def test_refused_under_a_legacy_name_from_local_cfg() -> None:
-    resolved = resolve([parse_local_cfg("SSH_USER=root\nSCRIPTNAME=compute\n",
+    resolved = resolve([parse_local_cfg("SSH_USER=root\nMONITOR_CONSOLE=yes\n",
                                         name="local.cfg at /local.cfg")])
     with pytest.raises(ConfigError) as e:
         resolved.require_supported()
-    # The table's order: si.script-name comes first.
+    # The table's order: si.monitor-console comes first.
     assert e.value.message == (
-        "SCRIPTNAME (si.script-name): 'compute' is not supported by sysclone yet: the agent "
-        "runs no install scripts; it installs from the server's instructions (local.cfg at "
-        "/local.cfg, line 2 (as SCRIPTNAME))")
+        "MONITOR_CONSOLE (si.monitor-console): 'yes' is not supported by sysclone yet: the "
+        "monitor receives the agent's phases, progress and errors, not its console "
+        "(local.cfg at /local.cfg, line 2 (as MONITOR_CONSOLE))")
 
 
 def test_refused_from_dhcp_and_from_the_server() -> None:

@@ -167,9 +167,10 @@ def test_phase_names_and_aliases_do_not_collide() -> None:
     assert len(names) == len(set(names))
     # An alias that is also a phase name (monitor) must mean that phase.
     assert all(ALIASES[a] == a for a in set(ALIASES) & set(names))
-    assert names == ["hardware", "network", "monitor", "instructions", "plan", "partition",
-                     "format", "mount", "fetch", "overrides", "configure", "initrd",
-                     "bootloader", "finish"]
+    assert names == ["hardware", "network", "monitor", "instructions", "plan",
+                     "pre-install", "partition", "assemble", "format", "mount", "fetch",
+                     "overrides",
+                     "configure", "initrd", "bootloader", "post-install", "finish"]
 
 
 def test_done_events_say_how_much_memory_is_left(clock: FakeClock, tmp_path) -> None:

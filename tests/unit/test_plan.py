@@ -22,6 +22,7 @@ from sysclone.errors import ConfigError
 
 MiB = 1 << 20
 GiB = 1 << 30
+SI = Path(__file__).resolve().parent / "data" / "si"
 
 
 def plan(instructions: dict[str, Any], disks: list[Disk], fw: str = "bios",
@@ -141,55 +142,139 @@ def test_complex_layout_numbers_logical_partitions_by_number(compat: Path) -> No
     assert [f.mountpoint for f in pl.mounts] == ["/", "/var", "/boot", "/home", "/backup"]
 
 
-@pytest.mark.parametrize(("fw", "notes"), [("uefi", 0), ("bios", 1)])
-def test_efi_layout(compat: Path, fw: str, notes: int) -> None:
+def test_efi_layout(compat: Path) -> None:
     pl = plan({"image": image(), "layout": si_layout(compat, "disk-layout-EFI.xml")},
-              [Disk("nvme0n1", 20 * GiB)], fw=fw)
+              [Disk("nvme0n1", 20 * GiB)], fw="uefi")
     assert pl.disks[0].label == "gpt"
     assert filesystems(pl) == [("/dev/nvme0n1p4", "xfs", "/"), ("/dev/nvme0n1p3", "swap", None),
                                ("/dev/nvme0n1p2", "xfs", "/boot"),
                                ("/dev/nvme0n1p1", "fat32", "/boot/efi")]
-    assert pl.firmware == "uefi"  # the layout says efi
+    assert pl.firmware == "uefi"
     assert pl.boot_disks == ("/dev/nvme0n1p1",)
-    assert len(pl.notes) == notes
-    if notes:
-        assert "booted BIOS" in pl.notes[0]
+    assert pl.esp_mountpoint == "/boot/efi"
+    assert pl.notes == ()
     assert [f.mountpoint for f in pl.mounts] == ["/", "/boot", "/boot/efi"]
     text = pl.describe()
     assert "bootloader: UEFI on /dev/nvme0n1p1" in text
     assert "/dev/nvme0n1p1   fat32  /boot/efi" in text
 
 
-def test_lvm_over_raid_is_refused_clearly(compat: Path) -> None:
+def test_a_layout_for_the_other_firmware_is_refused(compat: Path) -> None:
     with pytest.raises(ConfigError) as e:
-        plan({"image": image(), "layout": si_layout(compat, "disk-layout-lvm_over_raid.xml")},
-             [Disk("vda", 20 * GiB), Disk("vdb", 20 * GiB)])
-    assert e.value.message == ("layout disk-layout-lvm_over_raid.xml: software RAID and LVM "
-                               "are not supported by this agent yet")
-    assert e.value.hint == "use a layout with plain partitions"
+        plan({"image": image(), "layout": si_layout(compat, "disk-layout-EFI.xml")},
+             [Disk("nvme0n1", 20 * GiB)], fw="bios")
+    assert e.value.message == ('layout disk-layout-EFI.xml is for UEFI machines (install_type='
+                               '"efi"), but this machine booted BIOS')
+    assert "boot the machine in UEFI mode" in (e.value.hint or "")
+    with pytest.raises(ConfigError, match=r"is for BIOS machines .* but this machine booted "
+                                          "UEFI"):
+        plan({"image": image(), "layout": si_layout(compat, "disk-layout-simple.xml")},
+             [Disk("vda", 20 * GiB)], fw="uefi")
+
+
+def test_without_a_bootloader_section_the_firmware_decides() -> None:
+    text = TWO_DISKS.replace("""  <bootloader flavor="grub2" install_type="legacy">
+    <target dev="/dev/sda" />
+  </bootloader>
+""", "")
+    pl = plan({"image": image(), "layout": two_disks(text)},
+              [Disk("vda", 10 * GiB), Disk("vdb", 10 * GiB)])
+    assert (pl.firmware, pl.boot_disks) == ("bios", ("/dev/vda",))
+    with pytest.raises(ConfigError) as e:
+        plan({"image": image(), "layout": two_disks(text)},
+             [Disk("vda", 10 * GiB), Disk("vdb", 10 * GiB)], fw="uefi")
+    assert e.value.message.startswith("layout two-disks.xml has no <bootloader>, so it is "
+                                      "installed for this machine's firmware (UEFI): ")
+    assert "needs an EFI system partition" in e.value.message
+
+
+def test_raid_lvm_layout() -> None:
+    """Two mirrors, a volume group on one of them, GRUB on both disks."""
+    lay = {"format": "systemimager-xml", "name": "raid-lvm.xml",
+           "text": (SI / "disks-layout-raid-lvm.xml").read_text()}
+    pl = plan({"image": image(usage={"/": GiB, "/home": 100 * MiB, "/var": 300 * MiB}),
+               "layout": lay}, [Disk("vda", 20 * GiB), Disk("vdb", 20 * GiB)])
+    assert [(a.name, a.level, a.members, a.metadata) for a in pl.arrays] == [
+        ("/dev/md0", "raid1", ("/dev/vda3", "/dev/vdb2"), "1.2"),
+        ("/dev/md1", "raid1", ("/dev/vda2", "/dev/vdb1"), "1.2")]
+    md0 = pl.arrays[0]
+    assert len(md0.uuid.split(":")) == 4 and md0.homehost == "node07"
+    assert (pl.groups[0].name, pl.groups[0].pvs, pl.groups[0].extent) == (
+        "datavg", ("/dev/md0",), 8 * MiB)
+    assert [(v.path, v.size // MiB) for v in pl.groups[0].volumes] == [
+        ("/dev/datavg/rootlv", 4096), ("/dev/datavg/homelv", 1024), ("/dev/datavg/varlv", 3072)]
+    assert filesystems(pl)[:5] == [("/dev/datavg/rootlv", "ext4", "/"),
+                                   ("/dev/vda1", "ext3", "/boot"),
+                                   ("/dev/datavg/homelv", "xfs", "/home"),
+                                   ("/dev/datavg/varlv", "ext4", "/var"),
+                                   ("/dev/md1", "swap", None)]
+    assert pl.features == {"md", "lvm"} and pl.raid_levels == {"raid1"}
+    assert pl.root_stack == {"md", "lvm"}  # / is an LV on a mirror
+    assert pl.boot_disks == ("/dev/vda", "/dev/vdb")
+    assert pl.kernel_args == (f"rd.md.uuid={pl.arrays[0].uuid}",
+                              f"rd.md.uuid={pl.arrays[1].uuid}", "rd.lvm.vg=datavg")
+    text = pl.describe()
+    assert "md /dev/md0" in text and "lv /dev/datavg/rootlv" in text
+
+
+def test_raid1_boot_puts_grub_on_every_member_disk() -> None:
+    text = """<config>
+  <disk dev="/dev/sda" label_type="msdos" unit_of_measurement="MiB">
+    <part num="1" size="512" p_type="primary" flags="raid" raid_dev="/dev/md0" />
+    <part num="2" size="*" p_type="primary" />
+  </disk>
+  <disk dev="/dev/sdb" label_type="msdos" unit_of_measurement="MiB">
+    <part num="1" size="512" p_type="primary" flags="raid" raid_dev="/dev/md0" />
+  </disk>
+  <raid><raid_disk name="/dev/md0" raid_level="1" metadata="1.0" /></raid>
+  <fsinfo line="10" real_dev="/dev/sda2" mp="/" fs="ext4" />
+  <fsinfo line="20" real_dev="/dev/md0" mp="/boot" fs="ext4" />
+</config>"""
+    pl = plan({"image": image(), "layout": two_disks(text)},
+              [Disk("vda", 10 * GiB), Disk("vdb", 10 * GiB)])
+    assert pl.boot_raid_disks == ("/dev/vda", "/dev/vdb")
+    assert pl.boot_disks == ("/dev/vda", "/dev/vdb")
 
 
 # -- does it fit? ----------------------------------------------------------------------------
 
-def test_disk_too_small_for_the_layout(compat: Path) -> None:
+def test_a_layout_for_a_bigger_disk_is_scaled_down_when_it_fits(compat: Path) -> None:
+    pl = plan({"image": image(usage={"/": 3 * GiB}),
+               "layout": si_layout(compat, "disk-layout-complex.xml")}, [Disk("vda", 8 * GiB)])
+    sizes = {p.device: (p.size // MiB, (p.asked or 0) // MiB) for p in pl.disks[0].partitions}
+    assert sizes["/dev/vda1"] == (399, 500)  # every absolute size shrinks by one factor
+    assert sizes["/dev/vda2"] == (818, 1024)
+    assert sizes["/dev/vda4"][1] == 0  # `*` is not scaled, it takes the rest
+    root = next(f for f in pl.filesystems if f.mountpoint == "/")
+    assert root.size >= int(3 * GiB * IMAGE_GROWTH)  # the image still fits
+    assert len(pl.notes) == 1
+    assert pl.notes[0].startswith("/dev/vda is smaller than layout disk-layout-complex.xml "
+                                  "asks for: /dev/vda1 500 -> 399 MiB")
+    assert sum(p.size for p in pl.disks[0].partitions
+               if p.kind.value != "logical") <= 8 * GiB
+
+
+def test_disk_too_small_even_scaled(compat: Path) -> None:
     with pytest.raises(ConfigError) as e:
-        plan({"image": image(), "layout": si_layout(compat, "disk-layout-complex.xml")},
-             [Disk("vda", 8 * GiB)])
-    assert e.value.message == (
-        'disk /dev/vda is too small for its partitions (partition 4, size "*", needs at '
-        "least 6446645248 bytes (6.0 GiB)): it needs 12340690944 bytes (11.5 GiB), the disk "
-        "has 8589934592 bytes (8.0 GiB)")
+        plan({"image": image(usage={"/": 3 * GiB}),
+              "layout": si_layout(compat, "disk-layout-complex.xml")}, [Disk("vda", 3 * GiB)])
+    assert e.value.message.startswith(
+        "disk /dev/vda is too small for its partitions even scaled down (partition 5 at least "
+        "3,400 MiB, partition 6 at least 287 MiB: the image data and the smallest filesystem "
+        "each holds): it needs ")
 
 
 def test_image_too_big_for_the_default_layout() -> None:
-    # 4 GiB disk, 512 MiB swap (an eighth): the root filesystem is 3,581 MiB.
+    # 4 GiB disk, 512 MiB swap (an eighth): even with the swap shrunk, the
+    # root filesystem cannot hold 4 GiB of image.
     with pytest.raises(ConfigError) as e:
         plan({"image": image(usage={"/": 4 * GiB})}, [Disk("vda", 4 * GiB)])
-    assert e.value.message == ("the image does not fit: / needs 4,219 MiB of image data but "
-                               "/dev/vda2 (3,581 MiB ext4) holds about 3,302 MiB")
-    assert e.value.hint == "use a bigger disk or a layout with more room for /"
-    # 3 GiB of image (3,164 MiB once written) does fit.
-    plan({"image": image(usage={"/": 3 * GiB})}, [Disk("vda", 4 * GiB)])
+    assert e.value.message.startswith(
+        "disk /dev/vda is too small for its partitions even scaled down (partition 2 at least "
+        "4,558 MiB: the image data and the smallest filesystem each holds)")
+    # 3 GiB of image (3,164 MiB once written) does fit, swap untouched.
+    pl = plan({"image": image(usage={"/": 3 * GiB})}, [Disk("vda", 4 * GiB)])
+    assert pl.notes == ()
 
 
 def test_image_too_big_for_one_mountpoint(compat: Path) -> None:
@@ -252,14 +337,14 @@ def test_mount_only_lines_are_not_created() -> None:
     assert pl.filesystems[0].needs == int(GiB * IMAGE_GROWTH)
 
 
-def test_existing_data_is_not_kept() -> None:
+def test_existing_data_on_a_partition_the_layout_creates_cannot_be_kept() -> None:
     text = TWO_DISKS.replace('mp="/srv" fs="xfs" options="defaults"',
                              'mp="/srv" fs="xfs" options="defaults" format="no"')
-    with pytest.raises(ConfigError, match=r"^layout two-disks.xml: /dev/vdb1 \(xfs\) would not "
-                                          "be formatted; keeping existing data is not "
-                                          "supported yet$"):
+    with pytest.raises(ConfigError) as e:
         plan({"image": image(), "layout": two_disks(text)}, [Disk("vda", 9 * GiB),
                                                              Disk("vdb", 9 * GiB)])
+    assert e.value.message == ('two-disks.xml:13: <fsinfo line="20">: /dev/sdb1 is created anew '
+                               'by this layout, so format="no" cannot keep its data')
 
 
 def test_filesystem_the_agent_cannot_create(compat: Path) -> None:
@@ -268,7 +353,8 @@ def test_filesystem_the_agent_cannot_create(compat: Path) -> None:
     with pytest.raises(ConfigError) as e:
         plan({"image": image(), "layout": {"format": "systemimager-xml", "name": "jfs.xml",
                                            "text": text}}, [Disk("vda", 20 * GiB)])
-    assert e.value.message == "layout jfs.xml: filesystem 'jfs' on /dev/vda6 is not supported"
+    assert e.value.message == ('jfs.xml:18: <fsinfo line="100">: sysclone cannot create jfs on '
+                               "/dev/sda6")
     assert "xfs" in (e.value.hint or "")
 
 

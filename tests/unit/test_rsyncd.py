@@ -184,3 +184,15 @@ def test_stop_kills_a_daemon_that_ignores_sigterm(state):
     r.stop()
     assert d.signals == [signal.SIGTERM]
     assert d.killed
+
+
+def test_one_server_per_state_root(state) -> None:
+    from imageserver.serve import _serve_lock
+    from sysclone.errors import SyscloneError
+
+    with _serve_lock(state), \
+            pytest.raises(SyscloneError, match="another `sysclone serve` already serves"), \
+            _serve_lock(state):
+        pass
+    with _serve_lock(state):  # released when the first server stops
+        pass

@@ -332,44 +332,47 @@ def test_numbers_plan_numbers_logical_partitions_by_number() -> None:
     assert [f.mountpoint for f in pl.mounts] == ["/", "/var", "/boot", "/srv", "/tmp"]
 
 
-@pytest.mark.parametrize(("fw", "notes"), [("uefi", 0), ("bios", 1)])
-def test_uefi_plan(fw: str, notes: int) -> None:
+def test_uefi_plan() -> None:
     pl = plan({"image": {"name": "deb12"}, "layout": si_layout("disks-layout-uefi.xml")},
-              [Disk("nvme0n1", 20 * GiB)], fw=fw)
+              [Disk("nvme0n1", 20 * GiB)], fw="uefi")
     assert pl.disks[0].label == "gpt"
     assert [(f.device, f.fs, f.mountpoint) for f in pl.filesystems] == [
         ("/dev/nvme0n1p4", "ext4", "/"), ("/dev/nvme0n1p3", "swap", None),
         ("/dev/nvme0n1p2", "ext4", "/boot"), ("/dev/nvme0n1p1", "fat32", "/boot/efi")]
-    assert pl.firmware == "uefi"  # the layout says efi
+    assert pl.firmware == "uefi"
     assert pl.boot_disks == ("/dev/nvme0n1p1",)
-    assert len(pl.notes) == notes
-    if notes:
-        assert "booted BIOS" in pl.notes[0]
+    assert pl.esp_mountpoint == "/boot/efi"
+    assert pl.notes == ()
     assert [f.mountpoint for f in pl.mounts] == ["/", "/boot", "/boot/efi"]
     text = pl.describe()
     assert "bootloader: UEFI on /dev/nvme0n1p1" in text
     assert "/dev/nvme0n1p1   fat32  /boot/efi" in text
 
 
-def test_raid_and_lvm_are_refused_clearly() -> None:
-    with pytest.raises(ConfigError) as e:
-        plan({"image": {"name": "deb12"}, "layout": si_layout("disks-layout-raid-lvm.xml")},
-             [Disk("vda", 20 * GiB), Disk("vdb", 20 * GiB)])
-    assert e.value.message == ("layout disks-layout-raid-lvm.xml: software RAID and LVM "
-                               "are not supported by this agent yet")
-    assert e.value.hint == "use a layout with plain partitions"
+def test_uefi_layout_on_a_bios_machine_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"^layout disks-layout-uefi.xml is for UEFI machines"):
+        plan({"image": {"name": "deb12"}, "layout": si_layout("disks-layout-uefi.xml")},
+             [Disk("nvme0n1", 20 * GiB)], fw="bios")
+
+
+def test_raid_and_lvm_plan() -> None:
+    pl = plan({"image": {"name": "deb12"}, "layout": si_layout("disks-layout-raid-lvm.xml")},
+              [Disk("vda", 20 * GiB), Disk("vdb", 20 * GiB)])
+    assert [a.name for a in pl.arrays] == ["/dev/md0", "/dev/md1"]
+    assert [g.name for g in pl.groups] == ["datavg"]
+    # Mount-only and removable-media lines are not created.
+    assert [f.mountpoint for f in pl.filesystems] == ["/", "/boot", "/home", "/var", None]
 
 
 def test_disk_too_small_for_the_layout() -> None:
     with pytest.raises(ConfigError) as e:
         plan({"image": {"name": "deb12"}, "layout": si_layout("disks-layout-numbers.xml")},
-             [Disk("vda", 6 * GiB)])
-    # Partitions 1-3, the extended's table, 5 (at least 1 MiB) and 6 and 7
-    # with their boot records: 1 + 256 + 512 + 2048 + 1 + 1 + 1 + 3072 + 1 + 1024 MiB.
+             [Disk("vda", 512 * MiB)])
+    # Scaled down as far as it goes: the xfs filesystems cannot go below 300 MB.
     assert e.value.message.startswith("disk /dev/vda is too small for its partitions "
-                                      "(partition 4, size \"*\"")
-    assert f"it needs {6917 * MiB} bytes" in e.value.message
-    assert f"the disk has {6 * GiB} bytes (6.0 GiB)" in e.value.message
+                                      "even scaled down (")
+    assert "partition 5 at least 287 MiB, partition 6 at least 287 MiB" in e.value.message
+    assert f"the disk has {512 * MiB} bytes (512.0 MiB)" in e.value.message
 
 
 def test_image_too_big_for_one_mountpoint() -> None:
@@ -392,7 +395,7 @@ def test_fstab_of_a_uefi_plan(tmp_path: Path) -> None:
     text = (root / "etc/fstab").read_text()
     u = {f.mountpoint: f.uuid for f in pl.filesystems}
     for line in (f"UUID={u['/']}\t/\text4\tdefaults\t1\t1",
-                 f"UUID={u[None]}\tnone\tswap\tsw\t0\t0",
+                 f"UUID={u[None]}\tnone\tswap\tdefaults\t0\t0",
                  f"UUID={u['/boot']}\t/boot\text4\tdefaults\t1\t2",
                  f"UUID={u['/boot/efi']}\t/boot/efi\tvfat\tumask=0077,shortname=mixed\t0\t1"):
         assert line in text.splitlines()
@@ -503,8 +506,9 @@ def test_cluster_xml():
 
 
 def test_net_config_xml():
-    """The network configuration for installed clients (si.network-config,
-    refused until it is implemented): interfaces, aliases, a bond."""
+    """The network configuration for installed clients (si.network-config;
+    read by agent.configure.netxml, test_configure_netxml.py): interfaces,
+    aliases, a bond."""
     root = ET.parse(SI / "net-config.xml").getroot()
     by_dev = {i.get("dev"): i for i in root.findall("if")}
     assert list(by_dev) == ["enp1s0", "enp2s0", "enp3s0", "ib0", "ib1", "ib2", "bond0"]

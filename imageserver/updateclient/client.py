@@ -1,0 +1,1252 @@
+"""sysclone updateclient: bring an installed machine to a version of its image
+(SystemImager's si_updateclient), roll it back, or reinstall it.
+
+This one file is all a client needs besides Python 3.9+ and rsync; the image
+server serves it (GET /v1/client/updateclient.py):
+
+    curl -fsS http://SERVER:8181/v1/client/updateclient.py \\
+        | python3 - --server SERVER [--image NAME[@N]] [--dry-run]
+    python3 updateclient.py --rollback
+    python3 updateclient.py --autoinstall --server SERVER --image NAME [--kexec]
+
+An update, step by step:
+
+  ask        the server names the image version (NAME@N: the current one, or
+             the one asked), its overrides and the files the install wrote
+  compare    rsync's itemized dry run against it: only what differs moves;
+             excluded paths are never touched (defaults below, then
+             /etc/sysclone/updateclient.exclude, then --exclude)
+  keep       a rollback point: a btrfs snapshot when / is a btrfs subvolume,
+             else a copy of every file the update will replace or delete
+  fetch      the changed files into a staging directory (the old ones are
+             the delta basis); if the server goes away here, nothing of
+             the system has changed
+  apply      the staged files into place, and the deletions: local only
+  boot       when a kernel changed: initrds made with the system's own tool,
+             the boot loader's configuration rewritten
+  check      health: every kernel has an initrd, the boot loader names it,
+             no systemd unit failed that had not, and the configured
+             commands pass; a failure puts the rollback point back
+  report     to the image server's monitor
+
+`--rollback` puts the last rollback point back on request.  `--dry-run`
+lists what would change and stops.  Exit status: 0 done, 1 error (nothing
+changed, or the system was put back), 2 bad usage, 3 the health check
+failed and the update was rolled back.
+
+Standard library only, Python 3.9: it runs on the clients, not the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+
+# glob, hashlib, shlex and tempfile are imported where they are used: a
+# no-op update is mostly this script's start, measured against plain rsync.
+
+ENV = {"LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": "/root",
+       "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+STATE_DIR = "var/lib/sysclone/updateclient"  # below the root being updated
+EXCLUDE_FILE = "etc/sysclone/updateclient.exclude"
+HEALTH_FILE = "etc/sysclone/updateclient.health"
+DEFAULT_PORT = 8181
+RSYNC_FLAGS = ["-aHAXS", "--numeric-ids"]
+
+# (rsync pattern anchored at /, why it is never synced)
+DEFAULT_EXCLUDES = (
+    ("/proc/**", "kernel view"), ("/sys/**", "kernel view"), ("/dev/**", "devices"),
+    ("/run/**", "runtime state"), ("/tmp/**", "temporary files"),
+    ("/var/tmp/**", "temporary files"), ("/lost+found/**", "fsck's"),
+    ("/var/log/**", "the machine's own logs"), ("/home/**", "users' data"),
+    ("/var/lib/sysclone", "updateclient's rollback point and staging"),
+    ("/etc/sysclone", "this machine's updateclient settings"),
+    ("/etc/ssh/ssh_host_*", "the machine's SSH identity"),
+    ("/etc/machine-id", "the machine's identity"),
+    ("/var/lib/dbus/machine-id", "the machine's identity"),
+    ("/var/lib/systemd/random-seed", "the machine's entropy"),
+    ("/etc/fstab", "the install wrote it for this machine's disks"),
+    ("/etc/crypttab", "the install wrote it for this machine's disks"),
+    ("/etc/mdadm/mdadm.conf", "the install wrote it for this machine's disks"),
+    ("/etc/hostname", "the machine's name"), ("/etc/hosts", "the machine's name"),
+    ("/etc/resolv.conf", "the machine's network"),
+    ("/etc/network/interfaces", "the machine's network"),
+    ("/etc/network/interfaces.d/**", "the machine's network"),
+    ("/etc/systemd/network/**", "the machine's network"),
+    ("/etc/NetworkManager/system-connections/**", "the machine's network"),
+    ("/etc/netplan/**", "the machine's network"),
+    ("/etc/sysconfig/network-scripts/ifcfg-*", "the machine's network"),
+    ("/etc/initramfs-tools/conf.d/resume", "the install wrote it for this machine's swap"),
+    ("/var/lib/dhcp/**", "the machine's leases"),
+    ("/boot/efi/**", "the EFI system partition: the boot loader's, not the image's"),
+    ("/boot/grub/**", "the boot loader's, refreshed when a kernel changes"),
+    ("/boot/grub2/**", "the boot loader's, refreshed when a kernel changes"),
+    ("/boot/loader/**", "the boot loader's, refreshed when a kernel changes"),
+    ("/boot/initrd.img-*", "built for this machine; rebuilt when a kernel changes"),
+    ("/boot/initramfs-*", "built for this machine; rebuilt when a kernel changes"),
+    ("/boot/initrd-*", "built for this machine; rebuilt when a kernel changes"),
+)
+# Files of the boot state, saved with the rollback point when a kernel changes.
+BOOT_STATE = ("boot/initrd.img-*", "boot/initramfs-*", "boot/initrd-*", "boot/grub/grub.cfg",
+              "boot/grub/grubenv", "boot/grub2/grub.cfg", "boot/grub2/grubenv",
+              "boot/loader/entries/*")
+_KERNEL_PATH = re.compile(r"^(boot/(vmlinuz|vmlinux|bzImage)|(usr/)?lib/modules/[^/]+(/|$))")
+# Filesystems whose contents are never the image's (mounted on a live system).
+PSEUDO_FS = frozenset((
+    "proc", "sysfs", "devtmpfs", "devpts", "tmpfs", "ramfs", "securityfs", "efivarfs",
+    "debugfs", "tracefs", "configfs", "cgroup", "cgroup2", "pstore", "hugetlbfs", "mqueue",
+    "binfmt_misc", "autofs", "bpf", "fusectl", "rpc_pipefs", "nsfs", "selinuxfs", "squashfs",
+    "overlay", "fuse", "iso9660", "udf", "nfs", "nfs4", "cifs", "smb3", "sshfs", "9p",
+    "virtiofs", "ceph", "glusterfs"))
+
+
+class UpdateError(Exception):
+    """One line for the user, and a hint."""
+
+    def __init__(self, message: str, hint: str = "", status: int = 1) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.status = status
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+def say(text: str) -> None:
+    print(f"updateclient: {text}", flush=True)
+
+
+# ---------------------------------------------------------------- commands ---
+
+def run(argv: list, *, check: bool = True, input: str | None = None,
+        timeout: float | None = None) -> subprocess.CompletedProcess:
+    try:
+        p = subprocess.run([str(a) for a in argv], input=input, capture_output=True,
+                           text=True, env=ENV, timeout=timeout,
+                           stdin=None if input is not None else subprocess.DEVNULL)
+    except FileNotFoundError:
+        raise UpdateError(f"{argv[0]} is not installed on this machine") from None
+    except subprocess.TimeoutExpired:
+        raise UpdateError(f"{argv[0]} did not finish in {timeout:.0f}s") from None
+    if check and p.returncode != 0:
+        tail = (p.stderr or p.stdout).strip().splitlines()[-3:]
+        raise UpdateError(f"{argv[0]} failed with exit code {p.returncode}: "
+                          + ("; ".join(tail) or "no output"))
+    return p
+
+
+def in_root(root: str, argv: list) -> list:
+    """A command of the system being updated: chrooted unless it is this one."""
+    return list(argv) if root == "/" else ["chroot", root, *argv]
+
+
+@contextmanager
+def system_mounts(root: str) -> Iterator[None]:
+    """/proc, /sys and /dev inside a root that is not the running one, for
+    its own tools (update-initramfs, update-grub); unmounted after."""
+    if root == "/":
+        yield
+        return
+    done = []
+    try:
+        for fs, args in (("proc", ["-t", "proc", "proc"]), ("sys", ["-t", "sysfs", "sysfs"]),
+                         ("dev", ["--bind", "/dev"])):
+            target = os.path.join(root, fs)
+            os.makedirs(target, exist_ok=True)
+            run(["mount", *args, target])
+            done.append(target)
+        yield
+    finally:
+        for target in reversed(done):
+            run(["umount", "-l", target], check=False)
+
+
+# ------------------------------------------------------------------ server ---
+
+@dataclass(frozen=True)
+class Server:
+    host: str
+    port: int = DEFAULT_PORT
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def request(self, method: str, path: str, body: bytes | None = None,
+                timeout: float = 60) -> tuple[int, bytes]:
+        """One HTTP/1.1 exchange on its own connection.  (urllib brings in
+        http.client, email and ssl: a third of a no-op update's time.)"""
+        head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\nConnection: close\r\n"
+        if body is not None:
+            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        try:
+            with socket.create_connection((self.host, self.port), timeout=timeout) as s:
+                s.sendall(head.encode() + b"\r\n" + (body or b""))
+                chunks = []
+                while True:
+                    chunk = s.recv(1 << 20)
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+        except OSError as e:
+            raise UpdateError(f"image server {self.host}:{self.port} is unreachable: "
+                              f"{e.strerror or e}",
+                              "check --server and --port, and that `sysclone serve` runs") \
+                from None
+        header, _, content = b"".join(chunks).partition(b"\r\n\r\n")
+        try:
+            status = int(header.split(b" ", 2)[1])
+        except (IndexError, ValueError):
+            raise UpdateError(f"image server {self.host}:{self.port} did not answer HTTP") \
+                from None
+        for line in header.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length" and value.strip().isdigit():
+                content = content[:int(value)]
+        return status, content
+
+    def get(self, path: str, query: dict | None = None, timeout: float = 60) -> bytes:
+        q = "?" + urllib.parse.urlencode({k: v for k, v in (query or {}).items() if v}) \
+            if query else ""
+        status, body = self.request("GET", path + q, timeout=timeout)
+        if status != 200:
+            try:
+                err = json.loads(body)
+                msg, hint = err.get("message") or f"HTTP {status}", err.get("hint") or ""
+            except ValueError:
+                msg, hint = f"HTTP {status} for {path}", ""
+            raise UpdateError(f"image server: {msg}", hint)
+        return body
+
+    def get_json(self, path: str, query: dict | None = None) -> dict:
+        data = json.loads(self.get(path, query))
+        if not isinstance(data, dict):
+            raise UpdateError(f"image server: {path} did not answer an object")
+        return data
+
+    def report(self, event: dict) -> None:
+        """Best effort: the update is done whether the monitor hears of it or not."""
+        body = json.dumps({"ts": round(time.time(), 3), **event}).encode()
+        try:
+            status, _ = self.request("POST", "/v1/events", body, timeout=10)
+        except UpdateError as e:
+            status, why = 0, str(e)
+        else:
+            why = f"HTTP {status}"
+        if status != 200:
+            print(f"updateclient: warning: could not report to the monitor: {why}",
+                  file=sys.stderr)
+
+
+def rsync_url(server: Server, port: int, module: str) -> str:
+    host = f"[{server.host}]" if ":" in server.host else server.host
+    return f"rsync://{host}:{port}/{module}/"
+
+
+# ------------------------------------------------------------------- plan ---
+
+@dataclass(frozen=True)
+class Change:
+    path: str  # relative to the root, no leading slash; "." is the root itself
+    item: str  # rsync's itemize string: >f.st......, cd+++++++++, *deleting
+    link: str | None = None  # a hard link's other name (=> ...)
+
+    @property
+    def kind(self) -> str:
+        if self.item.startswith("*deleting"):
+            return "deleted"
+        if "+++++++" in self.item:
+            return "created"
+        return "changed"
+
+
+MARKS = {"created": "+", "changed": "*", "deleted": "-"}
+
+
+@dataclass
+class Plan:
+    changes: list
+    transfer_bytes: int = 0
+
+    def paths(self, *kinds: str) -> list:
+        return [c.path for c in self.changes if c.kind in kinds]
+
+    def transfer(self) -> list:
+        """What comes from the server: new and changed paths, and the other
+        names of their hard links (rsync links only names it is given)."""
+        out = self.paths("created", "changed")
+        out += [c.link for c in self.changes if c.link and c.kind != "deleted"]
+        return list(dict.fromkeys(out))
+
+    @property
+    def kernel_changed(self) -> bool:
+        return any(_KERNEL_PATH.match(c.path) for c in self.changes)
+
+
+def unescape(name: str) -> str:
+    """rsync writes unprintable bytes as \\#ooo."""
+    if "\\#" not in name:
+        return name
+    raw = re.sub(rb"\\#([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]),
+                 name.encode("utf-8", "surrogateescape"))
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def parse_itemized(text: str) -> list:
+    """rsync's `%i %n%L` lines into changes (other lines are ignored)."""
+    out = []
+    for line in text.splitlines():
+        if len(line) < 13 or line[11] != " ":
+            continue
+        item, rest = line[:11], line[12:]
+        if item.startswith("*deleting"):
+            out.append(Change(unescape(rest.rstrip("/")) or ".", "*deleting"))
+            continue
+        if item[0] not in "<>ch." or item[1] not in "fdLDS":
+            continue
+        link = None
+        if item[1] == "L" and " -> " in rest:
+            rest = rest.split(" -> ", 1)[0]
+        elif item[0] == "h" and " => " in rest:
+            rest, link = rest.split(" => ", 1)
+        path = unescape(rest.rstrip("/")) or "."
+        out.append(Change("." if path == "./" else path, item,
+                          unescape(link) if link else None))
+    return out
+
+
+_TRANSFER = re.compile(r"^Total transferred file size: ([\d,.]+)", re.M)
+_SENT = re.compile(r"^Total bytes sent: ([\d,.]+)", re.M)
+_RECEIVED = re.compile(r"^Total bytes received: ([\d,.]+)", re.M)
+
+
+def _number(rx: re.Pattern, text: str) -> int:
+    m = rx.search(text)
+    return int(re.sub(r"[,.]", "", m.group(1))) if m else 0
+
+
+@dataclass
+class Wire:
+    """Bytes rsync moved over the network, both ways."""
+
+    sent: int = 0
+    received: int = 0
+
+    def add(self, stats: str) -> None:
+        self.sent += _number(_SENT, stats)
+        self.received += _number(_RECEIVED, stats)
+
+
+def filter_args(excludes: list) -> list:
+    return [f"--exclude={p}" for p in excludes]
+
+
+def compare(url: str, root: str, excludes: list, *, delete: bool, wire: Wire,
+            bwlimit: int | None = None) -> Plan:
+    """What syncing `url` onto `root` would change (nothing moves)."""
+    argv = ["rsync", *RSYNC_FLAGS, "--dry-run", "--stats", "--out-format=%i %n%L",
+            *filter_args(excludes)]
+    if delete:
+        argv.append("--delete")
+    if bwlimit:
+        argv.append(f"--bwlimit={bwlimit}")
+    p = run([*argv, url, root.rstrip("/") + "/"], check=False, timeout=3600)
+    if p.returncode not in (0, 24):  # 24: files vanished meanwhile
+        raise UpdateError(f"rsync from {url} failed: " + _rsync_error(p))
+    wire.add(p.stdout)
+    return Plan(parse_itemized(p.stdout), _number(_TRANSFER, p.stdout))
+
+
+def _rsync_error(p: subprocess.CompletedProcess) -> str:
+    lines = [x for x in (p.stderr or p.stdout).strip().splitlines() if x.strip()]
+    return "; ".join(lines[-2:]) or f"exit code {p.returncode}"
+
+
+def excludes_for(root: str, written: list, extra: list, extra_files: list) -> list:
+    """Every exclude pattern, defaults first, then what the install wrote,
+    the machine's exclude file, --exclude-from and --exclude."""
+    out = [p for p, _ in DEFAULT_EXCLUDES]
+    out += [_literal(w) for w in written if w.startswith("/")]
+    for f in [os.path.join(root, EXCLUDE_FILE), *extra_files]:
+        if os.path.isfile(f):
+            with open(f, encoding="utf-8", errors="replace") as fh:
+                out += [line.strip() for line in fh
+                        if line.strip() and not line.lstrip().startswith("#")]
+        elif f in extra_files:
+            raise UpdateError(f"--exclude-from {f}: no such file")
+    out += list(extra)
+    if root == "/":
+        out += [_literal(m.rstrip("/")) + "/**" for m in skipped_mounts()]
+    for p in out:
+        if "\n" in p or "\r" in p:
+            raise UpdateError(f"exclude pattern {p!r} has a line break")
+    return list(dict.fromkeys(out))
+
+
+def _literal(path: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in path)
+
+
+def skipped_mounts() -> list:
+    """Mount points of the running system whose contents are not its own:
+    pseudo and network filesystems (their mount point itself is kept)."""
+    out: list = []
+    try:
+        with open("/proc/self/mountinfo") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields, fstype = left.split(), right.split()[0] if right else ""
+        if len(fields) < 5:
+            continue
+        target = fields[4].encode().decode("unicode_escape")
+        if target != "/" and fstype.split(".")[0] in PSEUDO_FS:
+            out.append(target)
+    return out
+
+
+# --------------------------------------------------------- rollback point ---
+
+@dataclass
+class RollbackPoint:
+    """What puts the system back: the saved old files (or a snapshot of the
+    whole root), the paths the update created, and what it was."""
+
+    directory: str  # ROOT/var/lib/sysclone/updateclient/rollback
+    method: str = "copy"  # copy | btrfs
+    saved: list = field(default_factory=list)  # paths that existed and will change
+    created: list = field(default_factory=list)  # paths the update creates
+    boot_before: list = field(default_factory=list)  # boot-state files before
+    kernel_changed: bool = False
+    image: str = ""
+    time: float = 0.0
+    rolled_back: bool = False
+
+    @property
+    def source(self) -> str:
+        return os.path.join(self.directory, "tree" if self.method == "copy" else "snapshot")
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, indent=1, sort_keys=True)
+
+    @classmethod
+    def load(cls, directory: str) -> RollbackPoint:
+        meta = os.path.join(directory, "point.json")
+        if not os.path.isfile(meta):
+            raise UpdateError("there is no rollback point on this machine",
+                              "one is taken by each update")
+        with open(meta) as f:
+            data = json.load(f)
+        point = cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        point.directory = directory
+        return point
+
+    def save(self) -> None:
+        tmp = os.path.join(self.directory, ".point.json.tmp")
+        with open(tmp, "w") as f:
+            f.write(self.to_json())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, os.path.join(self.directory, "point.json"))
+
+
+def _existing(root: str, paths: list) -> list:
+    return [p for p in paths if os.path.lexists(os.path.join(root, p))]
+
+
+def boot_state(root: str) -> list:
+    import glob
+
+    out = []
+    for pattern in BOOT_STATE:
+        out += [os.path.relpath(p, root) for p in glob.glob(os.path.join(root, pattern))]
+    return sorted(set(out))
+
+
+def _files_from(paths: list, directory: str) -> str:
+    path = os.path.join(directory, "files.list")
+    with open(path, "wb") as f:
+        for p in paths:
+            f.write(p.encode("utf-8", "surrogateescape") + b"\0")
+    return path
+
+
+def _local_copy(src_root: str, dest_root: str, paths: list, work: str) -> None:
+    """rsync the listed paths (and their parent directories) between two
+    local trees, attributes, ACLs, xattrs and hard links kept."""
+    if not paths:
+        return
+    lst = _files_from(paths, work)
+    # --ignore-times: every listed file is copied, even one whose size and
+    # time happen to match (the list says it differs).
+    p = run(["rsync", *RSYNC_FLAGS, "--ignore-times", "--from0", f"--files-from={lst}",
+             src_root.rstrip("/") + "/", dest_root.rstrip("/") + "/"], check=False,
+            timeout=7200)
+    if p.returncode != 0:
+        raise UpdateError(f"local copy {src_root} -> {dest_root} failed: {_rsync_error(p)}")
+
+
+def _is_btrfs_subvolume(root: str) -> bool:
+    try:
+        st = os.stat(root)
+    except OSError:
+        return False
+    if st.st_ino != 256:  # the root directory of a btrfs subvolume
+        return False
+    p = run(["stat", "-f", "-c", "%T", root], check=False)
+    return p.stdout.strip() == "btrfs"
+
+
+def _same_filesystem(root: str, paths: list) -> bool:
+    dev = os.stat(root).st_dev
+    for p in paths:
+        parent = os.path.join(root, p)
+        while not os.path.lexists(parent):
+            parent = os.path.dirname(parent)
+        if os.lstat(parent).st_dev != dev:
+            return False
+    return True
+
+
+def take_rollback_point(root: str, plan: Plan, image: str) -> RollbackPoint:
+    """Before anything changes: keep what the update will replace or
+    delete.  A btrfs snapshot when the root is a subvolume holding every
+    path concerned (free and instant), else copies of those files."""
+    directory = os.path.join(root, STATE_DIR, "rollback")
+    drop_rollback_point(directory)
+    os.makedirs(directory, mode=0o700)
+    changing = plan.paths("changed", "deleted")
+    point = RollbackPoint(directory, created=plan.paths("created"),
+                          kernel_changed=plan.kernel_changed, image=image, time=time.time())
+    if point.kernel_changed:
+        point.boot_before = boot_state(root)
+    point.saved = _existing(root, changing + point.boot_before)
+    if _is_btrfs_subvolume(root) and _same_filesystem(root, point.saved + point.created):
+        run(["btrfs", "subvolume", "snapshot", "-r", root, os.path.join(directory, "snapshot")])
+        point.method = "btrfs"
+    else:
+        need = sum(_size(os.path.join(root, p)) for p in point.saved)
+        free = shutil.disk_usage(directory).free
+        if need > free - (64 << 20):
+            shutil.rmtree(directory, ignore_errors=True)
+            raise UpdateError(f"not enough space for the rollback point: {need >> 20} MiB "
+                              f"needed, {free >> 20} MiB free in {directory}",
+                              "free some space; nothing was changed")
+        os.makedirs(point.source)
+        _local_copy(root, point.source, point.saved, directory)
+    point.save()
+    return point
+
+
+def _size(path: str) -> int:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return 0
+    return st.st_size if not os.path.isdir(path) or os.path.islink(path) else 0
+
+
+def drop_rollback_point(directory: str) -> None:
+    snap = os.path.join(directory, "snapshot")
+    if os.path.isdir(snap):
+        run(["btrfs", "subvolume", "delete", snap], check=False)
+    if os.path.lexists(directory):
+        shutil.rmtree(directory)
+
+
+def remove_paths(root: str, paths: list) -> list:
+    """Delete paths (deepest first); a directory still holding excluded
+    files stays.  Returns what could not be removed."""
+    kept = []
+    for p in sorted(set(paths), key=lambda x: (-x.count("/"), x), reverse=False):
+        full = os.path.join(root, p)
+        if p in (".", "") or not os.path.lexists(full):
+            continue
+        try:
+            if os.path.isdir(full) and not os.path.islink(full):
+                os.rmdir(full)
+            else:
+                os.unlink(full)
+        except OSError:
+            kept.append(p)
+    return kept
+
+
+def restore(root: str, point: RollbackPoint) -> None:
+    """Put the rollback point back: what the update created goes, the
+    saved files come back (boot state included)."""
+    created = list(point.created)
+    if point.kernel_changed:
+        before = set(point.boot_before)
+        created += [p for p in boot_state(root) if p not in before]
+    remove_paths(root, created)
+    import tempfile
+
+    work = tempfile.mkdtemp(prefix="updateclient.")
+    try:
+        _local_copy(point.source, root, point.saved, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    point.rolled_back = True
+    point.save()
+
+
+# ------------------------------------------------------------ fetch, apply ---
+
+def fetch(url: str, root: str, stage: str, paths: list, excludes: list, wire: Wire,
+          bwlimit: int | None = None) -> None:
+    """The changed files into `stage`, the old ones as delta basis."""
+    if os.path.lexists(stage):
+        shutil.rmtree(stage)
+    os.makedirs(stage, mode=0o700)
+    if not paths:
+        return
+    lst = _files_from(paths, os.path.dirname(stage))
+    argv = ["rsync", *RSYNC_FLAGS, "--stats", "--from0", f"--files-from={lst}",
+            f"--copy-dest={root.rstrip('/') or '/'}", *filter_args(excludes)]
+    if bwlimit:
+        argv.append(f"--bwlimit={bwlimit}")
+    p = run([*argv, url, stage + "/"], check=False, timeout=24 * 3600)
+    if p.returncode != 0:
+        raise UpdateError(f"fetching the update failed: {_rsync_error(p)}",
+                          "nothing on this machine has changed; try again")
+    wire.add(p.stdout)
+
+
+def apply(stage: str, root: str, plan: Plan) -> list:
+    """The deletions, then the staged files into place (last, so that the
+    directories end with the image's times).  Local only."""
+    kept = remove_paths(root, plan.paths("deleted"))
+    _local_copy(stage, root, plan.transfer(), os.path.dirname(stage))
+    return kept
+
+
+@contextmanager
+def dir_times_kept(root: str, dirs: list) -> Iterator[None]:
+    """Put back the times of `dirs` after the block (the boot refresh adds
+    and removes initrds: /boot keeps the image's time)."""
+    times = {}
+    for d in dirs:
+        try:
+            st = os.lstat(os.path.join(root, d))
+        except OSError:
+            continue
+        times[d] = (st.st_atime_ns, st.st_mtime_ns)
+    try:
+        yield
+    finally:
+        for d, t in times.items():
+            with suppress(OSError):
+                os.utime(os.path.join(root, d), ns=t, follow_symlinks=False)
+
+
+# ------------------------------------------------------------------- boot ---
+
+def kernels(root: str) -> dict:
+    """kver -> (size, mtime) of each /boot/vmlinuz-<kver>."""
+    out = {}
+    boot = os.path.join(root, "boot")
+    for name in sorted(os.listdir(boot)) if os.path.isdir(boot) else ():
+        m = re.match(r"^vmlinuz-(.+)$", name)
+        if m and os.path.isfile(os.path.join(boot, name)):
+            st = os.stat(os.path.join(boot, name))
+            out[m.group(1)] = [st.st_size, int(st.st_mtime)]
+    return out
+
+
+def _have(root: str, tool: str) -> bool:
+    return any(os.access(os.path.join(root, d.lstrip("/"), tool), os.X_OK)
+               for d in ENV["PATH"].split(":"))
+
+
+def initrd_paths(root: str, kver: str) -> list:
+    return [os.path.join(root, "boot", n.format(kver)) for n in
+            ("initrd.img-{}", "initramfs-{}.img", "initrd-{}", "initramfs-{}")]
+
+
+def refresh_boot(root: str, before: dict) -> list:
+    """Initrds for the kernels that changed, none left for the kernels
+    that went, and the boot loader's configuration; what was done."""
+    after = kernels(root)
+    done = []
+    for kver in before:
+        if kver not in after:
+            for p in initrd_paths(root, kver):
+                if os.path.lexists(p):
+                    os.unlink(p)
+                    done.append(f"removed {os.path.relpath(p, root)}")
+    changed = [k for k, v in after.items() if before.get(k) != v]
+    with system_mounts(root):
+        for kver in changed:
+            if _have(root, "update-initramfs"):
+                exists = os.path.exists(os.path.join(root, f"boot/initrd.img-{kver}"))
+                run(in_root(root, ["update-initramfs", "-u" if exists else "-c", "-k", kver]),
+                    timeout=3600)
+            elif _have(root, "dracut"):
+                run(in_root(root, ["dracut", "-f", "--kver", kver]), timeout=3600)
+            elif _have(root, "mkinitcpio"):
+                run(in_root(root, ["mkinitcpio", "-P"]), timeout=3600)
+            else:
+                raise UpdateError(f"kernel {kver} changed, and this machine has no initrd tool "
+                                  "(update-initramfs, dracut, mkinitcpio)")
+            done.append(f"initrd for {kver}")
+        if _have(root, "update-grub"):
+            run(in_root(root, ["update-grub"]), timeout=600)
+            done.append("update-grub")
+        elif _have(root, "grub-mkconfig") and os.path.isdir(os.path.join(root, "boot/grub")):
+            run(in_root(root, ["grub-mkconfig", "-o", "/boot/grub/grub.cfg"]), timeout=600)
+            done.append("grub-mkconfig")
+        elif _have(root, "grub2-mkconfig") and os.path.isdir(os.path.join(root, "boot/grub2")):
+            run(in_root(root, ["grub2-mkconfig", "-o", "/boot/grub2/grub.cfg"]), timeout=600)
+            done.append("grub2-mkconfig")
+        elif _have(root, "kernel-install"):
+            for kver in changed:
+                run(in_root(root, ["kernel-install", "add", kver, f"/boot/vmlinuz-{kver}"]),
+                    timeout=600)
+            done.append("kernel-install")
+    return done
+
+
+# ----------------------------------------------------------------- health ---
+
+BOOT_CONFIGS = ("boot/grub/grub.cfg", "boot/grub2/grub.cfg")
+LOADER_ENTRIES = ("boot/loader/entries", "boot/efi/loader/entries", "efi/loader/entries")
+
+
+def failed_units(root: str) -> set | None:
+    """Failed systemd units of the running system (None: not one that
+    runs systemd, or not the root being updated)."""
+    if root != "/" or not os.path.isdir("/run/systemd/system"):
+        return None
+    p = run(["systemctl", "list-units", "--state=failed", "--no-legend", "--plain"],
+            check=False, timeout=60)
+    return {line.split()[0] for line in p.stdout.splitlines() if line.split()}
+
+
+def boot_configs(root: str) -> dict:
+    out = {}
+    for rel in BOOT_CONFIGS:
+        p = os.path.join(root, rel)
+        if os.path.isfile(p):
+            with open(p, errors="replace") as f:
+                out[rel] = f.read()
+    for d in LOADER_ENTRIES:
+        full = os.path.join(root, d)
+        for name in sorted(os.listdir(full)) if os.path.isdir(full) else ():
+            with open(os.path.join(full, name), errors="replace") as f:
+                out[f"{d}/{name}"] = f.read()
+    return out
+
+
+def health_problems(root: str, commands: list, failed_before: set | None) -> list:
+    problems = []
+    found = kernels(root)
+    configs = boot_configs(root)
+    if found and not configs:
+        problems.append("no boot loader configuration (looked for "
+                        + ", ".join((*BOOT_CONFIGS, *LOADER_ENTRIES)) + ")")
+    for kver in found:
+        initrds = [p for p in initrd_paths(root, kver)
+                   if os.path.isfile(p) and os.path.getsize(p) > 0]
+        if not initrds:
+            problems.append(f"kernel {kver} has no initrd")
+        if configs and not any(f"vmlinuz-{kver}" in text for text in configs.values()):
+            problems.append(f"the boot loader configuration does not name kernel {kver}")
+        elif initrds and configs and not any(os.path.basename(initrds[0]) in text
+                                             for text in configs.values()):
+            problems.append(f"the boot loader configuration does not name "
+                            f"{os.path.basename(initrds[0])}")
+    if failed_before is not None:
+        now = failed_units(root) or set()
+        new = sorted(now - failed_before)
+        if new:
+            problems.append("systemd units failed: " + ", ".join(new))
+    for cmd in commands:
+        p = run(in_root(root, ["/bin/sh", "-c", cmd]), check=False, timeout=600)
+        if p.returncode != 0:
+            tail = (p.stderr or p.stdout).strip().splitlines()[-1:] or ["no output"]
+            problems.append(f"`{cmd}` exited with {p.returncode}: {tail[0]}")
+    return problems
+
+
+def health_commands(root: str, given: list) -> list:
+    out = []
+    f = os.path.join(root, HEALTH_FILE)
+    if os.path.isfile(f):
+        with open(f, encoding="utf-8", errors="replace") as fh:
+            out += [line.strip() for line in fh
+                    if line.strip() and not line.lstrip().startswith("#")]
+    return out + list(given)
+
+
+# -------------------------------------------------------------- the flows ---
+
+def hostname_of(root: str, given: str | None) -> str | None:
+    if given:
+        return given
+    if root == "/":
+        return socket.gethostname().split(".")[0] or None
+    try:
+        with open(os.path.join(root, "etc/hostname")) as f:
+            return f.read().strip().split(".")[0] or None
+    except OSError:
+        return None
+
+
+@contextmanager
+def locked(root: str) -> Iterator[str]:
+    state = os.path.join(root, STATE_DIR)
+    os.makedirs(state, mode=0o700, exist_ok=True)
+    with open(os.path.join(state, "lock"), "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UpdateError("another updateclient runs on this machine") from None
+        yield state
+
+
+def _check_root(root: str) -> str:
+    root = os.path.abspath(root)
+    if not os.path.isdir(root):
+        raise UpdateError(f"--root {root}: no such directory")
+    if os.geteuid() != 0:
+        raise UpdateError("run as root (every file of the system may change)")
+    return root
+
+
+def update(a: argparse.Namespace) -> dict:
+    root = _check_root(a.system_root)
+    if not a.server:
+        raise UpdateError("--server SERVER is required: the image server to update from")
+    server = Server(a.server, a.port)
+    host = hostname_of(root, a.hostname)
+    t0 = time.monotonic()
+    with locked(root) as state:
+        # ask
+        answer = server.get_json("/v1/update", {"hostname": host, "image": a.image})
+        img = answer["image"]
+        version = f"{img['name']}@{img['version']}" if img.get("version") else img["name"]
+        url = rsync_url(server, int(img["rsync_port"]), str(img["module"]))
+        excludes = excludes_for(root, list(answer.get("written") or ()), a.exclude,
+                                a.exclude_from)
+        # compare (the overrides win over the image, and are never deleted from)
+        wire = Wire()
+        plan = compare(url, root, excludes, delete=True, wire=wire, bwlimit=a.bwlimit)
+        overrides = [rsync_url(server, int(img["rsync_port"]), o)
+                     for o in answer.get("overrides") or ()]
+        for o in overrides:
+            extra = compare(o, root, excludes, delete=False, wire=wire, bwlimit=a.bwlimit)
+            theirs = {c.path for c in extra.changes}
+            plan.changes = [c for c in plan.changes if c.path not in theirs] + extra.changes
+            plan.transfer_bytes += extra.transfer_bytes
+        result = {"image": version, "changes": len(plan.changes),
+                  "created": len(plan.paths("created")), "changed": len(plan.paths("changed")),
+                  "deleted": len(plan.paths("deleted")), "kernel_changed": plan.kernel_changed,
+                  "bytes_sent": wire.sent, "bytes_received": wire.received}
+        if a.dry_run:
+            for c in plan.changes:
+                print(f"{MARKS[c.kind]} /{c.path.lstrip('.') if c.path == '.' else c.path}")
+            say(f"dry run: {len(plan.changes)} changes to reach {version}; nothing was changed")
+            return {**result, "dry_run": True, "seconds": round(time.monotonic() - t0, 3)}
+        if not plan.changes:
+            say(f"up to date with {version}")
+            _finish(server, host, version, result, a, "up to date")
+            return {**result, "seconds": round(time.monotonic() - t0, 3)}
+        say(f"{len(plan.changes)} changes to reach {version} "
+            f"({plan.transfer_bytes / 2**20:.1f} MiB of files)")
+        failed_before = failed_units(root)
+        kernels_before = kernels(root)
+        # keep
+        point = take_rollback_point(root, plan, version)
+        say(f"rollback point taken ({point.method}, {len(point.saved)} paths)")
+        # fetch: the machine is untouched until every file has arrived
+        stage = os.path.join(state, "stage")
+        try:
+            fetch(url, root, stage, plan.transfer(), excludes, wire, a.bwlimit)
+            for o in overrides:
+                fetch_over(o, stage, plan.transfer(), wire, a.bwlimit)
+        except UpdateError:
+            shutil.rmtree(stage, ignore_errors=True)
+            drop_rollback_point(point.directory)
+            raise
+        # apply
+        try:
+            kept = apply(stage, root, plan)
+        except BaseException:
+            say("applying failed: putting the rollback point back")
+            restore(root, point)
+            raise
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+        for p in kept:
+            say(f"warning: /{p} holds files this machine keeps (excluded); left in place")
+        # boot
+        if kernels(root) != kernels_before:
+            try:
+                with dir_times_kept(root, ["boot"]):
+                    steps = refresh_boot(root, kernels_before)
+                for step in steps:
+                    say(f"boot: {step}")
+            except UpdateError as e:
+                _roll_back_after(root, point, f"refreshing boot failed: {e}")
+                raise UpdateError(f"refreshing the boot files failed: {e.message}; the update "
+                                  "was rolled back", status=3) from None
+        # check
+        problems = [] if a.no_health_check else health_problems(
+            root, health_commands(root, a.health_check), failed_before)
+        if problems:
+            _roll_back_after(root, point, "; ".join(problems))
+            server.report({"kind": "update-failed", "hostname": host, "image": img["name"],
+                           "image_version": img.get("version"),
+                           "message": "health check failed: " + "; ".join(problems)
+                                      + "; rolled back"})
+            raise UpdateError("health check failed: " + "; ".join(problems),
+                              "the update was rolled back", status=3)
+        result.update(bytes_sent=wire.sent, bytes_received=wire.received,
+                      seconds=round(time.monotonic() - t0, 3))
+        _finish(server, host, version, result, a, f"updated to {version}")
+        say(f"updated to {version} in {result['seconds']:.1f}s"
+            + ("; reboot into the new kernel" if plan.kernel_changed else ""))
+        return result
+
+
+def fetch_over(url: str, stage: str, paths: list, wire: Wire, bwlimit: int | None) -> None:
+    """An override's files over the staged image files: the override wins."""
+    lst = _files_from(paths, os.path.dirname(stage))
+    argv = ["rsync", *RSYNC_FLAGS, "--stats", "--from0", f"--files-from={lst}",
+            "--ignore-missing-args"]
+    if bwlimit:
+        argv.append(f"--bwlimit={bwlimit}")
+    p = run([*argv, url, stage + "/"], check=False, timeout=24 * 3600)
+    if p.returncode != 0:
+        raise UpdateError(f"fetching override {url} failed: {_rsync_error(p)}",
+                          "nothing on this machine has changed; try again")
+    wire.add(p.stdout)
+
+
+def _roll_back_after(root: str, point: RollbackPoint, why: str) -> None:
+    """Put the rollback point back.  With a kernel change, the initrds and
+    boot loader configuration saved with it come back too: nothing to
+    rebuild."""
+    say(f"{why}: rolling back")
+    restore(root, point)
+    say("rolled back to the state before the update")
+
+
+def _finish(server: Server, host: str | None, version: str, result: dict,
+            a: argparse.Namespace, message: str) -> None:
+    name, _, number = version.partition("@")
+    state = os.path.join(a.system_root, STATE_DIR, "last.json")
+    with open(state + ".tmp", "w") as f:
+        json.dump({"image": version, "time": time.time(), **result}, f, indent=1)
+    os.replace(state + ".tmp", state)
+    if not a.no_report:
+        server.report({"kind": "updated", "hostname": host, "image": name,
+                       "image_version": int(number) if number else None, "message": message,
+                       "changes": result.get("changes")})
+
+
+def rollback(a: argparse.Namespace) -> dict:
+    root = _check_root(a.system_root)
+    with locked(root):
+        point = RollbackPoint.load(os.path.join(root, STATE_DIR, "rollback"))
+        if point.rolled_back:
+            raise UpdateError("the last update was rolled back already",
+                              "update again to take a new rollback point")
+        before = kernels(root)
+        restore(root, point)
+        if point.kernel_changed and kernels(root) != before:
+            # The saved initrds and boot loader configuration came back with
+            # the kernels: nothing to rebuild, only to check.
+            say("kernels rolled back with their initrds and boot configuration")
+        problems = [] if a.no_health_check else health_problems(root, [], None)
+        say(f"rolled back the update to {point.image}"
+            + (f"; warning: {'; '.join(problems)}" if problems else ""))
+        if a.server and not a.no_report:
+            Server(a.server, a.port).report({
+                "kind": "rolled-back", "hostname": hostname_of(root, a.hostname),
+                "message": f"rolled back the update to {point.image}"})
+        return {"rolled_back": point.image, "paths": len(point.saved) + len(point.created),
+                "problems": problems}
+
+
+# ------------------------------------------------------------ autoinstall ---
+
+def cmdline_params(server: Server, image: str, host: str | None, net: dict,
+                   extra: list, console: list) -> list:
+    """The agent's install parameters for this machine, from its live
+    network: DHCP when it got its address so, else the same static one."""
+    words = [f"IMAGESERVER={server.host}", f"si.server-port={server.port}",
+             f"IMAGENAME={image}", "si.post-action=reboot"]
+    if host:
+        words.append(f"HOSTNAME={host}")
+    if net.get("mac"):
+        words.append("BOOTIF=01-" + str(net["mac"]).lower().replace(":", "-"))
+    if net.get("method") == "static" and net.get("address"):
+        address, _, prefix = str(net["address"]).partition("/")
+        words += [f"si.ip-address={address}", f"si.netmask={prefix or '24'}"]
+        if net.get("gateway"):
+            words.append(f"si.gateway={net['gateway']}")
+        if net.get("dns"):
+            words.append("si.dns-servers=" + ",".join(net["dns"]))
+        if net.get("domain"):
+            words.append(f"si.domainname={net['domain']}")
+    return [*console, *words, *extra]
+
+
+def live_network() -> dict:
+    """The interface of the default route, from iproute2 (this file's own
+    reader; `sysclone updateclient` uses pyroute2 and D-Bus instead)."""
+    routes = json.loads(run(["ip", "-j", "-4", "route", "show", "default"]).stdout or "[]")
+    if not routes:
+        raise UpdateError("this machine has no default route: cannot tell its install network",
+                          "pass the network with --append si.ip-address=... or fix the route")
+    dev, gateway = routes[0].get("dev"), routes[0].get("gateway")
+    links = json.loads(run(["ip", "-j", "-4", "addr", "show", "dev", dev]).stdout or "[]")
+    info = links[0] if links else {}
+    addr: dict = next((a for a in info.get("addr_info") or () if a.get("family") == "inet"),
+                      {})
+    dynamic = bool(addr.get("dynamic")) or addr.get("valid_life_time") not in (None, 4294967295)
+    dns: list = []
+    domain = None
+    try:
+        with open("/etc/resolv.conf") as f:
+            for line in f:
+                w = line.split()
+                if len(w) >= 2 and w[0] == "nameserver" and not w[1].startswith("127."):
+                    dns.append(w[1])
+                elif len(w) >= 2 and w[0] in ("search", "domain"):
+                    domain = w[1]
+    except OSError:
+        pass
+    return {"interface": dev, "mac": info.get("address"), "method":
+            "dhcp" if dynamic else "static",
+            "address": f"{addr.get('local')}/{addr.get('prefixlen')}" if addr else None,
+            "gateway": gateway, "dns": dns, "domain": domain}
+
+
+def _console_words() -> list:
+    """console= of the running kernel: the installer speaks where this does."""
+    try:
+        with open("/proc/cmdline") as f:
+            return [w for w in f.read().split() if w.startswith("console=")]
+    except OSError:
+        return []
+
+
+def _download(server: Server, name: str, dest: str, sha256: str | None) -> None:
+    data = server.get(f"/v1/bootenv/{name}", timeout=600)
+    import hashlib
+
+    if sha256 and hashlib.sha256(data).hexdigest() != sha256:
+        raise UpdateError(f"the boot environment's {name} does not match its manifest",
+                          "rebuild it on the server, then try again")
+    tmp = dest + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, dest)
+
+
+GRUB_SCRIPT = "etc/grub.d/42_sysclone_autoinstall"
+ENTRY_ID = "sysclone-autoinstall"
+
+
+def grub_entry(root: str, kernel: str, initrd: str, cmdline: list) -> str:
+    """A menu entry for the boot environment in /boot/sysclone, with the
+    paths as GRUB sees them (a separate /boot is its own filesystem)."""
+    rel = run(in_root(root, ["grub-mkrelpath", kernel])).stdout.strip()
+    rel_initrd = run(in_root(root, ["grub-mkrelpath", initrd])).stdout.strip()
+    uuid = run(in_root(root, ["grub-probe", "--target=fs_uuid", kernel])).stdout.strip()
+    import shlex
+
+    args = " ".join(shlex.quote(w) for w in cmdline)
+    return (f"menuentry 'sysclone autoinstall' --id {ENTRY_ID} {{\n"
+            f"    search --no-floppy --fs-uuid --set=root {uuid}\n"
+            f"    linux {rel} {args}\n"
+            f"    initrd {rel_initrd}\n"
+            "}\n")
+
+
+def autoinstall(a: argparse.Namespace, network: dict | None = None) -> dict:
+    """Reinstall this machine at its next boot: the boot environment into
+    /boot/sysclone, a one-shot entry (grub-reboot), or kexec straight into
+    it.  No media, no network boot, the firmware's boot order untouched."""
+    root = _check_root(a.system_root)
+    if not a.server or not a.image:
+        raise UpdateError("--autoinstall needs --server SERVER and --image NAME")
+    server = Server(a.server, a.port)
+    host = hostname_of(root, a.hostname)
+    # The server knows the image (a wrong name stops here, before anything).
+    answer = server.get_json("/v1/update", {"hostname": host, "image": a.image})
+    manifest = json.loads(server.get("/v1/bootenv/manifest.json"))
+    net = network if network is not None else live_network()
+    words = cmdline_params(server, a.image, host, net, list(a.append), _console_words())
+    target = os.path.join(root, "boot/sysclone")
+    os.makedirs(target, exist_ok=True)
+    kernel, initrd = os.path.join(target, "kernel"), os.path.join(target, "initrd.img")
+    _download(server, "kernel", kernel, (manifest.get("kernel") or {}).get("sha256"))
+    _download(server, "initrd.img", initrd, (manifest.get("initrd") or {}).get("sha256"))
+    with open(os.path.join(target, "cmdline"), "w") as f:
+        f.write(" ".join(words) + "\n")
+    say(f"boot environment in /boot/sysclone; install parameters: {' '.join(words)}")
+    img = answer["image"]
+    result = {"image": img["name"], "cmdline": words, "method": "kexec" if a.kexec else "grub"}
+    if a.kexec:
+        # -s: the kernel checks the image's signature itself (lockdown, Secure Boot).
+        load = ["kexec", "-s", "-l", "/boot/sysclone/kernel", "--initrd=/boot/sysclone/initrd.img",
+                "--command-line=" + " ".join(words)]
+        if run(load, check=False).returncode != 0:
+            run(["kexec", "-l", *load[3:]])
+        say("kexec loaded")
+        if not a.no_reboot:
+            _report_autoinstall(server, host, a, img)
+            run(["systemctl", "kexec"], check=False) if os.path.isdir("/run/systemd/system") \
+                else run(["kexec", "-e"])
+        return result
+    script = os.path.join(root, GRUB_SCRIPT)
+    entry = grub_entry(root, "/boot/sysclone/kernel", "/boot/sysclone/initrd.img", words)
+    with open(script, "w") as f:
+        f.write("#!/bin/sh\n# sysclone updateclient --autoinstall: removed once written\n"
+                "exec tail -n +4 \"$0\"\n" + entry)
+    os.chmod(script, 0o755)
+    try:
+        run(in_root(root, ["update-grub"]), timeout=600)
+    finally:
+        # The entry stays in grub.cfg until the next update-grub: one-shot.
+        os.unlink(script)
+    run(in_root(root, ["grub-reboot", ENTRY_ID]))
+    say("next boot: the sysclone installer (grub-reboot), once")
+    if not a.no_reboot:
+        _report_autoinstall(server, host, a, img)
+        run(["systemctl", "reboot"], check=False) if os.path.isdir("/run/systemd/system") \
+            else run(["reboot"])
+    return result
+
+
+def _report_autoinstall(server: Server, host: str | None, a: argparse.Namespace,
+                        img: dict) -> None:
+    if not a.no_report:
+        server.report({"kind": "info", "hostname": host,
+                       "message": f"rebooting into a reinstall with image {img['name']}"})
+
+
+# ------------------------------------------------------------------- main ---
+
+def add_arguments(ap: argparse.ArgumentParser, root_flag: str = "--root") -> None:
+    """The options, shared with `sysclone updateclient` (where --root names
+    sysclone's state directory, so the system root is --system-root)."""
+    ap.add_argument("--server", "-server", help="the image server (host name or address)")
+    ap.add_argument("--port", type=int, default=DEFAULT_PORT,
+                    help=f"its HTTP port (default {DEFAULT_PORT})")
+    ap.add_argument("--image", "-image", help="NAME or NAME@N (default: the image this "
+                                              "machine has)")
+    ap.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                    help="never touch these paths (rsync pattern; repeatable)")
+    ap.add_argument("--exclude-from", action="append", default=[], metavar="FILE")
+    ap.add_argument("--dry-run", "-dry-run", action="store_true",
+                    help="list what would change, change nothing")
+    ap.add_argument("--rollback", action="store_true",
+                    help="put back the state before the last update")
+    ap.add_argument("--health-check", action="append", default=[], metavar="COMMAND",
+                    help="a command that must succeed after the update (repeatable; also "
+                         f"/{HEALTH_FILE}); a failure rolls the update back")
+    ap.add_argument("--no-health-check", action="store_true",
+                    help="skip the health check (the update is not rolled back)")
+    ap.add_argument("--bwlimit", type=int, metavar="KBPS", help="rsync's bandwidth limit")
+    ap.add_argument("--hostname", help="this machine's name for the server (default: its own)")
+    ap.add_argument(root_flag, dest="system_root", default="/",
+                    help="the system to update (default: /)")
+    ap.add_argument("--autoinstall", "-autoinstall", action="store_true",
+                    help="reinstall this machine with --image at its next boot")
+    ap.add_argument("--kexec", action="store_true", help="with --autoinstall: kexec into the "
+                                                         "installer instead of rebooting")
+    ap.add_argument("--append", action="append", default=[], metavar="WORD",
+                    help="with --autoinstall: more install parameters (repeatable)")
+    ap.add_argument("--no-reboot", action="store_true",
+                    help="with --autoinstall: prepare, do not reboot")
+    ap.add_argument("--no-report", action="store_true", help="do not tell the monitor")
+    ap.add_argument("--json", action="store_true", help="print the result as JSON at the end")
+
+
+DESCRIPTION = ("Bring this machine to a version of its image, roll it back, or reinstall it "
+               "(SystemImager's si_updateclient).")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="updateclient", description=DESCRIPTION)
+    add_arguments(ap)
+    return ap
+
+
+def check_args(a: argparse.Namespace) -> str:
+    if not 0 < a.port < 65536:
+        return "--port must be 1-65535"
+    if a.server and (a.server.startswith("-") or any(c.isspace() for c in a.server)):
+        return f"--server {a.server!r} is not a host"
+    if a.image and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}(@[1-9][0-9]*)?",
+                                    a.image):
+        return f"--image {a.image!r} is not NAME or NAME@N"
+    if a.bwlimit is not None and a.bwlimit <= 0:
+        return "--bwlimit must be positive"
+    if sum(map(bool, (a.rollback, a.autoinstall, a.dry_run))) > 1:
+        return "--rollback, --autoinstall and --dry-run go alone"
+    if (a.kexec or a.append or a.no_reboot) and not a.autoinstall:
+        return "--kexec, --append and --no-reboot go with --autoinstall"
+    for w in a.append:
+        if any(c.isspace() for c in w) or not w:
+            return f"--append {w!r}: one word each"
+    return ""
+
+
+def main(argv: list | None = None, network: dict | None = None) -> int:
+    return run_parsed(build_parser().parse_args(argv), network)
+
+
+def dispatch(a: argparse.Namespace, network: dict | None = None) -> dict:
+    """Do what the (checked) options ask; `network` (sysclone updateclient)
+    replaces the iproute2 reading of the live network for --autoinstall."""
+    if a.rollback:
+        return rollback(a)
+    if a.autoinstall:
+        return autoinstall(a, network)
+    return update(a)
+
+
+def run_parsed(a: argparse.Namespace, network: dict | None = None) -> int:
+    problem = check_args(a)
+    if problem:
+        print(f"updateclient: {problem}", file=sys.stderr)
+        return 2
+    try:
+        result = dispatch(a, network)
+    except UpdateError as e:
+        print(f"updateclient: error: {e}", file=sys.stderr)
+        return e.status
+    except KeyboardInterrupt:
+        print("updateclient: interrupted", file=sys.stderr)
+        return 130
+    if a.json:
+        print(json.dumps(result, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
