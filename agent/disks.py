@@ -1,8 +1,7 @@
 """Which disks the machine has, and which of them the install may use.
 
-The listing comes from blkinfo (lsblk underneath).  Read-only, removable,
-empty and in-use disks are left out unless named explicitly with si.disk:
-a USB stick the machine booted from must not become its system disk.
+The listing comes from blkinfo (lsblk underneath); which of the disks the
+install may use is agent.targets' choice.
 
 `Probe` reads the rest of what a plan may need, only when it needs it:
 each disk's WWN and /dev/disk/by-path names (for TOML disk selectors), and
@@ -13,7 +12,6 @@ with `blkid -p` straight off the device, not from a cache.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -23,8 +21,6 @@ from typing import Any
 
 from sysclone.errors import SyscloneError
 from sysclone.run import run
-
-log = logging.getLogger(__name__)
 
 
 class DiskError(SyscloneError):
@@ -97,33 +93,6 @@ def list_disks() -> list[Disk]:
     from blkinfo import BlkDiskInfo  # runs lsblk; imported when disks are needed
 
     return from_blkinfo(BlkDiskInfo().get_disks({"type": "disk"}))
-
-
-def install_targets(disks: list[Disk], wanted: Iterable[str] = ()) -> list[Disk]:
-    """The disks the layout's disks map onto, in order."""
-    wanted = [w.removeprefix("/dev/") for w in wanted]
-    if wanted:
-        by_name = {d.name: d for d in disks}
-        missing = [w for w in wanted if w not in by_name]
-        if missing:
-            raise DiskError(f"si.disk: no disk named {', '.join(missing)}",
-                            hint="found " + (", ".join(by_name) or "no disks"))
-        chosen = [by_name[w] for w in wanted]
-        ro = [d.name for d in chosen if d.readonly]
-        if ro:
-            raise DiskError(f"si.disk: {', '.join(ro)} is read-only")
-        return chosen
-    usable = [d for d in disks
-              if d.size > 0 and not d.readonly and not d.removable and not d.in_use]
-    for d in disks:
-        if d not in usable:
-            log.info("skipping disk %s (size=%d ro=%s removable=%s in use=%s)",
-                     d.name, d.size, d.readonly, d.removable, d.in_use)
-    if not usable:
-        raise DiskError("no disk to install on",
-                        hint="found " + (", ".join(d.name for d in disks) or "none")
-                        + "; name one with si.disk=")
-    return usable
 
 
 BY_PATH = Path("/dev/disk/by-path")

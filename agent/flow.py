@@ -61,6 +61,7 @@ from agent.plan import InstallPlan, firmware, make_plan
 from agent.report import DONE_MARKER, FAILED_MARKER, Reporter
 from agent.server import ImageServer
 from agent.storage.defaults import SOURCE as DEFAULT_LAYOUT
+from agent.targets import install_targets
 from sysclone.errors import ConfigError, SyscloneError
 from sysclone.run import interactive, run
 
@@ -297,9 +298,10 @@ def validate_plan(s: Session, instr: dict[str, Any], server: ImageServer,
             "sysclone-" + net.nic.mac.replace(":", "")[-6:]
         s.reporter.client["hostname"] = hostname
         all_disks = disklib.list_disks()
-        targets = disklib.install_targets(all_disks, s.params.disks)
+        targets = install_targets(all_disks, s.params.disks)
         plan = make_plan(instructions=instr, server=server.host, hostname=hostname,
-                         targets=targets, fw=firmware(), ram_bytes=_ram_bytes())
+                         targets=list(targets.disks), fw=firmware(), ram_bytes=_ram_bytes(),
+                         choices=targets.choices)
         if s.params.rsync_port != 873:
             # Asked for explicitly on the command line: it wins over the server's word.
             plan = replace(plan, image=replace(plan.image, rsync_port=s.params.rsync_port))

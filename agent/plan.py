@@ -27,6 +27,7 @@ from agent.disks import Disk
 from agent.fetch import rsync_url
 from agent.storage.geometry import PlannedPartition
 from agent.storage.model import FsEntry, Layout
+from agent.targets import DiskChoice
 
 MiB = 1 << 20
 
@@ -175,6 +176,9 @@ class InstallPlan:
     boot_disks: tuple[str, ...]
     overrides: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default=())
+    # Why each of the machine's disks is used or not (agent.targets); empty
+    # for a plan against imagined disks.
+    disk_choice: tuple[DiskChoice, ...] = ()
     arrays: tuple[ArrayPlan, ...] = ()
     crypts: tuple[CryptPlan, ...] = ()
     groups: tuple[GroupPlan, ...] = ()
@@ -214,6 +218,9 @@ class InstallPlan:
         lines = [f"install image {self.image.name}{version} from {self.image.url} as "
                  f"{self.hostname}",
                  f"  firmware {self.firmware}, layout {self.layout_name}"]
+        if self.disk_choice:
+            lines.append("  disks of this machine:")
+            lines += [f"    {c.describe()}" for c in self.disk_choice]
         for d in self.disks:
             kept = ", table kept" if d.keeps_table else ""
             lines.append(f"  disk {d.disk.path} ({d.disk.size / 2**30:.1f} GiB, "
@@ -252,6 +259,7 @@ class InstallPlan:
             "hostname": self.hostname, "image": self.image.name,
             "image_version": self.image.version, "layout": self.layout_name,
             "firmware": self.firmware, "boot_disks": list(self.boot_disks),
+            "disk_choice": [c.to_dict() for c in self.disk_choice],
             "disks": [{"disk": d.disk.path, "size": d.disk.size, "label": d.label,
                        "partitions": [{"device": p.device, "start": p.start, "size": p.size}
                                       for p in d.partitions]} for d in self.disks],

@@ -5,12 +5,15 @@ and every filesystem checked against the image it must hold.
 The order is the order of the checks: what can be refused without the
 disks is refused first, and nothing here writes anything.  Reading is
 limited to what the layout asks for: `Probe.identify` when it selects disks
-by WWN or by-path, `Probe.signature` for the filesystems it keeps.
+by WWN or by-path, `Probe.signature` for the filesystems it keeps.  The
+disks it is given come with why each was chosen (agent.targets); a
+si.disk rule that chose more of them than the layout uses is refused here.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -44,9 +47,10 @@ from agent.storage.model import (
     LabelType,
     Layout,
 )
-from agent.storage.selectors import Candidate, choose_disks
+from agent.storage.selectors import choose_disks
 from agent.storage.stack import stack_sizes
 from agent.storage.validate import check, validate
+from agent.targets import DiskChoice, candidate
 from sysclone.errors import ConfigError
 from sysclone.run import which
 
@@ -132,18 +136,67 @@ def _family(fs: str) -> str:
     return "vfat" if fs in FAT_FS else fs
 
 
-def _choose(layout: Layout, name: str, targets: list[Disk], probe: Probe) -> list[Disk]:
+def _choose(layout: Layout, name: str, targets: list[Disk], probe: Probe,
+            choices: Sequence[DiskChoice]) -> tuple[list[Disk], tuple[DiskChoice, ...]]:
+    """The disks the layout's disks are, in its order, and the choices
+    (agent.targets) told what became of each target."""
     if not layout.uses_selectors:
         if len(targets) < len(layout.disks):
             raise ConfigError(f"layout {name} needs {len(layout.disks)} disks, this machine "
                               f"has {len(targets)} usable: "
                               + ", ".join(d.path for d in targets))
-        return targets[: len(layout.disks)]
-    known = probe.identify(targets)
-    by_path = {d.path: d for d in known}
-    chosen = choose_disks(layout, [Candidate(d.path, d.size, d.model, d.serial, d.wwn, d.bus,
-                                             d.by_path) for d in known])
-    return [by_path[c.path] for c in chosen]
+        used = targets[: len(layout.disks)]
+    else:
+        known = probe.identify(targets)
+        by_path = {d.path: d for d in known}
+        used = [by_path[c.path] for c in choose_disks(layout, [candidate(d) for d in known])]
+        targets = known
+    # Leftover targets are fine when every layout disk selected its own;
+    # otherwise taking the first of a rule's matches would be a guess.
+    if not all(d.select is not None for d in layout.disks):
+        _check_rules(name, len(layout.disks), targets, used, choices)
+    return used, _account(layout, name, used, choices)
+
+
+def _check_rules(name: str, wanted: int, targets: list[Disk], used: list[Disk],
+                 choices: Sequence[DiskChoice]) -> None:
+    """A si.disk rule that chose more disks than the layout uses is refused,
+    naming the disks, so that one can be told apart."""
+    unused = {d.path for d in targets} - {d.path for d in used}
+    rule = next((c.rule for c in choices if c.rule and c.disk in unused), None)
+    if rule is None:
+        return
+    ruled = {c.disk for c in choices if c.rule == rule}
+    hits = [d for d in targets if d.path in ruled]
+    raise ConfigError(
+        f"si.disk chooses {len(targets)} disks for layout {name}, which uses {wanted}: "
+        f"rule {rule} matches {', '.join(d.path for d in hits)}",
+        hint="add conditions to the rule (+serial=..., +model=..., +size>=...) or name "
+             "the disk: " + "; ".join(candidate(d).describe() for d in hits))
+
+
+def _account(layout: Layout, name: str, used: list[Disk],
+             choices: Sequence[DiskChoice]) -> tuple[DiskChoice, ...]:
+    """The choices, with what the layout made of each chosen disk."""
+    role = {d.path: ld for ld, d in zip(layout.disks, used, strict=True)}
+    out = []
+    for c in choices:
+        ld = role.get(c.disk)
+        if not c.chosen:
+            out.append(c)
+        elif ld is None:
+            out.append(replace(c, chosen=False, why=f"{c.why}, but layout {name} uses "
+                                                    f"{len(layout.disks)} disk(s)"))
+        else:
+            if ld.select is not None:
+                c = replace(c, why=f"{c.why}; layout disk {ld.dev} selects it by "
+                                   f"{ld.select.describe()}")
+            elif ld.dev != c.disk:
+                c = replace(c, why=f"{c.why}; for layout disk {ld.dev}")
+            out.append(c)
+    # Used disks first, in the layout's order: the order they are shown in.
+    order = {d.path: i for i, d in enumerate(used)}
+    return tuple(sorted(out, key=lambda c: order.get(c.disk, len(order))))
 
 
 def _existing(ld: Any, disk: Disk, name: str, probe: Probe) -> tuple[PlannedPartition, ...]:
@@ -184,7 +237,8 @@ def _check_kept(e: FsEntry, dev: str, fs: str, name: str, probe: Probe) -> tuple
 
 def make_plan(*, instructions: dict[str, Any], server: str, hostname: str,
               targets: list[Disk], fw: str, ram_bytes: int,
-              have_tool: Any = which, probe: Probe | None = None) -> InstallPlan:
+              have_tool: Any = which, probe: Probe | None = None,
+              choices: Sequence[DiskChoice] = ()) -> InstallPlan:
     probe = probe or Probe()
     img = instructions.get("image") or {}
     if not img.get("name"):
@@ -197,7 +251,7 @@ def make_plan(*, instructions: dict[str, Any], server: str, hostname: str,
         raise ConfigError("no disk to install on")
     layout, layout_name = load_layout(instructions.get("layout"), targets[0], fw, ram_bytes)
     check_firmware(layout, layout_name, fw)
-    disks = _choose(layout, layout_name, targets, probe)
+    disks, disk_choice = _choose(layout, layout_name, targets, probe, choices)
     layout = map_disks(layout, [d.path for d in disks])
 
     # Pseudo, network and removable-media lines (proc, nfs, a DVD drive) are
@@ -303,7 +357,8 @@ def make_plan(*, instructions: dict[str, Any], server: str, hostname: str,
                        disks=tuple(disk_plans), filesystems=tuple(fs_plans), firmware=fw,
                        boot_disks=boot.boot_disks,
                        overrides=tuple(instructions.get("overrides") or ()),
-                       notes=tuple(notes), arrays=arrays, crypts=crypts, groups=group_plans,
+                       notes=tuple(notes), disk_choice=disk_choice, arrays=arrays,
+                       crypts=crypts, groups=group_plans,
                        esp_mountpoint=boot.esp_mountpoint,
                        boot_raid_disks=boot.boot_raid_disks, kernel_args=boot.kernel_args,
                        root_stack=boot.root_stack)

@@ -25,8 +25,15 @@ run, printed with its target and PASS/MISS:
             tree over the same SSH (bench.capture)                <= 1.1
             an incremental capture of a 1 % change vs a full one  <= 1.0
             disk use of 10 versions, 1 % changed each, vs one     <= 1.2
+  update    updateclient on a client already on the version (no-op) vs a
+            plain `rsync -aHAXS --delete` of the same trees, same excludes,
+            in the same run (bench.update; no VM, needs root):
+              bytes on the wire per file                          <= 50
+              time / the plain rsync's                            <= 1.1
+            and, reported: the same for a 1 % change of the image
 
-    python -m bench [--only size,build,uyok,boot,install,capture] [--runs N] [--json FILE]
+    python -m bench [--only build,size,uyok,boot,install,capture,update] [--runs N]
+                    [--json FILE]
 
 Timings under emulation are noisy: only ratios from one run mean anything,
 and --runs N repeats the VM measurements (min and median are printed; the
@@ -77,7 +84,13 @@ TARGETS = {
     "capture": Target("capture / plain rsync -aHAX over the same SSH", 1.1),
     "incremental": Target("capture of a 1 % change / a full capture", 1.0),
     "versions": Target("disk use of 10 versions (1 % change each) / one", 1.2),
+    "update-bytes": Target("no-op update: bytes on the wire per file", 50.0),
+    "update-time": Target("no-op update / plain rsync -aHAXS --delete", 1.1),
 }
+SECTIONS = ("build", "size", "uyok", "boot", "install", "capture", "update")
+# The sections that measure (or boot) the boot environment; the others
+# need neither the demo image nor a boot environment build.
+NEED_BOOTENV = frozenset(("build", "size", "uyok", "boot", "install"))
 
 
 class Results:
@@ -280,29 +293,32 @@ def bench_capture(runs: int, res: Results) -> None:
                   f"{ver['versions']} versions vs {ver['one_bytes'] / 2**20:.0f} MiB for one")
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", default="build,size,uyok,boot,install,capture",
-                    help="comma-separated: build, size, uyok, boot, install, capture")
-    ap.add_argument("--runs", type=int, default=1,
-                    help="repeat each VM measurement N times (min/median; default 1)")
-    ap.add_argument("--image", default="demo")
-    ap.add_argument("--json", help="also write the results here as JSON")
-    a = ap.parse_args()
-    only = set(a.only.split(","))
-    unknown = only - {"build", "size", "uyok", "boot", "install", "capture"}
-    if unknown:
-        ap.error(f"--only: unknown benchmark(s) {', '.join(sorted(unknown))}")
-    if a.runs < 1:
-        ap.error("--runs must be at least 1")
-    state = StateRoot.from_options(os.environ.get("SYSCLONE_ROOT") or Path(".state"))
-    ui = Ui(quiet=True)
+def bench_update(runs: int, res: Results) -> None:
+    from bench import update
+
+    cache = Path(os.environ.get("SYSCLONE_CACHE") or "/var/cache/sysclone")
+    r = update.run_all(cache, max(runs, 3))
+    n, c = r["noop"], r["change"]
+    res.record("update", r)
+    res.ratio("update-bytes", n["update_bytes_per_file"],
+              f"B/file, plain rsync {n['rsync_bytes_per_file']:.1f}; {n['files']} files, "
+              f"{n['tree']}")
+    res.ratio("update-time", n["time_ratio"],
+              f"no-op update {n['update_s']:.2f}s vs plain rsync {n['rsync_s']:.2f}s (best of "
+              f"{max(runs, 3)}; median of pairs {n['ratio_median']:.2f})")
+    print(f"          1 % change ({c['changed_files']} files): update {c['update_s']:.2f}s, "
+          f"{c['update_bytes_per_file']:.1f} B/file vs plain rsync {c['rsync_s']:.2f}s, "
+          f"{c['rsync_bytes_per_file']:.1f} B/file ({c['time_ratio']:.2f}x time; the update "
+          f"also keeps a rollback point and stages before applying)")
+
+
+def bench_bootenv(a: argparse.Namespace, only: set[str], res: Results) -> None:
+    """The sections on the boot environment: the demo image and a boot
+    environment first (each reused when there)."""
     from sysclone.demo import DemoOptions, prepare
 
-    res = Results()
-    print(f"sysclone benchmarks on {res.data['machine']['host']} "
-          f"({res.data['machine']['cpus']} CPUs, QEMU {res.data['machine']['accel']})")
+    state = StateRoot.from_options(os.environ.get("SYSCLONE_ROOT") or Path(".state"))
+    ui = Ui(quiet=True)
     bootenv = prepare(state, ui, DemoOptions(image=a.image))
     if "build" in only:
         bootenv = bench_build(state, ui, res)
@@ -315,8 +331,33 @@ def main() -> int:
         bench_boot(bootenv, a.runs, res)
     if "install" in only:
         bench_install(state, bootenv, a.image, a.runs, res)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", default=",".join(SECTIONS),
+                    help="comma-separated: " + ", ".join(SECTIONS))
+    ap.add_argument("--runs", type=int, default=1,
+                    help="repeat each VM measurement N times (min/median; default 1)")
+    ap.add_argument("--image", default="demo")
+    ap.add_argument("--json", help="also write the results here as JSON")
+    a = ap.parse_args()
+    only = set(a.only.split(","))
+    unknown = only - set(SECTIONS)
+    if unknown:
+        ap.error(f"--only: unknown benchmark(s) {', '.join(sorted(unknown))}")
+    if a.runs < 1:
+        ap.error("--runs must be at least 1")
+    res = Results()
+    print(f"sysclone benchmarks on {res.data['machine']['host']} "
+          f"({res.data['machine']['cpus']} CPUs, QEMU {res.data['machine']['accel']})")
+    if only & NEED_BOOTENV:
+        bench_bootenv(a, only, res)
     if "capture" in only:
         bench_capture(a.runs, res)
+    if "update" in only:
+        bench_update(a.runs, res)
     missed = [v for v in res.verdicts if v[3] is False]
     print(f"{len(res.verdicts) - len(missed)} of {len(res.verdicts)} targets met")
     if a.json:

@@ -53,6 +53,17 @@ def _medium(a: argparse.Namespace, state: StateRoot, ui: Ui) -> Any:
                       _local_cfg(a, ui), a.timeout)
 
 
+def _warn_unsigned(kernel: Path, ui: Ui) -> None:
+    """One line, after what was made, when its UEFI path (shim + GRUB)
+    would refuse the kernel under Secure Boot."""
+    from mkmedia.secureboot import unsigned_warning
+
+    if kernel.is_file():
+        warning = unsigned_warning(kernel)
+        if warning:
+            ui.info(warning)
+
+
 def _timeout(seconds: int) -> None:
     if not 0 <= seconds <= 3600:
         raise ConfigError(f"--timeout {seconds}: seconds from 0 to 3600")
@@ -80,6 +91,7 @@ def cmd_media_iso(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
         build_iso(out, spec, Path(work))
     ui.info(f"{out}: {out.stat().st_size / 2**20:.0f} MiB; boots BIOS (isolinux) and UEFI "
             "(shim + GRUB, Secure Boot too) from a disc, or written raw to a USB stick")
+    _warn_unsigned(spec.kernel, ui)
     return 0
 
 
@@ -101,6 +113,7 @@ def cmd_media_usb(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
         ui.info(f"{out}: {out.stat().st_size / 2**20:.0f} MiB; write it to a stick with "
                 f"`sysclone media usb --device DEV` or dd; edit local.cfg on its "
                 f"{usb.DATA_LABEL} partition")
+        _warn_unsigned(spec.kernel, ui)
         return 0
     assert facts is not None
     with tempfile.TemporaryDirectory(prefix="sysclone-usb.") as work:
@@ -111,6 +124,7 @@ def cmd_media_usb(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
             usb.write_device(image, facts)
     ui.info(f"{facts.path} boots BIOS and UEFI machines; local.cfg is on its "
             f"{usb.DATA_LABEL} partition")
+    _warn_unsigned(spec.kernel, ui)
     return 0
 
 
@@ -161,6 +175,8 @@ def cmd_media_pxe(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
         ui.info("    clients that finish an install boot their disk next time "
                 "(sysclone clients reinstall NAME to undo)")
     ui.info("    serve it with `sysclone bootserver --run`, or any TFTP server")
+    if "grub" in loaders:
+        _warn_unsigned(tree / "kernel", ui)
     return 0
 
 

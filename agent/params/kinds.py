@@ -16,6 +16,8 @@ from enum import Enum, StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
+from agent.storage.diskspec import DiskSpec, parse_disk_spec
+
 IPAddress = ipaddress.IPv4Address
 """Addresses in install parameters: the install network is IPv4 only (the
 agent's DHCP client, its netlink setup and SystemImager's own parameters
@@ -50,7 +52,7 @@ class Kind(Enum):
     NETMASK = "netmask"
     IFACE = "iface"
     URL = "url"
-    DEVICE = "device"
+    DISK = "disk"
     STEP = "step"
 
 
@@ -82,7 +84,6 @@ _LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
 _IFACE = re.compile(r"[^\s/]{1,15}\Z")
 _NAME = re.compile(r"[^\s/\x00]+\Z")
 _STEP = re.compile(r"[a-z0-9][a-z0-9_-]*\Z")
-_DEVICE = re.compile(r"/dev/[^\s,\x00]+\Z")
 
 
 def parse_bool(raw: str) -> bool:
@@ -249,15 +250,14 @@ def parse_text(raw: str) -> str:
     return raw.strip()
 
 
-def parse_device(raw: str) -> str:
-    """A block device: /dev/... or a bare kernel name (sda, nvme0n1), which
-    becomes /dev/<name>."""
-    text = raw.strip()
-    if not text.startswith("/"):
-        text = "/dev/" + text
-    if not _DEVICE.match(text) or "/../" in text + "/" or text.endswith("/"):
-        raise BadValue("is not a disk (sda, nvme0n1 or /dev/...)")
-    return text
+def parse_disk(raw: str) -> DiskSpec:
+    """A disk (sda becomes /dev/sda; /dev/disk/by-id/... links are kept, to
+    be resolved on the machine) or a rule (size>=100G+bus=nvme): see
+    agent.storage.diskspec."""
+    try:
+        return parse_disk_spec(raw)
+    except ValueError as e:
+        raise BadValue(str(e)) from None
 
 
 def parse_step(raw: str) -> str:
@@ -293,7 +293,7 @@ SIMPLE_PARSERS: dict[Kind, Callable[[str], Any]] = {
     Kind.NETMASK: parse_netmask,
     Kind.IFACE: parse_iface,
     Kind.URL: parse_url,
-    Kind.DEVICE: parse_device,
+    Kind.DISK: parse_disk,
     Kind.STEP: parse_step,
 }
 """Parsers of the kinds that need nothing but the text (INT and ENUM need the

@@ -8,7 +8,7 @@ agent leaves its log after each install.
 The medium is looked for once the hardware phase has loaded the drivers
 (a USB stick is invisible before) and udev has named the filesystems
 (/dev/disk/by-label).  It stays mounted while the agent works: that keeps
-it out of the disks the install may use (agent.disks skips a mounted
+it out of the disks the install may use (agent.targets skips a mounted
 disk), and lets the log be written at the end.
 
 Unlike the rest of agent.params this mounts a filesystem, through

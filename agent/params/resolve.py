@@ -28,6 +28,7 @@ from agent.params.table import (
     PostAction,
     param,
 )
+from agent.storage.diskspec import DiskSpec
 from sysclone.errors import ConfigError
 
 
@@ -46,7 +47,7 @@ class InstallParams:
     dl_protocol: DlProtocol
     rsync_port: int
     server_port: int
-    disks: tuple[str, ...]
+    disks: tuple[DiskSpec, ...]
     dry_run: bool
     luks_key: str | None
     luks_unlock: LuksUnlock

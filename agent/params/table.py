@@ -215,7 +215,7 @@ _METAVARS: dict[Kind, str] = {
     Kind.TEXT: "TEXT", Kind.NAME: "NAME", Kind.BOOL: "y|n", Kind.INT: "N",
     Kind.PORT: "PORT", Kind.ENUM: "CHOICE", Kind.HOST: "HOST", Kind.HOSTNAME: "NAME",
     Kind.HOSTPORT: "HOST[:PORT]", Kind.IP: "IP", Kind.NETMASK: "MASK", Kind.IFACE: "IFACE",
-    Kind.URL: "URL", Kind.DEVICE: "DISK", Kind.STEP: "STEP",
+    Kind.URL: "URL", Kind.DISK: "DISK|RULE", Kind.STEP: "STEP",
 }
 
 
@@ -279,8 +279,18 @@ PARAMS: tuple[Param, ...] = (
     Param("si.server-port", Kind.PORT, 8181,
           "Port of the image server's HTTP API (install instructions and monitoring).",
           origin="sysclone"),
-    Param("si.disk", Kind.DEVICE, (),
-          "Target disks to use, overriding detection (sda, nvme0n1 or /dev/...).",
+    Param("si.disk", Kind.DISK, (),
+          "The disks to install on; the layout's disks map onto them in the order given "
+          "(default: every disk that is not removable, read-only or in use, in name order). "
+          "Each item is a disk (sda, nvme0n1, /dev/vdb; used even when removable or in use), "
+          "a link to one (/dev/disk/by-id/..., /dev/disk/by-path/...), or a rule choosing, "
+          "among the usable disks, those that meet all its conditions, joined by '+': "
+          "size>=100G, size<=2T, size>100G, size<2T, size=400G..520G (G = GiB as lsblk "
+          "prints, GB = 10^9), model=PATTERN, serial=PATTERN, wwn=PATTERN (shell patterns; "
+          "quote one with spaces), bus=nvme|sata|sas|scsi|ata|virtio|usb|mmc, rotational=0|1; "
+          "e.g. si.disk=bus=nvme+size>=100G,/dev/disk/by-id/wwn-0x5000c500a1b2c3d4. A rule "
+          "matching no disk, or more disks than the layout uses, stops the install before "
+          "any disk is written; the plan says why each disk was chosen or skipped.",
           shape=Shape.LIST, origin="sysclone", field="disks"),
     Param("si.dry-run", Kind.BOOL, False,
           "Show the install plan and the effective parameters, touch nothing.",

@@ -175,14 +175,16 @@ class DiskSelector:
     bus: str | None = None  # nvme, sata, sas, scsi, usb, virtio, xen, mmc, ata
     by_path: str | None = None  # shell pattern on the /dev/disk/by-path name
     order: int | None = None  # the Nth usable disk, 1-based, in name order
+    rotational: bool | None = None  # lsblk's ROTA: True for spinning disks
 
-    FIELDS = ("size", "model", "serial", "wwn", "bus", "by_path", "order")
+    FIELDS = ("size", "model", "serial", "wwn", "bus", "by_path", "order", "rotational")
 
     def items(self) -> list[tuple[str, str | int]]:
         return [(k, v) for k in self.FIELDS if (v := getattr(self, k)) is not None]
 
     def describe(self) -> str:
-        return ", ".join(f"{k}={v}" for k, v in self.items())
+        # rotational as 1 or 0, as lsblk's ROTA column and si.disk write it
+        return ", ".join(f"{k}={int(v) if isinstance(v, bool) else v}" for k, v in self.items())
 
 
 @dataclass(frozen=True)

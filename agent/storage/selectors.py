@@ -3,7 +3,8 @@
 SystemImager layouts name disks (/dev/sda) and are mapped onto the
 machine's disks in order.  A TOML layout may instead say which disk it
 means by what can be read off the machine: its size, model, serial, WWN,
-bus, /dev/disk/by-path name or place in the list.  A selector must match
+bus, rotational or not, /dev/disk/by-path name or place in the list.
+The agent's si.disk rules (agent.storage.diskspec) are selectors too.  A selector must match
 exactly one of the usable disks: none or several is an error naming the
 candidates, never a guess.  Disks without a selector take the disks left
 over, in order.
@@ -14,7 +15,8 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from agent.storage.model import DiskSelector, Layout
 from sysclone.errors import ConfigError
@@ -37,9 +39,10 @@ class Candidate:
     wwn: str = ""
     bus: str = ""
     by_path: tuple[str, ...] = field(default=())
+    rotational: bool = False
 
     def describe(self) -> str:
-        facts = [f"{self.size / 2**30:.1f} GiB"]
+        facts = [f"{self.size / 2**30:.1f} GiB"] + (["rotational"] if self.rotational else [])
         facts += [f"{k} {v}" for k, v in (("bus", self.bus), ("model", self.model),
                                          ("serial", self.serial), ("wwn", self.wwn)) if v]
         facts += [f"by-path {p}" for p in self.by_path[:1]]
@@ -142,7 +145,28 @@ def matches(sel: DiskSelector, c: Candidate, position: int) -> bool:
         return False
     if sel.by_path is not None and not any(_glob(sel.by_path, p, False) for p in c.by_path):
         return False
+    if sel.rotational is not None and sel.rotational != c.rotational:
+        return False
     return sel.order is None or sel.order == position
+
+
+def mismatches(sel: DiskSelector, c: Candidate, position: int) -> list[str]:
+    """The fields of `sel` that disk `c` fails, each with what the disk
+    has instead ("bus=nvme (bus sata)"): why a disk was not chosen."""
+    have = {"size": f"{c.size / 2**30:.1f} GiB", "model": f"model {c.model!r}",
+            "serial": f"serial {c.serial!r}", "wwn": f"wwn {c.wwn or 'none'}",
+            "bus": f"bus {c.bus or 'unknown'}", "by_path": "by-path " + (", ".join(c.by_path)
+                                                                       or "none"),
+            "order": f"disk {position}", "rotational": f"rotational={int(c.rotational)}"}
+    out = []
+    for k, v in sel.items():
+        field_only: dict[str, Any] = {k: v}
+        one = replace(DiskSelector(), **field_only)
+        if not matches(one, c, position):
+            # size>=100G rather than size=>=100G: as si.disk rules write it
+            cond = f"size{v}" if k == "size" and str(v)[:1] in "<>" else one.describe()
+            out.append(f"{cond} ({have[k]})")
+    return out
 
 
 def choose_disks(layout: Layout, candidates: Sequence[Candidate]) -> list[Candidate]:

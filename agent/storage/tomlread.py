@@ -5,7 +5,8 @@ manual page describes both and `sysclone layout convert` is mechanical:
 
     [[disk]]                      dev, label_type, unit_of_measurement,
       select = {...}              (TOML only) size, model, serial, wwn, bus,
-                                  by_path, order: see agent.storage.selectors
+                                  by_path, order, rotational: see
+                                  agent.storage.selectors
     [[disk.part]]                 num, size, p_type, id, p_name, flags = [...],
                                   raid_dev, lvm_group
     [[raid_disk]]                 name, raid_level, raid_devices, ... devices = [...]
@@ -195,8 +196,10 @@ class _Reader:
         line_key = key if self.where.table(key) else disk_key
         what = "select"
         s = self.table(s, line_key, what, (), DiskSelector.FIELDS)
-        text = {k: self.text(s, line_key, what, k) for k in DiskSelector.FIELDS if k != "order"}
-        return DiskSelector(order=self.integer(s, line_key, what, "order", minimum=1), **text)
+        text = {k: self.text(s, line_key, what, k) for k in DiskSelector.FIELDS
+                if k not in ("order", "rotational")}
+        return DiskSelector(order=self.integer(s, line_key, what, "order", minimum=1),
+                            rotational=self.boolean(s, line_key, what, "rotational"), **text)
 
     def part(self, key: Key, p: Any, dev: str) -> Partition:
         p = self.table(p, key, "[[disk.part]]", ("num", "size", "p_type"),

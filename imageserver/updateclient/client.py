@@ -133,6 +133,8 @@ def say(text: str) -> None:
 
 def run(argv: list, *, check: bool = True, input: str | None = None,
         timeout: float | None = None) -> subprocess.CompletedProcess:
+    # A command chrooted into the system (in_root) is named by its tool.
+    name = argv[2] if argv[0] == "chroot" and len(argv) > 2 else argv[0]
     try:
         p = subprocess.run([str(a) for a in argv], input=input, capture_output=True,
                            text=True, env=ENV, timeout=timeout,
@@ -140,10 +142,10 @@ def run(argv: list, *, check: bool = True, input: str | None = None,
     except FileNotFoundError:
         raise UpdateError(f"{argv[0]} is not installed on this machine") from None
     except subprocess.TimeoutExpired:
-        raise UpdateError(f"{argv[0]} did not finish in {timeout:.0f}s") from None
+        raise UpdateError(f"{name} did not finish in {timeout:.0f}s") from None
     if check and p.returncode != 0:
         tail = (p.stderr or p.stdout).strip().splitlines()[-3:]
-        raise UpdateError(f"{argv[0]} failed with exit code {p.returncode}: "
+        raise UpdateError(f"{name} failed with exit code {p.returncode}: "
                           + ("; ".join(tail) or "no output"))
     return p
 
@@ -1051,10 +1053,16 @@ def _console_words() -> list:
 
 
 def _download(server: Server, name: str, dest: str, sha256: str | None) -> None:
+    """One file of the boot environment, checked against the manifest's
+    sha256 before it is written (a manifest without one is refused: an
+    unchecked installer is not booted)."""
+    if not sha256:
+        raise UpdateError(f"the boot environment's manifest gives no sha256 for {name}",
+                          "rebuild the boot environment on the server, then try again")
     data = server.get(f"/v1/bootenv/{name}", timeout=600)
     import hashlib
 
-    if sha256 and hashlib.sha256(data).hexdigest() != sha256:
+    if hashlib.sha256(data).hexdigest() != sha256:
         raise UpdateError(f"the boot environment's {name} does not match its manifest",
                           "rebuild it on the server, then try again")
     tmp = dest + ".tmp"
@@ -1092,6 +1100,9 @@ def autoinstall(a: argparse.Namespace, network: dict | None = None) -> dict:
     root = _check_root(a.system_root)
     if not a.server or not a.image:
         raise UpdateError("--autoinstall needs --server SERVER and --image NAME")
+    if not a.kexec and not os.path.isdir(os.path.join(root, "etc/grub.d")):
+        raise UpdateError("this machine does not boot with GRUB (no /etc/grub.d): no one-shot "
+                          "boot entry can be added", "use --kexec")
     server = Server(a.server, a.port)
     host = hostname_of(root, a.hostname)
     # The server knows the image (a wrong name stops here, before anything).
@@ -1110,35 +1121,43 @@ def autoinstall(a: argparse.Namespace, network: dict | None = None) -> dict:
     img = answer["image"]
     result = {"image": img["name"], "cmdline": words, "method": "kexec" if a.kexec else "grub"}
     if a.kexec:
-        # -s: the kernel checks the image's signature itself (lockdown, Secure Boot).
-        load = ["kexec", "-s", "-l", "/boot/sysclone/kernel", "--initrd=/boot/sysclone/initrd.img",
+        # The running kernel loads the files where they are (under --root
+        # too). -s: the kernel checks their signature itself (lockdown,
+        # Secure Boot); a kernel without kexec_file_load takes plain -l.
+        load = ["kexec", "-s", "-l", kernel, f"--initrd={initrd}",
                 "--command-line=" + " ".join(words)]
         if run(load, check=False).returncode != 0:
             run(["kexec", "-l", *load[3:]])
         say("kexec loaded")
         if not a.no_reboot:
             _report_autoinstall(server, host, a, img)
-            run(["systemctl", "kexec"], check=False) if os.path.isdir("/run/systemd/system") \
-                else run(["kexec", "-e"])
+            run(["systemctl", "kexec"], check=False) if _systemd_runs() else run(["kexec", "-e"])
         return result
     script = os.path.join(root, GRUB_SCRIPT)
-    entry = grub_entry(root, "/boot/sysclone/kernel", "/boot/sysclone/initrd.img", words)
-    with open(script, "w") as f:
-        f.write("#!/bin/sh\n# sysclone updateclient --autoinstall: removed once written\n"
-                "exec tail -n +4 \"$0\"\n" + entry)
-    os.chmod(script, 0o755)
-    try:
-        run(in_root(root, ["update-grub"]), timeout=600)
-    finally:
-        # The entry stays in grub.cfg until the next update-grub: one-shot.
-        os.unlink(script)
-    run(in_root(root, ["grub-reboot", ENTRY_ID]))
+    # The system's own GRUB tools, with /proc, /sys and /dev when they run
+    # in a root that is not this one.
+    with system_mounts(root):
+        entry = grub_entry(root, "/boot/sysclone/kernel", "/boot/sysclone/initrd.img", words)
+        with open(script, "w") as f:
+            f.write("#!/bin/sh\n# sysclone updateclient --autoinstall: removed once written\n"
+                    "exec tail -n +4 \"$0\"\n" + entry)
+        os.chmod(script, 0o755)
+        try:
+            run(in_root(root, ["update-grub"]), timeout=600)
+        finally:
+            # The entry stays in grub.cfg until the next update-grub: one-shot.
+            os.unlink(script)
+        run(in_root(root, ["grub-reboot", ENTRY_ID]))
     say("next boot: the sysclone installer (grub-reboot), once")
     if not a.no_reboot:
         _report_autoinstall(server, host, a, img)
-        run(["systemctl", "reboot"], check=False) if os.path.isdir("/run/systemd/system") \
-            else run(["reboot"])
+        run(["systemctl", "reboot"], check=False) if _systemd_runs() else run(["reboot"])
     return result
+
+
+def _systemd_runs() -> bool:
+    """Whether systemd is this machine's init (sd_booted())."""
+    return os.path.isdir("/run/systemd/system")
 
 
 def _report_autoinstall(server: Server, host: str | None, a: argparse.Namespace,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ import pytest
 from mkmedia import bootfiles
 from mkmedia.fat import Fat
 from mkmedia.pxe import ClientEntry, TreeInfo, build_tree
+from mkmedia.secureboot import authenticode_signed as signed
 from mkmedia.usb import DATA_LABEL
 from tests.verify import sh
 
@@ -45,17 +45,6 @@ def root(tmp_path: Path, root_only: None) -> Path:
     (be / "kernel").write_bytes(bootfiles.SHIM.find().read_bytes())  # any signed PE image
     (be / "initrd.img").write_bytes(os.urandom(300_000))
     return r
-
-
-def signed(pe: bytes) -> bool:
-    """A PE image with an Authenticode certificate table (what shim and the
-    firmware check); not a verification of the signature itself."""
-    off = struct.unpack_from("<I", pe, 0x3C)[0]
-    assert pe[off:off + 4] == b"PE\0\0"
-    opt = off + 24
-    dirs = opt + (112 if struct.unpack_from("<H", pe, opt)[0] == 0x20B else 96)
-    _, size = struct.unpack_from("<II", pe, dirs + 8 * 4)
-    return size > 0
 
 
 def grub_script_check(text: str, tmp_path: Path) -> None:

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from agent.disks import Disk, DiskError, from_blkinfo, install_targets, list_disks
+from agent.disks import Disk, DiskError, from_blkinfo, list_disks
+from agent.targets import install_targets
 from tests.unit.agentfakes import DATA
 
 
@@ -62,7 +63,8 @@ def test_installer_machine(lsblk: Any) -> None:
 
     # Old partitions do not matter; the boot stick, the read-only disk and
     # the disk with a mounted filesystem are left out.
-    assert [d.name for d in install_targets(list(disks.values()))] == ["nvme0n1", "nvme1n1"]
+    assert [d.name for d in install_targets(list(disks.values())).disks] == ["nvme0n1",
+                                                                             "nvme1n1"]
 
 
 @pytest.mark.parametrize(("wanted", "names"), [
@@ -72,7 +74,7 @@ def test_installer_machine(lsblk: Any) -> None:
 ])
 def test_disks_named_with_si_disk(lsblk: Any, wanted: list[str], names: list[str]) -> None:
     lsblk("installer")
-    assert [d.name for d in install_targets(list_disks(), wanted)] == names
+    assert [d.name for d in install_targets(list_disks(), wanted).disks] == names
 
 
 def test_si_disk_naming_a_missing_disk(lsblk: Any) -> None:

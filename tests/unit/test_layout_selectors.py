@@ -14,6 +14,7 @@ from agent.storage.selectors import (
     Candidate,
     choose_disks,
     matches,
+    mismatches,
     parse_bytes,
     parse_size_range,
     selector_problems,
@@ -71,7 +72,7 @@ def test_bad_size_ranges(text: str, message: str) -> None:
 def test_selector_problems() -> None:
     assert selector_problems(DiskSelector()) == [
         ("the selector is empty", "give at least one of size, model, serial, wwn, bus, "
-                                  "by_path, order")]
+                                  "by_path, order, rotational")]
     assert [p for p, _ in selector_problems(DiskSelector(bus="scsi", order=0, model=" "))] == [
         "order 0 must be 1 or more", "model is empty"]
 
@@ -86,9 +87,18 @@ def test_selector_problems() -> None:
     (DiskSelector(by_path="pci-0000:00:17.0-ata-2"), ["/dev/sdb"]),
     (DiskSelector(order=2), ["/dev/nvme1n1"]),
     (DiskSelector(bus="sata", order=3), ["/dev/sda"]),
+    (DiskSelector(rotational=True), []),  # MACHINE's disks are all solid state
+    (DiskSelector(rotational=False, bus="sata"), ["/dev/sda", "/dev/sdb"]),
 ])
 def test_matches(sel: DiskSelector, hits: list[str]) -> None:
     assert [c.path for i, c in enumerate(MACHINE, 1) if matches(sel, c, i)] == hits
+
+
+def test_mismatches_say_what_the_disk_has() -> None:
+    sel = DiskSelector(size=">=2TB", bus="nvme", rotational=True, model="Samsung*")
+    assert mismatches(sel, MACHINE[0], 1) == ["size>=2TB (931.3 GiB)", "rotational=1 "
+                                                                        "(rotational=0)"]
+    assert mismatches(DiskSelector(bus="sata"), MACHINE[2], 3) == []
 
 
 def test_selected_disks_and_the_rest_in_order() -> None:

@@ -130,6 +130,30 @@ def test_multiline_strings_do_not_confuse_the_line_numbers() -> None:
         parse_toml(text, "x.toml")
 
 
+def test_a_rotational_selector_reads_and_writes_as_a_boolean() -> None:
+    text = """[[disk]]
+dev = "/dev/sda"
+label_type = "gpt"
+unit_of_measurement = "MiB"
+select = { bus = "sata", rotational = true }
+[[disk.part]]
+num = 1
+size = "*"
+p_type = "primary"
+[[fsinfo]]
+line = 10
+real_dev = "/dev/sda1"
+mp = "/"
+fs = "ext4"
+"""
+    lay = parse_toml(text, "x.toml")
+    assert lay.disks[0].select == DiskSelector(bus="sata", rotational=True)
+    assert "select = { bus = \"sata\", rotational = true }" in to_toml(lay)
+    assert lay.disks[0].select.describe() == "bus=sata, rotational=1"
+    with pytest.raises(ConfigError, match=r"rotational = 1 must be true or false"):
+        parse_toml(text.replace("rotational = true", "rotational = 1"), "x.toml")
+
+
 def test_xml_cannot_hold_selectors() -> None:
     lay = layoutfile.load(DATA / "layouts" / "luks-raid5-lvm.toml")
     with pytest.raises(ConfigError) as e:

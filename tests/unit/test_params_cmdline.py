@@ -17,6 +17,7 @@ from agent.params import (
     read_cmdline,
     split_cmdline,
 )
+from agent.storage.diskspec import DiskPath
 from sysclone.errors import ConfigError
 
 
@@ -168,9 +169,9 @@ def test_netmask_dotted_or_prefix(raw, prefix):
 
 def test_disk_list_normalized_to_dev_paths():
     layer = parse_cmdline('si.disk="sda, nvme0n1" ')
-    assert layer.value("si.disk") == ("/dev/sda", "/dev/nvme0n1")
+    assert layer.value("si.disk") == (DiskPath("/dev/sda"), DiskPath("/dev/nvme0n1"))
     assert value("si.disk=/dev/disk/by-id/wwn-0x5000", "si.disk") == (
-        "/dev/disk/by-id/wwn-0x5000",)
+        DiskPath("/dev/disk/by-id/wwn-0x5000"),)
 
 
 def test_quoted_value_keeps_its_spaces():

@@ -16,6 +16,7 @@ from agent.params import (
     parse_local_cfg,
     read_local_cfg,
 )
+from agent.storage.diskspec import DiskPath
 from sysclone.errors import ConfigError
 
 DATA = Path(__file__).resolve().parent / "data" / "params"
@@ -140,7 +141,7 @@ def test_missing_file():
     ("DL_PROTOCOL=nfs", "si.dl-protocol", DlProtocol.NFS),
     ("POST_ACTION=shell", "si.post-action", PostAction.SHELL),
     ("DRY_RUN=yes", "si.dry-run", True),
-    ("DISK=sda,sdb", "si.disk", ("/dev/sda", "/dev/sdb")),
+    ("DISK=sda,sdb", "si.disk", (DiskPath("/dev/sda"), DiskPath("/dev/sdb"))),
     ("si.post-action=kexec", "si.post-action", PostAction.KEXEC),  # canonical name
     ("IMAGENAME=web\nIMAGENAME=", "si.image-name", None),  # empty: unset
     ("BREAK=ping\nBREAK=deploy", "si.break", ("ping", "deploy")),

@@ -22,6 +22,7 @@ from agent.params import (
     resolve,
     server_layer,
 )
+from agent.storage.diskspec import DiskPath
 from sysclone.errors import ConfigError
 
 DATA = Path(__file__).resolve().parent / "data" / "params"
@@ -270,7 +271,7 @@ def test_server_config_from_json():
     assert p.image_name == "compute-2024"
     assert p.post_action is PostAction.POWEROFF
     assert p.breaks == ("ping", "deploy")
-    assert p.disks == ("/dev/sda", "/dev/nvme0n1")
+    assert p.disks == (DiskPath("/dev/sda"), DiskPath("/dev/nvme0n1"))
     assert p.monitor_console is True
     assert p.monitor_port == 9191
     assert p.ssh_user == "root"  # null in the server config: not set there
@@ -310,7 +311,7 @@ def test_server_config_typed_values():
                           "SCRIPTNAME": "compute", "DL_PROTOCOL": "rsync"})
     assert layer.value("si.debug") is False
     assert layer.value("si.rsync-port") == 10873
-    assert layer.value("si.disk") == ("/dev/sdb",)
+    assert layer.value("si.disk") == (DiskPath("/dev/sdb"),)
     assert layer.value("si.script-name") == "compute"
     assert layer.value("si.dl-protocol") is DlProtocol.RSYNC
 
