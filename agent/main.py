@@ -118,6 +118,20 @@ def selftest() -> int:
             importlib.import_module(name)
         except Exception as e:
             failed.append(f"{name}: {type(e).__name__}: {e}")
+    import ctypes
+    import ctypes.util
+
+    # Libraries ctypes loads by name (pyudev's libudev, agent.kmod's libkmod):
+    # found the way those modules find them, where an initramfs has no
+    # ldconfig cache.
+    for lib in ("udev", "kmod"):
+        soname = ctypes.util.find_library(lib)
+        try:
+            if not soname:
+                raise OSError("not found")
+            ctypes.CDLL(soname)
+        except OSError as e:
+            failed.append(f"library {lib}: {e}")
     import codecs
 
     # Codecs are looked up by name, not imported: a missing one is a

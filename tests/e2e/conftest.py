@@ -75,9 +75,9 @@ class Installer:
 
     @contextmanager
     def boot(self, name: str, disk: Path, append: str, memory: int = 512,
-             more_disks: tuple[Path, ...] = ()) -> Iterator[Vm]:
-        spec = pxe_vm(self.state, name, self.bootenv, disk, append, memory_mib=memory,
-                      more_disks=more_disks)
+             more_disks: tuple[Path, ...] = (), bootenv: Path | None = None) -> Iterator[Vm]:
+        spec = pxe_vm(self.state, name, bootenv or self.bootenv, disk, append,
+                      memory_mib=memory, more_disks=more_disks)
         with Vm(spec) as vm:
             yield vm
 

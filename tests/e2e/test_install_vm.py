@@ -1,4 +1,5 @@
 """A blank QEMU machine with 128 MiB of RAM is installed over the network
+(by a boot environment narrowed to the virtio drivers)
 and must then boot from its own disk.  The result is checked without
 trusting the agent: rsync's itemized dry run against the image (which also
 proves the image's generic initrd was kept untouched), blkid against fstab
@@ -7,6 +8,7 @@ its network config got."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -17,9 +19,11 @@ import pytest
 
 from agent.markers import DONE_MARKER, FAILED_MARKER
 from agent.phases import PHASES
+from bootenv.standard import build_bootenv
 from ci.qemu import Vm, VmSpec, allocated_bytes, blank_disk
 from sysclone.demo import INSTALL_FAILED
-from tests.e2e.conftest import IMAGE, Installer
+from sysclone.ui import Ui
+from tests.e2e.conftest import IMAGE, Installer, sysclone
 from tests.verify import blkid_uuid, fstab_uuids, itemized_differences, sh
 
 HOSTNAME = "e2e-node1"
@@ -53,12 +57,26 @@ def mounted_disk(disk: Path, partition: int, where: Path) -> Iterator[Path]:
             sh("umount", str(where))
 
 
+# A VM fleet's boot environment: the default generic kernel narrowed to the
+# virtio drivers (`bootenv build --modules ...`).  The standard one, with
+# the bare-metal drivers and their firmware (a 31 MiB initrd), cannot even
+# be unpacked by the kernel in 128 MiB.
+VM_MODULES = "filesystems,watchdog,virtio_blk,virtio_net,virtio_pci,af_packet"
+
+
 @pytest.fixture(scope="module")
-def installed(installer: Installer) -> Path:
+def vm_bootenv(installer: Installer) -> Path:
+    out = installer.state.root / "bootenv-vm"
+    return build_bootenv(installer.state, Ui(quiet=True), output=out,
+                         modules_arg=VM_MODULES).kernel.parent
+
+
+@pytest.fixture(scope="module")
+def installed(installer: Installer, vm_bootenv: Path) -> Path:
     """Install HOSTNAME once; the tests below inspect the result."""
     disk = blank_disk(installer.state.vms / f"{HOSTNAME}.img", 4 << 30)
     with installer.boot(f"{HOSTNAME}-install", disk, installer.append(HOSTNAME),
-                        memory=MEMORY) as vm:
+                        memory=MEMORY, bootenv=vm_bootenv) as vm:
         vm.wait_for(DONE_MARKER, INSTALL_TIMEOUT, fail=INSTALL_FAILED)
         assert vm.wait_exit(180) == 0  # the agent powered the machine off
     return disk
@@ -126,6 +144,40 @@ def test_installed_machine_boots_from_its_own_disk(installer: Installer, install
     assert re.search(r"fixed-address 10\.0\.2\.15;", leases), leases
 
 
+def test_inventory_and_bootenv_check_agree(installer: Installer, installed: Path,
+                                           vm_bootenv: Path, tmp_path: Path) -> None:
+    """The hardware matrix's virtio-blk + virtio-net cell, on this install:
+    the `hello` inventory names the drivers, `bootenv check --client`
+    passes on what the monitor kept (for the boot environment it installed
+    with and the standard one), and the same machine with a virtio-scsi
+    controller added fails the virtio boot environment, naming virtio_scsi
+    (the standard one drives it)."""
+    state = installer.state
+    hello = next(e for e in installer.events_of(HOSTNAME) if e.get("kind") == "hello")
+    inv = hello["inventory"]
+    assert "virtio_net" in {n["driver"].replace("-", "_") for n in inv["nics"]}, inv["nics"]
+    assert "virtio_blk" in inv["modules"] or any(
+        p["driver"] == "virtio_blk" for p in inv["pci"]), inv
+    assert [d["bus"] for d in inv["disks"]] == ["virtio"], inv["disks"]
+    for bootenv in (vm_bootenv, installer.bootenv):
+        r = sysclone(state, "bootenv", "check", str(bootenv), "--client", HOSTNAME, check=False)
+        assert r.returncode == 0, r.stdout + r.stderr
+    kept = json.loads((state.logs / f"{HOSTNAME}.inventory.json").read_text())
+    kept["pci"].append({"slot": "0000:00:09.0", "vendor": "1af4", "device": "1004",
+                        "class": "010000", "driver": None,
+                        "modalias": "pci:v00001AF4d00001004sv00001AF4sd00000008bc01sc00i00",
+                        "children": ["virtio:d00000008v00001AF4"]})
+    kept["disks"].append({"name": "sda", "controller": "0000:00:09.0"})
+    f = tmp_path / "inv.json"
+    f.write_text(json.dumps(kept))
+    r = sysclone(state, "bootenv", "check", str(vm_bootenv), "--inventory", str(f),
+                 check=False)
+    assert r.returncode == 1 and "virtio_scsi would drive it" in r.stdout, r.stdout
+    r = sysclone(state, "bootenv", "check", str(installer.bootenv), "--inventory", str(f),
+                 check=False)
+    assert r.returncode == 0, r.stdout
+
+
 # --------------------------------------------------------- bad parameters ---
 
 def expect_failure(installer: Installer, name: str, disk: Path, append: str,
@@ -173,8 +225,9 @@ def test_unreachable_server(installer: Installer) -> None:
 def test_disk_too_small(installer: Installer) -> None:
     disk = blank_disk(installer.state.vms / "small-disk.img", 300 << 20)
     line = expect_failure(installer, "small-disk", disk, installer.append("small-disk"))
-    assert "the image does not fit: / needs" in line
+    assert "disk /dev/vda is too small for its partitions even scaled down" in line
+    assert "the image data and the smallest filesystem each holds" in line
     ev = failed_event(installer, "small-disk")
-    assert ev["phase"] == "plan" and "does not fit" in ev["message"]
+    assert ev["phase"] == "plan" and "too small" in ev["message"]
 
 
