@@ -98,6 +98,21 @@ def pxe_vm(state: StateRoot, name: str, bootenv: Path, disk: Path, append: str, 
                   boot="n")
 
 
+def unpack_failure(console: str, name: str, bootenv: Path, memory_mib: int
+                   ) -> SyscloneError | None:
+    """The clear error for a VM too small for the boot environment's initrd
+    (the kernel's "Initramfs unpacking failed", then a panic), else None."""
+    if "Initramfs unpacking failed" not in console:
+        return None
+    size = (bootenv / "initrd.img").stat().st_size >> 20
+    return SyscloneError(
+        f"{name}: the kernel could not unpack the boot environment's {size} MiB initrd "
+        f"in {memory_mib} MiB of RAM",
+        hint="give the VM more memory (--memory), or build a boot environment with only its "
+             "drivers: sysclone bootenv build --modules "
+             "filesystems,virtio_blk,virtio_net,virtio_pci,af_packet")
+
+
 def install_vm(state: StateRoot, ui: Ui, opts: DemoOptions, bootenv: Path, disk: Path,
                *, append_extra: str = "", on_event: Any = None,
                done: str = DONE_MARKER) -> tuple[Vm, float]:
@@ -128,7 +143,13 @@ def install_vm(state: StateRoot, ui: Ui, opts: DemoOptions, bootenv: Path, disk:
         t0 = time.monotonic()
         vm = Vm(spec)
         with vm:
-            vm.wait_for(done, opts.timeout, fail=INSTALL_FAILED)
+            try:
+                vm.wait_for(done, opts.timeout, fail=INSTALL_FAILED)
+            except VmError as e:
+                err = unpack_failure(vm.console_text(), spec.name, bootenv, opts.memory_mib)
+                if err:
+                    raise err from e
+                raise
             vm.wait_exit(120)
         return vm, time.monotonic() - t0
 

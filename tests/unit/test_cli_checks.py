@@ -245,3 +245,15 @@ def test_debug_still_shows_the_traceback(root: Path, tmp_path: Path, syslinux: P
         main(["--debug", "--root", str(root), "pxe", "build", "--output",
               str(tmp_path / "afile" / "tftp")])
     assert os.path.isfile(tmp_path / "afile")
+
+
+def test_demo_names_an_initrd_too_big_for_the_vm(tmp_path: Path) -> None:
+    from sysclone.demo import unpack_failure
+
+    (tmp_path / "initrd.img").write_bytes(b"\0" * (31 << 20))
+    console = "[ 1.85] Initramfs unpacking failed: write error\n[ 3.5] Kernel panic - not syncing"
+    err = unpack_failure(console, "node-install", tmp_path, 128)
+    assert err is not None
+    assert str(err).startswith("node-install: the kernel could not unpack the boot "
+                               "environment's 31 MiB initrd in 128 MiB of RAM (give the VM more")
+    assert unpack_failure("Kernel panic - not syncing: other", "n", tmp_path, 128) is None
