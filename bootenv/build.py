@@ -153,8 +153,10 @@ def _tools(st: Staging, groups: tuple[str, ...]) -> list[str]:
     for h in tools.UDEV_HELPERS:
         if Path("/usr/lib/udev", h).is_file():
             st.install(f"/usr/lib/udev/{h}")
-    # ctypes loads libkmod and libudev by soname (agent.kmod, pyudev).
-    for lib in ("libkmod.so.2", "libudev.so.1"):
+    # ctypes loads libkmod and libudev by soname (agent.kmod, pyudev); glibc
+    # dlopens libgcc_s when a thread exits or is cancelled (cryptsetup's
+    # argon2 threads abort without it), so no ELF header names it.
+    for lib in ("libkmod.so.2", "libudev.so.1", "libgcc_s.so.1"):
         st.install(f"/{LIBDIR}/{lib}")
     return installed
 

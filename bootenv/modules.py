@@ -40,6 +40,8 @@ MODULE_GROUPS: dict[str, tuple[str, ...]] = {
     "filesystems": (
         "fs/ext4/*", "fs/xfs/*", "fs/fat/*", "fs/efivarfs/*", "fs/isofs/*",
         "fs/nls/nls_cp437.ko*", "fs/nls/nls_iso8859-1.ko*", "fs/nls/nls_utf8.ko*",
+        # FAT's default iocharset in Debian's kernels: no ESP mounts without it.
+        "fs/nls/nls_ascii.ko*",
     ),
     "watchdog": ("drivers/watchdog/i6300esb.ko*", "drivers/watchdog/softdog.ko*"),
     # Only useful with the tools that drive them (see IMPLIED_BY_TOOLS).

@@ -195,7 +195,10 @@ def test_prepare_and_rsync_capture_with_a_secret(installer: Installer, golden_di
         r = sysclone(installer.state, "image", "capture", CAPTURED,
                      "--from", f"rsync://127.0.0.1:{rsync_port}/sysclone",
                      "--secret-file", str(bad), check=False)
-        assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        # One error line (after the step's own "==> capture" line), no traceback.
+        errors = [ln for ln in r.stderr.splitlines() if not ln.startswith("==> ")]
+        assert r.returncode == 1 and len(errors) == 1, r.stderr
+        assert "refused the secret; nothing was stored" in errors[0], r.stderr
         sysclone(installer.state, "image", "capture", CAPTURED,
                  "--from", f"rsync://127.0.0.1:{rsync_port}/sysclone",
                  "--secret-file", str(secret_file))

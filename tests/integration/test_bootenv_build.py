@@ -55,7 +55,10 @@ def test_initrd_contents(two_builds, tmp_path: Path) -> None:
     for path in ("init", "usr/bin/busybox", "usr/bin/sysclone-agent", "usr/bin/python3.11",
                  "usr/bin/rsync", "usr/sbin/mke2fs", "usr/sbin/mkfs.xfs", "usr/bin/udevadm",
                  "usr/lib/python3.11/agent/flow.pyc", "usr/lib/python3.11/pyroute2/__init__.pyc",
-                 f"usr/lib/modules/{kver}/modules.alias.bin", "etc/fstab"):
+                 f"usr/lib/modules/{kver}/modules.alias.bin", "etc/fstab",
+                 # dlopened by glibc (cryptsetup's threads), by ctypes (pyudev)
+                 "usr/lib/x86_64-linux-gnu/libgcc_s.so.1",
+                 "usr/lib/x86_64-linux-gnu/libudev.so.1"):
         assert (root / path).exists() or (root / path).is_symlink(), path
     # Stage 1: its init, the modules to mount the rest, and the hot files.
     assert (stage1 / "init").read_text().startswith("#!/usr/bin/busybox sh")
@@ -67,6 +70,8 @@ def test_initrd_contents(two_builds, tmp_path: Path) -> None:
     alias = (root / f"usr/lib/modules/{kver}/modules.alias").read_text()
     assert " virtio_net" in alias and " virtio_blk" in alias
     assert any(p.name == "virtio_net.ko" for p in root.rglob("virtio_net.ko"))
+    # FAT's default iocharset: without it no ESP can be mounted.
+    assert list(root.rglob("nls_ascii.ko*")), "nls_ascii"
     # The firmware the standard drivers declare, where the kernel's loader looks.
     assert (root / "usr/lib/firmware/tigon/tg3.bin").is_file()
     assert len([p for p in (root / "usr/lib/firmware").rglob("*") if p.is_file()]) == \
