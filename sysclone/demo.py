@@ -108,8 +108,8 @@ def unpack_failure(console: str, name: str, bootenv: Path, memory_mib: int
     return SyscloneError(
         f"{name}: the kernel could not unpack the boot environment's {size} MiB initrd "
         f"in {memory_mib} MiB of RAM",
-        hint="give the VM more memory (--memory), or build a boot environment with only its "
-             "drivers: sysclone bootenv build --modules "
+        hint="give the VM more memory (--memory), or build a boot environment for VMs: "
+             "sysclone bootenv build --flavor cloud-amd64 --modules "
              "filesystems,virtio_blk,virtio_net,virtio_pci,af_packet")
 
 

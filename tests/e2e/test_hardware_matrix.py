@@ -64,11 +64,12 @@ FAST: set[str] = set()  # none: test_install_vm.py is the virtio cell in CI
 def _spec(spec: VmSpec, cell: Cell, disk: Path) -> VmSpec:
     """The machine of a cell: its disk controller and NIC model."""
     if cell.disk == "virtio-scsi":
-        # ci.qemu has no virtio-scsi bus: the controller and disk by hand.
+        # ci.qemu has no virtio-scsi bus: the controller and disk by hand
+        # (not "sd0": QEMU's own name for the first SD card drive).
         return replace(spec, disks=(), nic_model=cell.nic, extra=(
             *spec.extra, "-device", "virtio-scsi-pci,id=scsi0",
-            "-drive", f"if=none,id=sd0,format=raw,file={disk},cache=unsafe",
-            "-device", "scsi-hd,drive=sd0,bus=scsi0.0,bootindex=1"))
+            "-drive", f"if=none,id=vscsidisk0,format=raw,file={disk},cache=unsafe",
+            "-device", "scsi-hd,drive=vscsidisk0,bus=scsi0.0,bootindex=1"))
     bus = {"virtio-blk": "virtio", "sata": "sata", "nvme": "nvme"}[cell.disk]
     return replace(spec, disk_bus=bus, nic_model=cell.nic)
 
