@@ -21,6 +21,11 @@ run, printed with its target and PASS/MISS:
             (speed: bare time / fetch time)                       >= 0.9
   overhead  the agent from network up vs a scripted install (sfdisk, mkfs,
             rsync, grub-install, update-grub) from network up     <= 1.2
+  storage   the agent's plan + partition + assemble + format phases for a
+            RAID1 + LVM layout on two disks vs a shell script of the bare
+            commands (sfdisk, mdadm, lvm, mkfs), same VM, same run
+            (bench.storage; the image `bench-storage`, with mdadm and lvm2,
+            is bootstrapped when missing)                         <= 1.2
   capture   `image capture` over SSH vs a plain rsync -aHAX of the same
             tree over the same SSH (bench.capture)                <= 1.1
             an incremental capture of a 1 % change vs a full one  <= 1.0
@@ -32,7 +37,7 @@ run, printed with its target and PASS/MISS:
               time / the plain rsync's                            <= 1.1
             and, reported: the same for a 1 % change of the image
 
-    python -m bench [--only build,size,uyok,boot,install,capture,update] [--runs N]
+    python -m bench [--only build,size,uyok,boot,install,storage,capture,update] [--runs N]
                     [--json FILE]
 
 Timings under emulation are noisy: only ratios from one run mean anything,
@@ -81,15 +86,17 @@ TARGETS = {
     "uyok": Target("UYOK-loaded initrd / Debian initramfs-tools, same kernel", 0.8),
     "uyok-drivers": Target("UYOK-loaded module+firmware bytes / standard's", 0.25),
     "uyok-total": Target("UYOK-loaded boot environment / standard, unpacked", 0.999),
+    "storage": Target("RAID1+LVM plan+partition+assemble+format / bare-command script", 1.2),
     "capture": Target("capture / plain rsync -aHAX over the same SSH", 1.1),
     "incremental": Target("capture of a 1 % change / a full capture", 1.0),
     "versions": Target("disk use of 10 versions (1 % change each) / one", 1.2),
     "update-bytes": Target("no-op update: bytes on the wire per file", 50.0),
     "update-time": Target("no-op update / plain rsync -aHAXS --delete", 1.1),
 }
-SECTIONS = ("build", "size", "uyok", "boot", "install", "capture", "update")
+SECTIONS = ("build", "size", "uyok", "boot", "install", "storage", "capture", "update")
 # The sections that measure (or boot) the boot environment; the others
-# need neither the demo image nor a boot environment build.
+# need neither the demo image nor a boot environment build (storage builds
+# the standard one itself when missing, and uses its own image).
 NEED_BOOTENV = frozenset(("build", "size", "uyok", "boot", "install"))
 
 
@@ -270,6 +277,19 @@ def bench_install(state: StateRoot, bootenv: Path, image: str, runs: int,
           f"({'; '.join(last.initrd.get('reasons') or [])})")
 
 
+def bench_storage(state: StateRoot, runs: int, res: Results) -> None:
+    from bench import storage
+
+    r = storage.run(state, None, runs)
+    res.record("storage", r)
+    res.ratio("storage", r["agent_s"] / r["script_s"],
+              f"agent {_stats([a['seconds'] for a in r['agent']])} (plan+partition+assemble+"
+              f"format) vs script {_stats(r['script'])}")
+    last = r["agent"][-1]["timings"]
+    print(f"          without the plan phase {r['ratio_without_plan']:.2f}; agent phases: "
+          + ", ".join(f"{k} {v:.1f}s" for k, v in last.items()))
+
+
 def bench_capture(runs: int, res: Results) -> None:
     import tempfile
 
@@ -354,6 +374,9 @@ def main() -> int:
           f"({res.data['machine']['cpus']} CPUs, QEMU {res.data['machine']['accel']})")
     if only & NEED_BOOTENV:
         bench_bootenv(a, only, res)
+    if "storage" in only:
+        bench_storage(StateRoot.from_options(os.environ.get("SYSCLONE_ROOT") or Path(".state")),
+                      a.runs, res)
     if "capture" in only:
         bench_capture(a.runs, res)
     if "update" in only:
