@@ -12,7 +12,12 @@ cover it all:
   C  BIOS, the built-in layout; an image with netplan.
 
 Each image carries sshd and the test's key, made the way an admin would:
-`image bootstrap --include ...` then `image chroot`.  What the installed
+`image bootstrap --include ...` then `image chroot`.
+
+CI runs machine B (plus the chroot and loop-device integration tests of md,
+LVM, LUKS and every network style); A and C, each about a quarter of an
+hour under emulation (A's LUKS initrd is built by the client), are marked
+`e2e_full` and run with SYSCLONE_E2E=full.  What the installed
 systems run is asked of them over SSH (their network came up by DHCP, or
 SSH through QEMU's port forward would not answer)."""
 
@@ -112,6 +117,7 @@ def machine_a(installer: Installer, ssh_key: Path) -> tuple[Path, ...]:
     return d
 
 
+@pytest.mark.e2e_full
 def test_raid1_luks_btrfs_boots_and_runs_network_manager(installer: Installer,
                                                         machine_a: tuple[Path, ...],
                                                         ssh_key: Path) -> None:
@@ -136,6 +142,7 @@ def test_raid1_luks_btrfs_boots_and_runs_network_manager(installer: Installer,
     assert layout_ev and len(layout_ev[-1]["plan"]["arrays"]) == 2
 
 
+@pytest.mark.e2e_full
 @pytest.mark.parametrize("keep", [0, 1])
 def test_raid1_boots_from_either_disk_alone(installer: Installer, machine_a: tuple[Path, ...],
                                             keep: int) -> None:
@@ -202,6 +209,7 @@ def test_uefi_boots_with_empty_nvram_through_the_fallback_path(
 
 # -- C: BIOS, the built-in layout, netplan --------------------------------------------------------
 
+@pytest.mark.e2e_full
 def test_netplan_image_gets_its_lease(installer: Installer, ssh_key: Path) -> None:
     host = "e2e-netplan"
     image = variant(installer, "golden-netplan", ssh_key)
