@@ -735,12 +735,14 @@ def install(s: Session, plan_only: bool) -> InstallPlan | None:
             })
             post_install(s, plan, net, root, scripts["post-install"])
         with s.steps.phase("finish"):
+            # Unmount first: it writes back and frees the fetch's page
+            # cache, so swapoff finds room for what it must bring back in.
             t0 = time.monotonic()
-            swap.off()
-            t1 = time.monotonic()
             mounts.close()  # unmount everything, innermost first
             run(["sync"])
-            s.reporter.say(f"swap off in {t1 - t0:.1f}s, filesystems unmounted and synced in "
+            t1 = time.monotonic()
+            swap.off()
+            s.reporter.say(f"filesystems unmounted and synced in {t1 - t0:.1f}s, swap off in "
                            f"{time.monotonic() - t1:.1f}s")
     return plan
 

@@ -20,6 +20,10 @@ mount -a
     mount -t efivarfs -o nosuid,nodev,noexec efivarfs /sys/firmware/efi/efivars 2>/dev/null
 # Only warnings and worse from the kernel on the console while we work.
 echo 4 > /proc/sys/kernel/printk
+# No proactive memory compaction: in a 128 MiB machine that has swapped
+# during the fetch, kcompactd spins for minutes (soft lockups) when the
+# install ends; an installer gains nothing from huge pages.
+[ -w /proc/sys/vm/compaction_proactiveness ] && echo 0 > /proc/sys/vm/compaction_proactiveness
 
 exec_agent() {
     /usr/bin/python3 -I -S -c 'import sys; from agent.main import main; sys.exit(main())' "$@"

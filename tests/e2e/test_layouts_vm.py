@@ -131,7 +131,10 @@ def test_raid1_luks_btrfs_boots_and_runs_network_manager(installer: Installer,
                    for line in mounts.splitlines())
         assert any(line.startswith("/boot /dev/md") for line in mounts.splitlines())
         mdstat = ssh(ssh_key, port, "cat /proc/mdstat")
-        assert mdstat.count("raid1") == 2 and "[UU]" in mdstat
+        arrays = [ln for ln in mdstat.splitlines() if ln.startswith("md")]
+        # (the "Personalities : [raid1]" line names raid1 too)
+        assert len(arrays) == 2 and all("active raid1" in ln for ln in arrays), mdstat
+        assert mdstat.count("[UU]") == 2, mdstat
         assert "crypto_LUKS" in ssh(ssh_key, port, "lsblk -no FSTYPE /dev/md1")
         assert ssh(ssh_key, port, "systemctl is-active NetworkManager").strip() == "active"
         active = ssh(ssh_key, port, "nmcli -t -f NAME,DEVICE con show --active")
