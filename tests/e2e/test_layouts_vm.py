@@ -12,14 +12,15 @@ cover it all:
   C  BIOS, the built-in layout; an image with netplan.
 
 Each image carries sshd and the test's key, made the way an admin would:
-`image bootstrap --include ...` then `image chroot`.
-
-CI runs machine B (plus the chroot and loop-device integration tests of md,
-LVM, LUKS and every network style); A and C, each about a quarter of an
-hour under emulation (A's LUKS initrd is built by the client), are marked
-`e2e_full` and run with SYSCLONE_E2E=full.  What the installed
+`image bootstrap --include ...` then `image chroot`.  What the installed
 systems run is asked of them over SSH (their network came up by DHCP, or
-SSH through QEMU's port forward would not answer)."""
+SSH through QEMU's port forward would not answer).
+
+CI runs machine B up to its first boot from disk (the chroot and
+loop-device integration tests cover md, LVM, LUKS and every network style
+without a VM); A, C and B's boot with an empty NVRAM, about a quarter of
+an hour each under emulation (A's LUKS initrd is built by the client), are
+marked `e2e_full` and run with SYSCLONE_E2E=full."""
 
 from __future__ import annotations
 
@@ -199,6 +200,7 @@ def test_uefi_lvm_xfs_boots_and_runs_networkd(installer: Installer,
     assert built and built[0]["tool"] == "dracut", built
 
 
+@pytest.mark.e2e_full
 def test_uefi_boots_with_empty_nvram_through_the_fallback_path(
         installer: Installer, machine_b: tuple[Path, ...]) -> None:
     (installer.state.vms / "e2e-uefi-fresh.OVMF_VARS.fd").unlink(missing_ok=True)
