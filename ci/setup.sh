@@ -12,8 +12,10 @@ PACKAGES="
     rsync busybox cpio zstd xz-utils lz4 squashfs-tools kmod udev util-linux fdisk parted
     e2fsprogs xfsprogs dosfstools btrfs-progs mdadm lvm2 cryptsetup
     pxelinux syslinux-common isolinux xorriso grub-pc-bin grub-efi-amd64-bin grub-common
-    dnsmasq iproute2 file binutils acl
+    dnsmasq iproute2 file binutils acl curl
     openssh-server openssh-client attr
+    syslinux mtools ipxe shim-signed shim-helpers-amd64-signed grub-efi-amd64-signed
+    isc-dhcp-server
 "
 
 missing=""
