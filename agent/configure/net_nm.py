@@ -17,7 +17,7 @@ from pathlib import Path
 
 from agent.configure import units
 from agent.configure.footprint import MAINLINE, NONE, PREFERRED, exists
-from agent.configure.netmodel import Iface, write_file
+from agent.configure.netmodel import Iface, Ipv4, Ipv6, write_file
 from agent.configure.netstyle import Problems, Style, warn_common
 
 CONNECTIONS = "etc/NetworkManager/system-connections"
@@ -198,13 +198,7 @@ class NetworkManager(Style):
             lines.append("dns-search=" + ";".join(i.dns.search) + ";")
         if v4.method == "dhcp" and not i.dns.from_dhcp:
             lines.append("ignore-auto-dns=true")
-        if not v4.default_route:
-            lines.append("never-default=true")
-        if v4.metric is not None:
-            lines.append(f"route-metric={v4.metric}")
-        if v4.required:
-            lines.append("may-fail=false")
-        return lines
+        return lines + _routing(v4)
 
     @staticmethod
     def ipv6(i: Iface) -> list[str]:
@@ -223,10 +217,16 @@ class NetworkManager(Style):
             lines.append("dns=" + ";".join(v6dns) + ";")
         if v6.method == "auto" and not i.dns.from_dhcp6:
             lines.append("ignore-auto-dns=true")
-        if not v6.default_route:
-            lines.append("never-default=true")
-        if v6.metric is not None:
-            lines.append(f"route-metric={v6.metric}")
-        if v6.required:
-            lines.append("may-fail=false")
-        return lines
+        return lines + _routing(v6)
+
+
+def _routing(ip: Ipv4 | Ipv6) -> list[str]:
+    """What [ipv4] and [ipv6] say alike: the default route, metric, failure."""
+    lines: list[str] = []
+    if not ip.default_route:
+        lines.append("never-default=true")
+    if ip.metric is not None:
+        lines.append(f"route-metric={ip.metric}")
+    if ip.required:
+        lines.append("may-fail=false")
+    return lines
