@@ -21,8 +21,8 @@ import pytest
 
 from mkmedia.pxe import TreeInfo, build_tree
 from sysclone.paths import StateRoot
+from tests.integration.netlab import veth_lab
 from tests.integration.test_dhcp_netns import CLIENT as AGENT_DHCP
-from tests.verify import sh
 
 REPO = Path(__file__).resolve().parents[2]
 SERVER_IP = "192.168.77.1"
@@ -92,21 +92,9 @@ sys.exit("no offer")
 
 
 @pytest.fixture
-def lab(root_only: None, tmp_path: Path) -> Iterator[tuple[str, str]]:
-    tag = str(os.getpid())
-    srv, cli = f"sc-bs-{tag}", f"sc-bc-{tag}"
-    sh("ip", "netns", "add", srv)
-    sh("ip", "netns", "add", cli)
-    try:
-        sh("ip", "link", "add", "sc-s0", "netns", srv, "type", "veth", "peer", "name", "sc-c0",
-           "netns", cli)
-        sh("ip", "-n", srv, "addr", "add", f"{SERVER_IP}/24", "dev", "sc-s0")
-        for ns, dev in ((srv, "sc-s0"), (cli, "sc-c0"), (srv, "lo"), (cli, "lo")):
-            sh("ip", "-n", ns, "link", "set", dev, "up")
-        yield srv, cli
-    finally:
-        sh("ip", "netns", "del", cli, check=False)
-        sh("ip", "netns", "del", srv, check=False)
+def lab(root_only: None) -> Iterator[tuple[str, str]]:
+    with veth_lab("sc-b", SERVER_IP, client_up=True) as pair:
+        yield pair
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ in its own network namespace joined by a veth pair: nothing leaves them."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.netlab import veth_lab
 from tests.verify import sh
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,21 +30,9 @@ print(json.dumps({**cfg.to_dict(), "image_server": str(params.image_server)}))
 
 
 @pytest.fixture
-def netns_pair(root_only: None, tmp_path: Path) -> Iterator[tuple[str, str]]:
-    tag = str(os.getpid())
-    srv, cli = f"sc-srv-{tag}", f"sc-cli-{tag}"
-    sh("ip", "netns", "add", srv)
-    sh("ip", "netns", "add", cli)
-    try:
-        sh("ip", "link", "add", "sc-s0", "netns", srv, "type", "veth", "peer", "name", "sc-c0",
-           "netns", cli)
-        sh("ip", "-n", srv, "addr", "add", "192.168.77.1/24", "dev", "sc-s0")
-        sh("ip", "-n", srv, "link", "set", "sc-s0", "up")
-        sh("ip", "-n", srv, "link", "set", "lo", "up")
-        yield srv, cli
-    finally:
-        sh("ip", "netns", "del", cli, check=False)
-        sh("ip", "netns", "del", srv, check=False)
+def netns_pair(root_only: None) -> Iterator[tuple[str, str]]:
+    with veth_lab("sc-d", "192.168.77.1", client_up=False) as pair:
+        yield pair
 
 
 def test_dhcp_lease_configures_the_interface(netns_pair: tuple[str, str],
