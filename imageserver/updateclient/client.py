@@ -65,11 +65,14 @@ HEALTH_FILE = "etc/sysclone/updateclient.health"
 DEFAULT_PORT = 8181
 RSYNC_FLAGS = ["-aHAXS", "--numeric-ids"]
 
-# (rsync pattern anchored at /, why it is never synced)
+# (rsync pattern, anchored at / unless it is a bare name; why it is never synced)
 DEFAULT_EXCLUDES = (
     ("/proc/**", "kernel view"), ("/sys/**", "kernel view"), ("/dev/**", "devices"),
     ("/run/**", "runtime state"), ("/tmp/**", "temporary files"),
-    ("/var/tmp/**", "temporary files"), ("/lost+found/**", "fsck's"),
+    ("/var/tmp/**", "temporary files"),
+    # The directory itself, at the top of every filesystem (/, a separate
+    # /boot...): mkfs made it, no image has it, and --delete would remove it.
+    ("lost+found/", "fsck's"),
     ("/var/log/**", "the machine's own logs"), ("/home/**", "users' data"),
     ("/var/lib/sysclone", "updateclient's rollback point and staging"),
     ("/etc/sysclone", "this machine's updateclient settings"),

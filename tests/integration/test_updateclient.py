@@ -42,7 +42,7 @@ OLD, NEW = "1.0-test", "2.0-test"
 KEEP = ("/var/log/**", "/home/**", "/etc/ssh/ssh_host_*", "/etc/fstab", "/etc/hostname",
         "/etc/machine-id",
         "/etc/network/interfaces.d/**", "/boot/grub/**", "/boot/initrd.img-*",
-        "/var/lib/sysclone", "/etc/sysclone", "/proc/**", "/sys/**", "/dev/**")
+        "/var/lib/sysclone", "/etc/sysclone", "/proc/**", "/sys/**", "/dev/**", "lost+found/")
 LOCAL = {"etc/fstab": "UUID=local / ext4 defaults 0 1\n", "etc/hostname": "client1\n",
          "var/log/app.log": "the machine's log\n", "home/u/notes": "users' data\n",
          "etc/ssh/ssh_host_ed25519_key": "host key\n",
@@ -147,6 +147,8 @@ class Lab:
     def assert_local_files_untouched(self) -> None:
         for rel, text in LOCAL.items():
             assert (self.client / rel).read_text() == text, rel
+        for d in ("lost+found", "boot/lost+found"):
+            assert (self.client / d).is_dir(), d
 
 
 def install_client(client: Path, v1: Path) -> None:
@@ -156,6 +158,9 @@ def install_client(client: Path, v1: Path) -> None:
         (client / rel).parent.mkdir(parents=True, exist_ok=True)
         (client / rel).write_text(text)
     (client / f"boot/initrd.img-{OLD}").write_text("the initrd the install made\n")
+    # mkfs's, empty, on / and on a separate /boot: in no image
+    for d in ("lost+found", "boot/lost+found"):
+        (client / d).mkdir(mode=0o700)
     (client / "boot/grub").mkdir(parents=True, exist_ok=True)
     (client / "boot/grub/grub.cfg").write_text(f"linux /boot/vmlinuz-{OLD}\n"
                                                f"initrd /boot/initrd.img-{OLD}\n")

@@ -78,7 +78,7 @@ def test_excludes(tmp_path):
     for p in ("/var/log/**", "/home/**", "/etc/ssh/ssh_host_*", "/etc/machine-id",
               "/etc/fstab", "/etc/crypttab", "/etc/hostname", "/boot/efi/**",
               "/etc/network/interfaces.d/enp0s2", "/etc/we\\*rd", "/srv/data/**",
-              "/opt/local/**", "/var/cache/**", "/var/lib/sysclone"):
+              "/opt/local/**", "/var/cache/**", "/var/lib/sysclone", "lost+found/"):
         assert p in out
     with pytest.raises(client.UpdateError, match="no such file"):
         client.excludes_for(str(root), [], [], [str(tmp_path / "nope")])
