@@ -19,7 +19,8 @@ The boot file follows the firmware (DHCP option 93):
                            ipxe.efi with --efi-loader ipxe
   UEFI HTTP boot (16)      http://.../boot/ipxe.efi, with option 60 HTTPClient
   iPXE (user class iPXE)   boot.ipxe, over HTTP when the image server serves
-                           the tree (ROOT/pxe at /boot/), else over TFTP
+                           the tree (ROOT/pxe at /boot/), else over TFTP; from
+                           a tree without iPXE, the firmware's file above
 
 Tags are made exclusive so no line depends on dnsmasq's order of matching.
 """
@@ -352,13 +353,18 @@ def render_dnsmasq(cfg: BootServer) -> str:
         lines += ["", "# SystemImager's option 140: the image server, as text",
                   f'dhcp-option=140,"{cfg.image_server}"',
                   "", "# boot files"]
-        script = f"{cfg.http_base}{pxe.IPXE_SCRIPT}" if cfg.http_base else pxe.IPXE_SCRIPT
-        lines.append(f"dhcp-boot=tag:ipxe,{script}")
+        # iPXE (QEMU's and many NICs' own ROM) gets boot.ipxe only from a
+        # tree that has it; otherwise it boots by its firmware like any PXE
+        # client (iPXE runs pxelinux and GRUB; no loop: neither is iPXE).
+        not_ipxe = "tag:!ipxe," if "ipxe" in cfg.loaders else ""
+        if "ipxe" in cfg.loaders:
+            script = f"{cfg.http_base}{pxe.IPXE_SCRIPT}" if cfg.http_base else pxe.IPXE_SCRIPT
+            lines.append(f"dhcp-boot=tag:ipxe,{script}")
         if cfg.http_base and "ipxe" in cfg.loaders:
             lines += ["dhcp-option-force=tag:efihttp,60,HTTPClient",
                       f"dhcp-boot=tag:!ipxe,tag:efihttp,{cfg.http_base}{pxe.IPXE_EFI}"]
-        lines += [f"dhcp-boot=tag:!ipxe,tag:!efihttp,tag:efi64,{efi}",
-                  f"dhcp-boot=tag:!ipxe,tag:!efihttp,tag:!efi64,{bios}"]
+        lines += [f"dhcp-boot={not_ipxe}tag:!efihttp,tag:efi64,{efi}",
+                  f"dhcp-boot={not_ipxe}tag:!efihttp,tag:!efi64,{bios}"]
     else:
         lines += ["", "# proxy-DHCP: another server hands out the addresses",
                   f"dhcp-range={net.network_address},proxy,{net.netmask}",
@@ -424,16 +430,19 @@ def render_dhcpd(cfg: BootServer) -> str:
         lines.append(f"    option domain-name-servers {', '.join(cfg.dns)};")
     if cfg.domain:
         lines.append(f'    option domain-name "{cfg.domain}";')
-    lines += [
-        '    if exists user-class and option user-class = "iPXE" {',
-        f'        filename "{script}";',
-    ]
+    # The first branch: "if", then each further one "elsif" (as in dnsmasq's
+    # rules, iPXE gets boot.ipxe only from a tree that has it).
+    branch = "if"
+    if "ipxe" in cfg.loaders:
+        lines += ['    if exists user-class and option user-class = "iPXE" {',
+                  f'        filename "{script}";']
+        branch = "} elsif"
     if cfg.http_base and "ipxe" in cfg.loaders:
         lines += ["    } elsif option arch = 00:10 {",
                   '        option vendor-class-identifier "HTTPClient";',
                   f'        filename "{cfg.http_base}{pxe.IPXE_EFI}";']
     lines += [
-        "    } elsif option arch = 00:07 or option arch = 00:09 {",
+        f"    {branch} option arch = 00:07 or option arch = 00:09 {{",
         f'        filename "{efi}";',
         "    } else {",
         f'        filename "{bios}";',

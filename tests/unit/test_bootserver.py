@@ -94,6 +94,24 @@ def test_ipxe_loaders_and_a_tree_the_api_does_not_serve(state, tmp_path):
     assert any("no UEFI HTTP boot" in w for w in cfg.warnings)
 
 
+def test_a_tree_without_ipxe_boots_ipxe_clients_by_their_firmware(state, tmp_path):
+    """QEMU's NICs (and many others) PXE-boot with iPXE's ROM: from a tree
+    made with --loaders pxelinux,grub they must get pxelinux.0 or
+    bootx64.efi, not a boot.ipxe the tree does not have."""
+    build_tree(state.pxe, tmp_path / "be/kernel", tmp_path / "be/initrd.img",
+               TreeInfo("IMAGENAME=web", ("pxelinux", "grub")))
+    cfg = config_from_options(state, opts(address="192.168.77.1/24"))
+    text = lines(render_dnsmasq(cfg))
+    boots = [x for x in text if x.startswith("dhcp-boot=")]
+    assert boots == ["dhcp-boot=tag:!efihttp,tag:efi64,bootx64.efi",
+                     "dhcp-boot=tag:!efihttp,tag:!efi64,pxelinux.0"], boots
+    assert not any("ipxe" in x.split("=", 1)[1] for x in text if x.startswith("dhcp-boot"))
+    dhcpd = render_dhcpd(cfg)
+    assert "iPXE" not in dhcpd and "boot.ipxe" not in dhcpd
+    assert "    if option arch = 00:07 or option arch = 00:09 {" in dhcpd
+    assert dhcpd.count("{") == dhcpd.count("}")
+
+
 def test_proxy_dhcp(state):
     cfg = config_from_options(state, opts(address="192.168.1.5/24", mode="proxy"))
     text = lines(render_dnsmasq(cfg))
