@@ -116,10 +116,20 @@ class SwapOn:
         self.devices = devices
 
     def off(self) -> None:
-        """Swap off again (once): before the disks are unmounted."""
+        """Swap off again (once): when the install fails, so that a second
+        try in the same boot can repartition the disks."""
         devices, self.devices = self.devices, []
         for d in devices:
             run(["swapoff", d])
+
+    def keep(self) -> list[str]:
+        """Leave swap on until the machine restarts (an install that
+        succeeded): taking back in what a small client swapped out needs
+        the very memory it lacks -- at 128 MiB swapoff livelocked in
+        reclaim.  Nothing on a swap partition outlives the reboot, and no
+        step after the install needs the device."""
+        devices, self.devices = self.devices, []
+        return devices
 
 
 def use_swap(filesystems: tuple[FsPlan, ...], stack: ExitStack) -> SwapOn:

@@ -57,7 +57,8 @@ from agent.params.medium import Medium, find_medium
 from agent.params.static import static_network
 from agent.partition import partition
 from agent.phases import PARAMS_STEP, InstallFailed, Steps, break_names, canonical
-from agent.plan import InstallPlan, firmware, make_plan
+from agent.plan import InstallPlan, firmware
+from agent.planner import make_plan
 from agent.report import DONE_MARKER, FAILED_MARKER, Reporter
 from agent.server import ImageServer
 from agent.storage.defaults import SOURCE as DEFAULT_LAYOUT
@@ -735,15 +736,13 @@ def install(s: Session, plan_only: bool) -> InstallPlan | None:
             })
             post_install(s, plan, net, root, scripts["post-install"])
         with s.steps.phase("finish"):
-            # Unmount first: it writes back and frees the fetch's page
-            # cache, so swapoff finds room for what it must bring back in.
+            kept = swap.keep()
             t0 = time.monotonic()
             mounts.close()  # unmount everything, innermost first
             run(["sync"])
-            t1 = time.monotonic()
-            swap.off()
-            s.reporter.say(f"filesystems unmounted and synced in {t1 - t0:.1f}s, swap off in "
-                           f"{time.monotonic() - t1:.1f}s")
+            s.reporter.say(f"filesystems unmounted and synced in {time.monotonic() - t0:.1f}s"
+                           + (f"; swap on {', '.join(kept)} stays on until the reboot"
+                              if kept else ""))
     return plan
 
 

@@ -287,10 +287,6 @@ def default_swap_mib(disk_bytes: int, ram_bytes: int) -> int:
     return int(min(want, disk_bytes // MiB // 8))
 
 
-# The planner uses the types above; imported last so that it can.
-from agent.planner import _exclusive_usage, load_layout, make_plan  # noqa: E402
-
 __all__ = ["FS_FIXED_OVERHEAD", "FS_MIN", "FS_USABLE", "IMAGE_GROWTH", "MKFS_TOOLS",
            "ArrayPlan", "CryptPlan", "DiskPlan", "FsPlan", "GroupPlan", "ImageRef",
-           "InstallPlan", "LvPlan", "_exclusive_usage", "default_swap_mib", "firmware",
-           "load_layout", "make_plan"]
+           "InstallPlan", "LvPlan", "default_swap_mib", "firmware"]

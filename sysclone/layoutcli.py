@@ -118,7 +118,7 @@ def _tools(bootenv: Path | None, state: StateRoot) -> tuple[set[str], str]:
 
 def cmd_layout_plan(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
     from agent.disks import NoProbe
-    from agent.plan import make_plan
+    from agent.planner import make_plan
 
     path = Path(a.file)
     try:

@@ -20,7 +20,7 @@ from agent.configure.system import set_hostname
 from agent.fetch import pull
 from agent.filesystems import make_filesystems, mount_all
 from agent.partition import partition
-from agent.plan import make_plan
+from agent.planner import make_plan
 from imageserver.instructions import ClientQuery, ServerPolicy, resolve
 from imageserver.serve import ServeConfig, free_port, serving
 from imageserver.store import ImageStore

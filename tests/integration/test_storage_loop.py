@@ -26,7 +26,8 @@ from agent.configure.fstab import write_fstab
 from agent.disks import Disk
 from agent.filesystems import make_filesystems, mount_all
 from agent.partition import partition
-from agent.plan import InstallPlan, make_plan
+from agent.plan import InstallPlan
+from agent.planner import make_plan
 from sysclone.errors import ConfigError
 from tests.verify import sh
 

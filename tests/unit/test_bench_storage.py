@@ -15,7 +15,7 @@ import pytest
 
 import bench.__main__ as bench_main
 from agent.disks import Disk, NoProbe
-from agent.plan import make_plan
+from agent.planner import make_plan
 from bench import storage
 from sysclone.paths import StateRoot
 

@@ -210,7 +210,7 @@ def test_render() -> None:
 def test_write_fstab_of_an_efi_plan(root: Path, compat: Path) -> None:
     from agent.configure.fstab import write_fstab
     from agent.disks import Disk
-    from agent.plan import make_plan
+    from agent.planner import make_plan
 
     layout = {"format": "systemimager-xml", "name": "disk-layout-EFI.xml",
               "text": (compat / "disk-layout-EFI.xml").read_text()}

@@ -11,7 +11,7 @@ import pytest
 
 from agent.disks import Disk, DiskError
 from agent.params import parse_cmdline
-from agent.plan import make_plan
+from agent.planner import make_plan
 from agent.storage.diskspec import DiskPath, DiskRule, parse_disk_spec
 from agent.storage.model import DiskSelector
 from agent.targets import DiskChoice, install_targets

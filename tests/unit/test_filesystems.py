@@ -10,7 +10,8 @@ import pytest
 
 from agent.disks import Disk
 from agent.filesystems import make_filesystems, mkfs_argv, mount_all, mount_fstype
-from agent.plan import MKFS_TOOLS, FsPlan, make_plan
+from agent.plan import MKFS_TOOLS, FsPlan
+from agent.planner import make_plan
 from agent.storage.model import FsEntry
 from tests.conftest import FakeCommands
 
@@ -120,9 +121,23 @@ def test_swap_is_on_for_the_install_and_off_once(fake_commands: FakeCommands) ->
         on = use_swap(plans, stack)
         assert on.devices == ["/dev/vda3", "/dev/vdb3"]
         assert fake_commands.calls == [["swapon", "/dev/vda3"], ["swapon", "/dev/vdb3"]]
-        on.off()  # the finish phase, timed
+        on.off()  # a failed install
     # ... and the stack's own callback (on failure paths) does not repeat it.
     assert fake_commands.calls[2:] == [["swapoff", "/dev/vda3"], ["swapoff", "/dev/vdb3"]]
+
+
+def test_swap_stays_on_after_a_successful_install(fake_commands: FakeCommands) -> None:
+    """The finish phase keeps swap on: the stack's callback then has nothing
+    to take off (swapoff at 128 MiB livelocked bringing pages back in)."""
+    from agent.filesystems import use_swap
+
+    fake_commands.add(["swapon"], "")
+    plans = (fs_plan("ext4"), fs_plan("swap", "/dev/vda3", mountpoint=None))
+    with ExitStack() as stack:
+        on = use_swap(plans, stack)
+        assert on.keep() == ["/dev/vda3"]
+        assert on.keep() == []
+    assert fake_commands.calls == [["swapon", "/dev/vda3"]]
 
 
 def test_no_swap_in_the_layout(fake_commands: FakeCommands) -> None:

@@ -30,7 +30,7 @@ import pytest
 from agent import disks as disklib
 from agent import flow, hardware, inventory, network
 from agent.disks import Disk
-from agent.plan import make_plan
+from agent.planner import make_plan
 from agent.report import DONE_MARKER, FAILED_MARKER, Reporter
 from tests.conftest import FakeCommands, FakeResult
 from tests.unit.agentfakes import FakeSysfs, sample

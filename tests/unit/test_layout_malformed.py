@@ -24,7 +24,7 @@ import pytest
 from agent import disks as disklib
 from agent import flow
 from agent.disks import Disk, NoProbe, Signature
-from agent.plan import make_plan
+from agent.planner import make_plan
 from agent.report import FAILED_MARKER
 from sysclone.cli import main
 from sysclone.errors import ConfigError

@@ -13,7 +13,7 @@ import pytest
 
 from agent import flow
 from agent.disks import Disk, NoProbe
-from agent.plan import make_plan
+from agent.planner import make_plan
 from agent.report import FAILED_MARKER
 from agent.storage import layoutfile
 from imageserver import lukskeys

@@ -13,7 +13,8 @@ import pytest
 from agent import partition
 from agent.disks import Disk
 from agent.partition import PartitionError, settle, write_table
-from agent.plan import DiskPlan, InstallPlan, make_plan
+from agent.plan import DiskPlan, InstallPlan
+from agent.planner import make_plan
 from agent.storage.geometry import plan_partitions
 from tests.conftest import FakeCommands, FakeResult
 from tests.unit.agentfakes import FakeClock

@@ -11,13 +11,8 @@ from typing import Any
 import pytest
 
 from agent.disks import Disk
-from agent.plan import (
-    IMAGE_GROWTH,
-    MKFS_TOOLS,
-    _exclusive_usage,
-    default_swap_mib,
-    make_plan,
-)
+from agent.plan import IMAGE_GROWTH, MKFS_TOOLS, default_swap_mib
+from agent.planner import _exclusive_usage, make_plan
 from sysclone.errors import ConfigError
 
 MiB = 1 << 20

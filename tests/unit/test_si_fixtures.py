@@ -31,7 +31,8 @@ from agent.params import (
     parse_local_cfg,
     read_local_cfg,
 )
-from agent.plan import IMAGE_GROWTH, make_plan
+from agent.plan import IMAGE_GROWTH
+from agent.planner import make_plan
 from agent.storage.geometry import plan_partitions
 from agent.storage.mapping import map_disks
 from agent.storage.model import BootFlavor, Flag, InstallType, LabelType, PartType, RaidLevel

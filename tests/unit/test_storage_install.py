@@ -28,7 +28,8 @@ from agent.configure.fstab import write_fstab
 from agent.configure.mdadmconf import mdadm_conf_text, write_mdadm_conf
 from agent.disks import Disk, NoProbe, Signature
 from agent.filesystems import make_filesystems, mkfs_argv, mount_all
-from agent.plan import InstallPlan, make_plan
+from agent.plan import InstallPlan
+from agent.planner import make_plan
 from tests.conftest import FakeCommands, FakeResult
 
 GiB = 1 << 30
