@@ -5,7 +5,8 @@ version of an image.
     -> lock the image -> read the client's facts (disks, mounts, modules)
     -> its disk layout -> the filter (skipped mounts, excludes)
     -> pull / into a staging directory, unchanged files hard-linked from
-       the current version -> manifest -> commit as the new current version
+       the current version (on btrfs: into a snapshot of it, rewriting only
+       what changed) -> manifest -> commit as the new current version
 
 Nothing is written to the store before the pull, and a staging directory
 that does not get committed (an error, Ctrl-C, a full disk) is removed: the
@@ -82,7 +83,7 @@ def capture(state: StateRoot, opts: CaptureOptions, progress: Progress | None = 
             golden_layout(facts, exact=opts.exact_geometry)
         rules = [*ex.skipped_mount_rules(skipped_mounts(fact_out(facts, "findmnt"))),
                  *_store_rules(state, opts.source), *user_rules]
-        with v.stage(name) as s:
+        with v.stage(name, from_parent=True) as s:
             _check_space(facts, s.dir, s.parent is None)
             say(f"pulling / from {opts.source.describe()}")
             pre = Prehasher(s.tree)
@@ -106,12 +107,14 @@ def capture(state: StateRoot, opts: CaptureOptions, progress: Progress | None = 
 def _pull(v: Versions, s: Staging, source: Source, password: Path | None,
           rules: list[ex.Rule], say: Progress, pre: Prehasher) -> list[str]:
     """rsync / into the staging tree, unchanged files hard-linked from the
-    newest versions, new ones hashed as they arrive; returns rsync's notes on
-    files that vanished meanwhile."""
+    newest versions (or already there, in a snapshot of the current one),
+    new ones hashed as they arrive; returns rsync's notes on files that
+    vanished meanwhile."""
     (s.dir / "excludes").write_text(ex.render(rules))
     links = [p for p in [s.parent_tree, *_older_trees(v, s.name, s.parent)] if p]
     argv = pull_argv(endpoint(source, password), s.tree, s.dir / "excludes",
-                     links[:LINK_DESTS])
+                     [] if s.seed is not None else links[:LINK_DESTS],
+                     update=s.seed is not None)
     argv.insert(1, OUT_FORMAT)
     return run_rsync(argv, f"capture of {s.name} from {source.describe()}", say, pre.feed)
 

@@ -2,7 +2,8 @@
 
 The command (or a shell) runs in a private copy of the current version --
 never in the stored tree, whose files are hard links shared with other
-versions -- with /proc, /sys, /dev, /dev/pts and /run mounted, and daemons
+versions (on btrfs the copy is a writable snapshot, which costs nothing) --
+with /proc, /sys, /dev, /dev/pts and /run mounted, and daemons
 kept from starting (policy-rc.d).  The mounts are always undone, in reverse
 order, whatever happens.  If the command succeeds and changed something,
 the copy is stored as a new version, sharing its unchanged files with the
@@ -93,9 +94,10 @@ def chroot_image(state: StateRoot, name: str, command: Sequence[str] = (),
     check_name(name)
     with v.lock(name):
         n, tree = v.resolve(ImageRef(name))
-        with v.stage(name) as s:
-            say(f"copying {name}{f'@{n}' if n else ''} to a private tree")
-            run(["cp", "-a", "--reflink=auto", f"{tree}/.", f"{s.tree}/"])
+        with v.stage(name, seed=tree) as s:
+            if s.seed is None:
+                say(f"copying {name}{f'@{n}' if n else ''} to a private tree")
+                run(["cp", "-a", "--reflink=auto", f"{tree}/.", f"{s.tree}/"])
             argv = list(command) or default_shell(s.tree)
             with bound(s.tree), no_daemons(s.tree):
                 rc = interactive(["chroot", str(s.tree), *argv])

@@ -1,10 +1,11 @@
 """`sysclone image copy SRC[@N] DEST` (si_cpimage).
 
 A stored version never changes, so a copy of one is hard links to its
-files: instant, and no extra space.  DEST gets a new version (version 1 if
-it is new); what the source version knew (layout, facts, modules) comes
-along.  An image from before versions is a mutable directory: it is copied
-for real (reflinks where the filesystem has them).
+files (on btrfs, a snapshot of it): instant, and no extra space.  DEST gets
+a new version (version 1 if it is new); what the source version knew
+(layout, facts, modules) comes along.  An image from before versions is a
+mutable directory: it is copied for real (reflinks where the filesystem
+has them).
 """
 
 from __future__ import annotations
@@ -32,13 +33,13 @@ def copy_image(state: StateRoot, src: ImageRef, dest: str,
         raise v.unknown(src.name)
     with v.lock(src.name), v.lock(dest):
         n, tree = v.resolve(src)
-        with v.stage(dest) as s:
+        with v.stage(dest, seed=tree) as s:
             say(f"copying {src.name}{f'@{n}' if n else ''} to {dest}")
-            if n is None:
-                run(["cp", "-a", "--reflink=auto", f"{tree}/.", f"{s.tree}/"])
-                hashes = None
-            else:
-                run(["cp", "-a", "--link", f"{tree}/.", f"{s.tree}/"])
+            hashes = None
+            if s.seed is None:
+                run(["cp", "-a", "--reflink=auto" if n is None else "--link", f"{tree}/.",
+                     f"{s.tree}/"])
+            if n is not None:
                 entries = load_manifest(v.version_dir(src.name, n))
                 hashes = (tree, entries) if entries is not None else None
             vdir = v.version_dir(src.name, n) if n else None

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imageserver.store import ImageStore
+from imageserver.transfer import XFS_ACL_FILTER
 from sysclone.errors import SyscloneError
 from sysclone.paths import StateRoot
 from sysclone.run import daemon
@@ -65,6 +66,7 @@ def render(state: StateRoot, cfg: RsyncdConfig) -> str:
         f"log file = {state.run / 'rsyncd.log'}",
         "transfer logging = no",
         "dont compress = *",
+        f"filter = {XFS_ACL_FILTER}",  # an image store on xfs: ACLs as ACLs only
     ]
     if cfg.hosts_allow:
         lines.append(f"hosts allow = {' '.join(cfg.hosts_allow)}")

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from imageserver import manifest
+from imageserver import manifest, snapshots
 from imageserver.dedupe import dedupe
 from imageserver.store import ImageInfo, UsageCounter, measure
 from imageserver.versions import Staging, VersionInfo, Versions
@@ -56,20 +56,28 @@ def load_manifest(version_dir: Path) -> list[manifest.Entry] | None:
     return manifest.load(p) if p.is_file() else None
 
 
-def _reuse(parent_tree: Path, entries: dict[str, manifest.Entry]
+def _reuse(parent_tree: Path, entries: dict[str, manifest.Entry], *, snapshot: bool = False
            ) -> Callable[[str, os.stat_result], str | None]:
-    """A file hard-linked from the previous version has its hash already."""
+    """A file hard-linked from the previous version has its hash already.
+    So has one the new tree holds untouched since it was snapshotted from
+    `parent_tree` (btrfs): the same inode number, and a ctime no change to
+    the file can leave as it was (rsync replaces a changed file by a new
+    inode, and anything else it does to one sets its ctime)."""
     base = os.fspath(parent_tree)
 
     def known(rel: str, st: os.stat_result) -> str | None:
         e = entries.get(rel)
-        if e is None or e.sha256 is None or st.st_nlink < 2:
+        if e is None or e.sha256 is None or (st.st_nlink < 2 and not snapshot):
             return None
         try:
             b = os.lstat(base + rel)
         except OSError:
             return None
-        return e.sha256 if (b.st_dev, b.st_ino) == (st.st_dev, st.st_ino) else None
+        if (b.st_dev, b.st_ino) == (st.st_dev, st.st_ino):
+            return e.sha256
+        same = snapshot and b.st_ino == st.st_ino and b.st_ctime_ns == st.st_ctime_ns \
+            and b.st_mtime_ns == st.st_mtime_ns and b.st_size == st.st_size
+        return e.sha256 if same else None
     return known
 
 
@@ -85,10 +93,12 @@ def seal(v: Versions, s: Staging, new: NewVersion,
         adopt_entries = manifest.build(s.parent_tree).entries
         base_entries = adopt_entries
     say("hashing the new version")
-    known = [_reuse(s.parent_tree, {e.path: e for e in base_entries})] \
+    known = [_reuse(s.parent_tree, {e.path: e for e in base_entries},
+                    snapshot=s.seed == s.parent_tree)] \
         if s.parent_tree is not None and base_entries is not None else []
     if new.hashes_from is not None:
-        known.append(_reuse(new.hashes_from[0], {e.path: e for e in new.hashes_from[1]}))
+        known.append(_reuse(new.hashes_from[0], {e.path: e for e in new.hashes_from[1]},
+                            snapshot=s.seed == new.hashes_from[0]))
 
     def reuse(rel: str, st: os.stat_result) -> str | None:
         return next((h for k in known if (h := k(rel, st)) is not None), None)
@@ -97,9 +107,13 @@ def seal(v: Versions, s: Staging, new: NewVersion,
                           prehashed=new.prehashed)
     shared = walk.reused
     added = walk.new_bytes
-    if new.dedupe and s.parent_tree is not None and base_entries is not None:
+    # A snapshot shares everything it did not change already; a tree made
+    # another way shares afterwards (hard links, or reflinks on btrfs).
+    if new.dedupe and s.seed is None and s.parent_tree is not None \
+            and base_entries is not None:
         say("sharing unchanged files with the previous version")
-        d = dedupe(s.tree, walk.entries, s.parent_tree, base_entries)
+        d = dedupe(s.tree, walk.entries, s.parent_tree, base_entries,
+                   clone=s.storage == snapshots.SNAPSHOT)
         shared += d.files
         added = max(0, added - d.bytes)
     for fname, data in new.files.items():

@@ -201,12 +201,18 @@ class ImageStore:
             vi = v.info(info.name, info.version)
             d.update({k: val for k, val in asdict(vi).items()
                       if k in ("parent", "entries", "manifest_sha256", "added_bytes",
-                               "excludes", "warnings")})
+                               "excludes", "warnings", "storage")})
             d["current"] = v.current(info.name)
             d["versions"] = v.numbers(info.name)
             vdir = v.version_dir(info.name, info.version)
             d["records"] = sorted(p.name for p in vdir.iterdir() if p.name != "tree")
         return d
+
+    def storage(self, name: str) -> str:
+        """How the current version shares files with the others (an image
+        from before versions: a plain directory)."""
+        n = self.versions.current(name)
+        return "plain" if n is None else self.versions.info(name, n).storage
 
     def version_infos(self, name: str) -> list[VersionInfo]:
         check_name(name)

@@ -7,7 +7,10 @@ sparse files, devices, FIFOs and sockets, owners as numbers) and, as both
 ends run rsync >= 3.1, nanosecond mtimes.  No -x: the capture crosses into
 every real filesystem mounted below /, and the filter file keeps out the
 pseudo and network ones.  Unchanged files are hard-linked from the previous
-version with --link-dest.  The server is the receiver: it needs rsync >=
+version with --link-dest, or, where the staging tree is already a snapshot
+of it (btrfs), left alone while rsync deletes what the client no longer has
+(excluded paths too: the result equals a capture into an empty tree).  The
+server is the receiver: it needs rsync >=
 3.1.3 for nanosecond comparisons, the client any rsync >= 3.1.
 """
 
@@ -26,8 +29,13 @@ from sysclone.run import spawn
 # default), or a file changed twice within a second could be taken as
 # unchanged from the previous version, and a just-touched directory would
 # keep the wrong time.
+# xfs shows root its ACLs twice: as system.posix_acl_* (which --acls
+# carries) and as its own on-disk form, trusted.SGI_ACL_FILE/_DEFAULT.  The
+# latter must not travel: on any other filesystem it is a stray xattr.
+XFS_ACL_FILTER = "-x trusted.SGI_ACL_*"
 PULL_OPTIONS = ("--archive", "--hard-links", "--acls", "--xattrs", "--sparse",
-                "--numeric-ids", "--modify-window=-1", "--info=progress2,stats1")
+                "--numeric-ids", "--modify-window=-1", "--info=progress2,stats1",
+                f"--filter={XFS_ACL_FILTER}")
 IO_TIMEOUT = 300  # seconds without data before rsync gives up (a lost network)
 VANISHED = 24  # files that disappeared while being read: normal on a live system
 
@@ -62,10 +70,13 @@ def endpoint(source: Source, password_file: Path | None = None) -> Endpoint:
 
 
 def pull_argv(ep: Endpoint, dest: Path, filter_file: Path | None,
-              link_dests: Sequence[Path] = ()) -> list[str]:
+              link_dests: Sequence[Path] = (), *, update: bool = False) -> list[str]:
+    """`update`: `dest` already holds a previous version to bring up to date."""
     argv = ["rsync", *PULL_OPTIONS, f"--timeout={IO_TIMEOUT}", *ep.options]
     if filter_file is not None:
         argv.append(f"--filter=merge {filter_file}")
+    if update:
+        argv += ["--delete", "--delete-excluded"]
     argv += [f"--link-dest={p}" for p in link_dests]
     return [*argv, ep.root, f"{dest}/"]
 

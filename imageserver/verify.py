@@ -2,7 +2,9 @@
 
 verify walks a version's tree again, re-hashing every file, and compares it
 with the manifest written when the version was stored (whose own sha256 is
-in version.json, so an edited manifest is caught too).  diff compares two
+in version.json, so an edited manifest is caught too).  A version kept as
+a read-only btrfs snapshot must still be read-only: one made writable
+again is reported even before anything in it differs.  diff compares two
 manifests and reads no tree at all (an image from before versions has no
 manifest: it is described on the fly).
 """
@@ -11,9 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
-from imageserver import manifest
+from imageserver import manifest, snapshots
 from imageserver.names import ImageRef
 from imageserver.seal import MANIFEST, load_manifest
 from imageserver.store import measure
@@ -28,10 +29,11 @@ class Verified:
     entries: int
     changes: tuple[manifest.Change, ...]
     manifest_ok: bool
+    writable: bool = False  # a read-only snapshot that was made writable
 
     @property
     def ok(self) -> bool:
-        return self.manifest_ok and not self.changes
+        return self.manifest_ok and not self.changes and not self.writable
 
 
 def verify(state: StateRoot, ref: ImageRef,
@@ -49,11 +51,13 @@ def verify(state: StateRoot, ref: ImageRef,
     mfile = vdir / MANIFEST
     manifest_ok = mfile.is_file() and manifest.sha256_file(mfile) == info.manifest_sha256
     expected = manifest.load(mfile) if mfile.is_file() else []
+    writable = info.storage == snapshots.SNAPSHOT and not (
+        snapshots.is_subvolume(tree) and snapshots.is_frozen(tree))
     if progress:
         progress(f"re-hashing {ref.name}@{n} ({len(expected)} paths)")
     actual = manifest.build(tree).entries
     return Verified(ImageRef(ref.name, n), len(expected),
-                    tuple(manifest.compare(expected, actual)), manifest_ok)
+                    tuple(manifest.compare(expected, actual)), manifest_ok, writable)
 
 
 def entries_of(state: StateRoot, ref: ImageRef) -> tuple[ImageRef, list[manifest.Entry]]:
@@ -76,10 +80,22 @@ def diff(state: StateRoot, a: ImageRef, b: ImageRef, *, ignore: frozenset[str] =
 
 
 def disk_use(state: StateRoot, name: str) -> int:
-    """Allocated bytes of every version of an image, shared files once."""
+    """Allocated bytes of every version of an image, shared files once, and
+    what each version keeps beside its tree (manifest, facts, layout).  On
+    btrfs, `btrfs filesystem du` of them all: data extents shared between
+    snapshots once; the metadata they share is not in it (a whole
+    filesystem's figure comes from `btrfs filesystem usage`)."""
     v = Versions(state)
-    seen: set[tuple[int, int]] = set()
-    trees: list[Path] = [v.version_dir(name, n) / "tree" for n in v.numbers(name)]
     if v.is_legacy(name):
-        trees = [v.pointer(name)]
-    return sum(measure(t, depth=0, seen=seen).bytes for t in trees)
+        return measure(v.pointer(name), depth=0).bytes
+    numbers = v.numbers(name)
+    if any(v.info(name, n).storage == snapshots.SNAPSHOT for n in numbers):
+        return snapshots.data_use(v.vdir(name))
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for n in numbers:
+        vdir = v.version_dir(name, n)
+        for p in vdir.iterdir():
+            total += measure(p, depth=0, seen=seen).bytes + p.lstat().st_blocks * 512 \
+                if p.is_dir() and not p.is_symlink() else p.lstat().st_blocks * 512
+    return total

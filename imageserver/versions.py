@@ -13,10 +13,13 @@ everything that only reads it (rsyncd, the demo, tests).  A new version is
 built in a staging directory on the same filesystem and only then renamed
 into place, and the current-version symlink is swapped with one rename: a
 failed or interrupted change leaves the store as it was.  Stored versions
-are never written again; unchanged files are hard links between versions
-(rsync --link-dest or `dedupe`), so a shared inode must never be modified
-in place.  An image made before versions existed (a plain directory) is
-adopted as version 1 when its first new version is committed.
+are never written again.  How unchanged files are shared depends on the
+filesystem (imageserver/snapshots.py): hard links between versions (rsync
+--link-dest or `dedupe`), so a shared inode must never be modified in
+place; or, on btrfs, each `tree` is a subvolume snapshotted from the one
+it derives from and made read-only when committed.  An image made before
+versions existed (a plain directory) is adopted as version 1 when its
+first new version is committed.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from imageserver import snapshots
 from imageserver.names import ImageRef, check_name, is_name
 from sysclone.errors import ConfigError, SyscloneError
 from sysclone.paths import StateRoot
@@ -58,6 +62,7 @@ class VersionInfo:
     added_bytes: int = 0  # allocated bytes not shared with the parent
     excludes: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    storage: str = snapshots.HARDLINK  # how `tree` shares with other versions
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -80,6 +85,10 @@ class Staging:
     dir: Path
     parent: int | None  # the current version when staging began
     parent_tree: Path | None  # its tree (a legacy image's directory too)
+    storage: str = snapshots.HARDLINK
+    # The tree `tree` is a writable snapshot of (btrfs): it starts out as a
+    # copy of it, sharing everything.  None: `tree` starts empty.
+    seed: Path | None = None
 
     @property
     def tree(self) -> Path:
@@ -170,11 +179,16 @@ class Versions:
             os.close(fd)
 
     @contextmanager
-    def stage(self, name: str, *, clean: bool = True) -> Iterator[Staging]:
+    def stage(self, name: str, *, clean: bool = True, seed: Path | None = None,
+              from_parent: bool = False) -> Iterator[Staging]:
         """A staging directory for a new version of `name`.  Unless it is
         committed, it is removed with any directory created for it, and the
         times of the directories that held it are put back: the store is
-        left as it was, to the byte.  Hold lock(name)."""
+        left as it was, to the byte.  Hold lock(name).
+
+        On btrfs the tree starts as a writable snapshot of `seed` (or of the
+        current version, `from_parent`), else empty; elsewhere it always
+        starts empty and the caller fills it (Staging.seed says which)."""
         chain = (self.top, self.top / VERSIONS, self.vdir(name))
         created = [d for d in chain if not d.exists()]
         times = {d: (st.st_atime_ns, st.st_mtime_ns) for d in chain if d.exists()
@@ -184,7 +198,7 @@ class Versions:
         if clean:
             for old in self.vdir(name).glob(STAGING_PREFIX + "*"):
                 # Left by a capture that was killed: we hold the lock, nobody uses it.
-                shutil.rmtree(old, ignore_errors=True)
+                _discard(old)
         parent: int | None = None
         parent_tree: Path | None = None
         if self.is_legacy(name):
@@ -193,14 +207,22 @@ class Versions:
             parent = self.current(name)
             parent_tree = self.version_dir(name, parent) / "tree" if parent else None
         d = self.vdir(name) / f"{STAGING_PREFIX}{os.getpid()}-{time.time_ns()}"
-        d.mkdir(mode=0o755)
-        (d / "tree").mkdir(mode=0o755)
-        s = Staging(name, d, parent, parent_tree)
+        storage = snapshots.mode_for(self.vdir(name))
+        base = parent_tree if from_parent else seed
         try:
+            d.mkdir(mode=0o755)
+            if storage == snapshots.SNAPSHOT and base is not None:
+                snapshots.snapshot(base, d / "tree")
+            elif storage == snapshots.SNAPSHOT:
+                snapshots.create(d / "tree")
+            else:
+                (d / "tree").mkdir(mode=0o755)
+            s = Staging(name, d, parent, parent_tree, storage,
+                        base if storage == snapshots.SNAPSHOT else None)
             yield s
         finally:
             if d.exists():  # not committed
-                shutil.rmtree(d, ignore_errors=True)
+                _discard(d)
                 for c in reversed(created):
                     with suppress(OSError):
                         c.rmdir()
@@ -223,7 +245,9 @@ class Versions:
         elif self.is_legacy(s.name):
             raise SyscloneError(f"image {s.name} is a plain directory; adopt it first")
         n = base + 1
-        info = replace(info, version=n)
+        info = replace(info, version=n, storage=s.storage)
+        if s.storage == snapshots.SNAPSHOT:
+            snapshots.freeze(s.tree)  # from here on the kernel refuses changes
         _write_atomic(s.dir / "version.json", info.to_json())
         os.rename(s.dir, vdir / str(n))
         self.set_current(s.name, n)
@@ -249,18 +273,18 @@ class Versions:
         # Renamed away first so a half-deleted version never looks like a version.
         trash = self.vdir(name) / f"{STAGING_PREFIX}deleted-{n}-{time.time_ns()}"
         os.rename(d, trash)
-        shutil.rmtree(trash)
+        snapshots.remove_tree(trash)
 
     def remove_image(self, name: str) -> None:
         p = self.pointer(name)
         if p.is_symlink():
             p.unlink()  # clients stop seeing it first
         elif p.is_dir():
-            shutil.rmtree(p)
+            snapshots.remove_tree(p)
         if self.vdir(name).exists():
             trash = self.top / VERSIONS / f"{STAGING_PREFIX}deleted-{name}-{time.time_ns()}"
             os.rename(self.vdir(name), trash)
-            shutil.rmtree(trash)
+            snapshots.remove_tree(trash)
         (self.top / f"{name}.json").unlink(missing_ok=True)
 
     def exists(self, name: str) -> bool:
@@ -282,6 +306,15 @@ class Versions:
         os.rename(self.vdir(old), self.vdir(new))
         self.set_current(new, n)
         self.pointer(old).unlink()
+
+
+def _discard(d: Path) -> None:
+    """Remove a staging directory, snapshot and all, come what may: it is
+    called on the way out of a failed or interrupted change."""
+    try:
+        snapshots.remove_tree(d)
+    except (OSError, SyscloneError):
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def _write_atomic(path: Path, text: str) -> None:

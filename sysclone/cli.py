@@ -68,8 +68,11 @@ def cmd_image_list(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
                      "origin": info.origin, "source": info.source or "",
                      # every version, files they share counted once
                      "size": f"{disk_use(state, n) / 2**20:,.0f} MiB",
-                     "files": f"{info.usage.files:,}" if info.usage else "?"})
-    print_table(rows, ["name", "version", "versions", "origin", "source", "size", "files"])
+                     "files": f"{info.usage.files:,}" if info.usage else "?",
+                     # how versions share files: hardlink or btrfs-snapshot
+                     "storage": store.storage(n)})
+    print_table(rows, ["name", "version", "versions", "origin", "source", "size", "files",
+                       "storage"])
     return 0
 
 

@@ -148,10 +148,12 @@ def cmd_image_versions(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
         rows.append({"version": f"{vi.version}{' *' if vi.version == current else ''}",
                      "created": _when(vi.created), "origin": vi.origin,
                      "source": vi.source or "", "files": f"{u.get('files', 0):,}",
-                     "size": _mib(u.get("bytes")), "new": _mib(vi.added_bytes)})
+                     "size": _mib(u.get("bytes")), "new": _mib(vi.added_bytes),
+                     "storage": vi.storage})
     if not rows:
         ui.info(f"image {a.name} was stored before versions existed: it has one, unnumbered")
-    print_table(rows, ["version", "created", "origin", "source", "files", "size", "new"])
+    print_table(rows, ["version", "created", "origin", "source", "files", "size", "new",
+                       "storage"])
     return 0
 
 
@@ -202,6 +204,9 @@ def cmd_image_verify(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
         r = verify(state, ImageRef.parse(a.ref), update)
     if not r.manifest_ok:
         print(f"manifest of {r.ref} does not match the hash recorded with the version")
+    if r.writable:
+        print(f"{r.ref} is stored as a read-only btrfs snapshot but is writable now: "
+              "someone turned its read-only flag off")
     for c in r.changes:
         print(c.describe())
     if r.ok:

@@ -147,12 +147,14 @@ def test_image_list_show_delete(root, capsys):
     make_images(root)
     assert main(["--root", str(root), "image", "list"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].split() == ["NAME", "VERSION", "VERSIONS", "ORIGIN", "SOURCE", "SIZE", "FILES"]
-    # Images stored before versions existed: no number, one version, no source.
+    assert out[0].split() == ["NAME", "VERSION", "VERSIONS", "ORIGIN", "SOURCE", "SIZE", "FILES",
+                              "STORAGE"]
+    # Images stored before versions existed: no number, one version, no
+    # source, a plain directory.
     assert [line.split()[:4] for line in out[1:]] == [["deb12", "-", "1", "bootstrap"],
                                                       ["rhel9", "-", "1", "unknown"]]
-    assert out[1].split()[4:] == ["1", "MiB", "1"]
-    assert out[2].split()[4:] == ["3", "MiB", "1"]
+    assert out[1].split()[4:] == ["1", "MiB", "1", "plain"]
+    assert out[2].split()[4:] == ["3", "MiB", "1", "plain"]
 
     assert main(["--root", str(root), "image", "show", "deb12"]) == 0
     shown = json.loads(capsys.readouterr().out)
@@ -168,7 +170,8 @@ def test_image_list_show_delete(root, capsys):
 
 
 def test_empty_lists(root, capsys):
-    for argv, header in ((["image", "list"], "NAME VERSION VERSIONS ORIGIN SOURCE SIZE FILES"),
+    for argv, header in ((["image", "list"], "NAME VERSION VERSIONS ORIGIN SOURCE SIZE FILES "
+                                                   "STORAGE"),
                          (["kernel", "list"], "NAME VERSION SOURCE MODULES FIRMWARE"),
                          (["clients"], "CLIENT LAST PHASE MESSAGE")):
         assert main(["--root", str(root), *argv]) == 0

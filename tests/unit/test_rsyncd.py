@@ -45,8 +45,9 @@ def test_render_empty_store(state):
         f"log file = {state.root}/run/rsyncd.log",
         "transfer logging = no",
         "dont compress = *",
+        "filter = -x trusted.SGI_ACL_*",
     ]
-    assert text.endswith("dont compress = *\n")
+    assert text.endswith("filter = -x trusted.SGI_ACL_*\n")
 
 
 def test_render_one_read_only_module_per_image_and_override(state):

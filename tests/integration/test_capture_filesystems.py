@@ -1,0 +1,248 @@
+"""Versions on the filesystems an image store lives on: a loop-mounted
+btrfs (each version a subvolume: a snapshot of the previous one, read-only
+once stored), xfs and ext4 (hard links).  Every check is made with tools
+other than sysclone's own: rsync's itemized checksum dry run, the
+filesystem's own usage figures, btrfs(8)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from imageserver.names import ImageRef
+from imageserver.rsyncd import Rsyncd, RsyncdConfig
+from imageserver.seal import NewVersion, seal
+from imageserver.store import ImageStore
+from imageserver.versions import Versions
+from sysclone.cli import main
+from sysclone.paths import StateRoot
+from tests.integration.capturekit import fingerprint, free_port, itemized, make_awkward_tree, sh
+
+pytestmark = pytest.mark.usefixtures("root_only")
+REPO = Path(__file__).resolve().parents[2]
+MiB = 1 << 20
+MKFS = {"btrfs": ["mkfs.btrfs", "-q"], "xfs": ["mkfs.xfs", "-q"], "ext4": ["mkfs.ext4", "-q"]}
+STORAGE = {"btrfs": "btrfs-snapshot", "xfs": "hardlink", "ext4": "hardlink"}
+# xfs shows root each ACL a second time, as trusted.SGI_ACL_*: a tree in an
+# xfs store is compared without those (the pulled copies below have none).
+NO_XFS_ACL = "--filter=-x trusted.SGI_ACL_*"
+
+
+@pytest.fixture(params=["btrfs", "xfs", "ext4"])
+def fs(request: pytest.FixtureRequest, tmp_path: Path, state: StateRoot) -> Iterator[str]:
+    """The store's images directory on a 1 GiB loop-mounted filesystem."""
+    backing = tmp_path / f"{request.param}.img"
+    with backing.open("wb") as f:
+        f.truncate(1 << 30)
+    sh(*MKFS[request.param], backing)
+    state.images.mkdir(parents=True)
+    sh("mount", "-o", "loop", backing, state.images)
+    try:
+        yield str(request.param)
+    finally:
+        if subprocess.run(["umount", state.images], capture_output=True).returncode != 0:
+            sh("umount", "-l", state.images, check=False)
+
+
+def cli(state: StateRoot, capsys: pytest.CaptureFixture[str], *argv: str
+        ) -> tuple[int, str, str]:
+    rc = main(["--root", str(state.root), "--cache", str(state.cache_dir), *argv])
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+def used(path: Path, fs: str) -> int:
+    """Bytes the filesystem holds as used, by its own account."""
+    if fs == "btrfs":
+        sh("btrfs", "filesystem", "sync", path)
+        out = sh("btrfs", "filesystem", "usage", "-b", path)
+        return int(next(line.split()[1] for line in out.splitlines()
+                        if line.strip().startswith("Used:")))
+    sh("sync", "-f", path)
+    return int(sh("df", "-B1", "--output=used", path).splitlines()[1])
+
+
+def make_tree(root: Path) -> None:
+    make_awkward_tree(root)
+    (root / "blobs").mkdir()
+    for i in range(24):
+        (root / f"blobs/b{i:02}").write_bytes(os.urandom(MiB))
+
+
+def is_readonly_subvolume(tree: Path) -> bool:
+    sh("btrfs", "subvolume", "show", tree)  # fails unless it is one
+    return sh("btrfs", "property", "get", "-ts", tree, "ro").strip() == "ro=true"
+
+
+def subvolume_ids(top: Path) -> list[tuple[str, str]]:
+    """(id, path) of each subvolume (generations move when one is snapshotted)."""
+    return [(line.split()[1], line.split(" path ", 1)[1])
+            for line in sh("btrfs", "subvolume", "list", top).splitlines()]
+
+
+def test_versions_on_each_filesystem(fs, tmp_path, state, capsys):
+    src = tmp_path / "src"
+    make_tree(src)
+    (src / "goes-away").write_text("only in version 1\n")
+    (src / "excluded-later").write_text("left out of version 2 by --exclude\n")
+    v1_copy = tmp_path / "v1-source"
+    sh("cp", "-a", src, v1_copy)
+    assert cli(state, capsys, "image", "capture", "web", "--from", str(src))[0] == 0
+    one = used(state.images, fs)
+    # 1 MiB of new content, a new file, a deleted one, a new mode, a new
+    # xattr value, and a path the second capture excludes.
+    (src / "blobs/b03").write_bytes(os.urandom(MiB))
+    (src / "added").write_text("new in version 2\n")
+    (src / "goes-away").unlink()
+    os.chmod(src / "plain", 0o600)
+    os.setxattr(src / "xattr", "user.comment", b"changed on the client")
+    rc, _, err = cli(state, capsys, "image", "capture", "web", "--from", str(src),
+                     "--exclude", "/excluded-later")
+    assert rc == 0, err
+    two = used(state.images, fs)
+    assert 0 < two - one < 3 * MiB, (one, two)  # the changed data, not a second copy
+
+    store = ImageStore(state)
+    t1, t2 = store.tree(ImageRef("web", 1)), store.tree(ImageRef("web", 2))
+    assert itemized(v1_copy, t1, NO_XFS_ACL) == []
+    assert itemized(src, t2, NO_XFS_ACL, "--exclude=/excluded-later") == []
+    assert not (t2 / "excluded-later").exists() and not (t2 / "goes-away").exists()
+    assert cli(state, capsys, "image", "verify", "web@1")[0] == 0
+    assert cli(state, capsys, "image", "verify", "web@2")[0] == 0
+    rc, out, _ = cli(state, capsys, "image", "versions", "web")
+    assert out.splitlines()[0].split()[-1] == "STORAGE"
+    assert [line.split()[-1] for line in out.splitlines()[1:]] == [STORAGE[fs]] * 2
+    rc, out, _ = cli(state, capsys, "image", "list")
+    assert out.splitlines()[1].split()[-1] == STORAGE[fs]
+    if fs == "btrfs":
+        assert is_readonly_subvolume(t1) and is_readonly_subvolume(t2)
+        with pytest.raises(OSError):
+            (t1 / "plain").write_text("a stored version never changes")
+
+    rsyncd = Rsyncd(state, RsyncdConfig(port=free_port()))
+    rsyncd.start()
+    try:
+        got = tmp_path / "got"
+        sh("rsync", "-aHAXS", "--numeric-ids",
+           f"rsync://127.0.0.1:{rsyncd.cfg.port}/web@1/", f"{got}/")
+        assert itemized(v1_copy, got) == []
+        assert cli(state, capsys, "image", "rollback", "web", "1")[0] == 0
+        sh("rsync", "-aHAXS", "--numeric-ids", "--delete",
+           f"rsync://127.0.0.1:{rsyncd.cfg.port}/web/", f"{got}/")
+        assert itemized(v1_copy, got) == []
+    finally:
+        rsyncd.stop()
+
+    # Copy and rename keep the version whole; a third capture (from version
+    # 1, the current one) stores the client as it is now.
+    assert cli(state, capsys, "image", "copy", "web@2", "other")[0] == 0
+    assert cli(state, capsys, "image", "rename", "other", "third")[0] == 0
+    assert itemized(src, store.tree(ImageRef("third")), NO_XFS_ACL,
+                    "--exclude=/excluded-later") == []
+    assert cli(state, capsys, "image", "verify", "third")[0] == 0
+    assert cli(state, capsys, "image", "capture", "web", "--from", str(src))[0] == 0
+    assert itemized(src, store.tree(ImageRef("web", 3)), NO_XFS_ACL) == []
+    assert cli(state, capsys, "image", "verify", "web@3")[0] == 0
+
+    before = used(state.images, fs)
+    assert cli(state, capsys, "image", "rollback", "web", "2")[0] == 0
+    rc, _, err = cli(state, capsys, "image", "prune", "web", "--keep", "1")
+    assert rc == 0 and "removed version(s) 1" in err
+    assert store.versions.numbers("web") == [2, 3]
+    assert used(state.images, fs) < before
+    assert cli(state, capsys, "image", "verify", "web@2")[0] == 0
+    if fs == "btrfs":
+        subvolumes = sh("btrfs", "subvolume", "list", "-o", state.images)
+        assert ".versions/web/1/" not in subvolumes and ".versions/web/2/tree" in subvolumes
+    assert cli(state, capsys, "image", "delete", "third")[0] == 0
+    assert cli(state, capsys, "image", "delete", "web")[0] == 0
+    if fs == "btrfs":
+        assert sh("btrfs", "subvolume", "list", "-o", state.images).strip() == ""
+
+
+@pytest.mark.parametrize("fs", ["btrfs"], indirect=True)
+def test_interrupted_capture_on_a_snapshot_leaves_no_trace(fs, tmp_path, state, capsys):
+    src = tmp_path / "src"
+    (src / "etc").mkdir(parents=True)
+    (src / "etc/hostname").write_text("golden\n")
+    assert cli(state, capsys, "image", "capture", "web", "--from", str(src))[0] == 0
+    (src / "incoming").mkdir()
+    for i in range(300):
+        (src / f"incoming/f{i:03}").write_bytes(os.urandom(MiB))
+    before = fingerprint(state.images)
+    subvolumes = subvolume_ids(state.images)
+    proc = subprocess.Popen([sys.executable, "-m", "sysclone.cli", "--root", str(state.root),
+                             "image", "capture", "web", "--from", str(src)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    news: list[Path] = []
+    while time.monotonic() < deadline and not news:  # once the snapshot is being filled
+        news = list((state.images / ".versions/web").glob(".new-*/tree/incoming/*"))
+        time.sleep(0.01)
+    assert news, "the capture never started copying"
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "nothing was stored, the image store is unchanged" in err
+    assert fingerprint(state.images) == before
+    assert subvolume_ids(state.images) == subvolumes
+    assert cli(state, capsys, "image", "capture", "web", "--from", str(src))[0] == 0
+    assert ImageStore(state).versions.numbers("web") == [1, 2]
+    # (/etc/machine-id is stored empty: each clone makes its own)
+    assert itemized(src, ImageStore(state).tree(ImageRef("web")),
+                    "--exclude=/etc/machine-id") == []
+
+
+@pytest.mark.parametrize("fs", ["btrfs"], indirect=True)
+def test_verify_catches_a_snapshot_made_writable_and_edited(fs, tmp_path, state, capsys):
+    src = tmp_path / "src"
+    make_tree(src)
+    assert cli(state, capsys, "image", "capture", "web", "--from", str(src))[0] == 0
+    tree = ImageStore(state).tree(ImageRef("web"))
+    sh("btrfs", "property", "set", "-ts", tree, "ro", "false")
+    rc, out, err = cli(state, capsys, "image", "verify", "web")
+    assert rc == 1 and "writable now" in out, (out, err)
+    # A flipped byte, its mtime put back: only the content hash can tell.
+    st = os.lstat(tree / "blobs/b05")
+    with (tree / "blobs/b05").open("r+b") as f:
+        f.seek(1000)
+        b = f.read(1)
+        f.seek(1000)
+        f.write(bytes([b[0] ^ 0x01]))
+    os.utime(tree / "blobs/b05", ns=(st.st_atime_ns, st.st_mtime_ns))
+    sh("btrfs", "property", "set", "-ts", tree, "ro", "true")  # and the flag put back
+    rc, out, _ = cli(state, capsys, "image", "verify", "web")
+    assert rc == 1
+    assert out.splitlines() == ["changed  /blobs/b05  (content)"]
+
+
+@pytest.mark.parametrize("fs", ["btrfs"], indirect=True)
+def test_a_tree_made_another_way_shares_data_by_reflinks(fs, state):
+    """A bootstrap or any tree not snapshotted from its parent: identical
+    files take the parent's extents (btrfs filesystem du says shared)."""
+    v = Versions(state)
+    blobs = {f"usr/b{i}": os.urandom(MiB) for i in range(8)}
+
+    def version(files: dict[str, bytes]) -> int:
+        with v.lock("web"), v.stage("web") as s:
+            for rel, data in files.items():
+                (s.tree / rel).parent.mkdir(parents=True, exist_ok=True)
+                (s.tree / rel).write_bytes(data)
+                os.utime(s.tree / rel, ns=(10**18, 10**18))
+            return seal(v, s, NewVersion("test", dedupe=True)).version
+
+    assert version(blobs) == 1
+    assert version({**blobs, "usr/b0": os.urandom(MiB)}) == 2
+    sh("btrfs", "filesystem", "sync", v.vdir("web"))
+    out = sh("btrfs", "filesystem", "du", "-s", "--raw", v.vdir("web")).splitlines()[1]
+    total, exclusive, shared = (int(x) for x in out.split()[:3])
+    assert total >= 16 * MiB and shared >= 7 * MiB and exclusive + shared < 10 * MiB, out
+    assert v.info("web", 2).storage == "btrfs-snapshot"
+    assert main(["--root", str(state.root), "image", "verify", "web@2"]) == 0
