@@ -100,6 +100,27 @@ def set_shell_var(text: str, name: str, value: str) -> str:
 
 # -- GRUB 2 ---------------------------------------------------------------------------------
 
+# Debian's and Ubuntu's signed GRUB (grub-efi-amd64-signed); grub-install
+# installs it, and shim when shim-signed is there, whenever it exists.
+SIGNED_GRUB = "usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed"
+# The prefix grub-mkimage built in: a NUL-terminated "/EFI/<vendor>".
+_SIGNED_PREFIX = re.compile(rb"\x00/EFI/([A-Za-z0-9_.-]{1,64})\x00")
+
+
+def signed_grub_dir(root: Path) -> str | None:
+    """The ESP directory (EFI/<this>) the image's signed GRUB reads its
+    grub.cfg from -- debian, ubuntu -- or None when the image has no signed
+    GRUB (grub-install then builds one for any directory)."""
+    image = root / SIGNED_GRUB
+    if not image.is_file():
+        return None
+    found = _SIGNED_PREFIX.search(image.read_bytes())
+    if found is None:
+        raise BootloaderError(f"{SIGNED_GRUB} in the image has no /EFI/<directory> built in",
+                              hint="reinstall grub-efi-amd64-signed in the golden image")
+    return found.group(1).decode()
+
+
 class Grub2(Bootloader):
     name = "grub2"
     flavors = ("grub2",)
@@ -158,7 +179,12 @@ class Grub2(Bootloader):
         if target.firmware == "uefi":
             common = [self.install_cmd, "--target=x86_64-efi",
                       f"--efi-directory={target.esp_mountpoint}"]
-            run([*common, f"--bootloader-id={target.bootloader_id}", "--recheck"], target=root)
+            # A distribution's signed GRUB (what grub-install puts on the ESP
+            # when the image has it, behind shim) reads its grub.cfg from the
+            # one directory built into it: another --bootloader-id leaves the
+            # machine at a GRUB prompt, Secure Boot on or off.
+            bootloader_id = signed_grub_dir(root) or target.bootloader_id
+            run([*common, f"--bootloader-id={bootloader_id}", "--recheck"], target=root)
             run([*common, "--removable", "--no-nvram"], target=root)
         else:
             for disk in target.disks:

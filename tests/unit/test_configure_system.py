@@ -365,6 +365,35 @@ def test_grub_uefi_with_fallback_path(root: Path, fake_commands: FakeCommands) -
         in fake_commands.calls
 
 
+def test_grub_uefi_signed_goes_where_the_signed_image_looks(root: Path,
+                                                           fake_commands: FakeCommands) -> None:
+    """With grub-efi-amd64-signed in the image, grub-install puts Debian's
+    signed GRUB (behind shim) on the ESP, and that image reads grub.cfg
+    only from the EFI directory built into it: the install must use it."""
+    debian_grub(root, update_grub=False)
+    signed = root / "usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed"
+    signed.parent.mkdir(parents=True)
+    signed.write_bytes(b"MZ" + bytes(300) + b"prefix\x00/EFI/debian\x00" + bytes(100))
+    fake_commands.add(["chroot", str(root)], "")
+    Grub2().install(root, BootTarget("uefi", ("/dev/vda1",)))
+    code = [c for c in fake_commands.calls if c[2] == "grub-install"]
+    assert code[0] == ["chroot", str(root), "grub-install", "--target=x86_64-efi",
+                       "--efi-directory=/boot/efi", "--bootloader-id=debian", "--recheck"]
+    assert "--removable" in code[1]
+
+
+def test_grub_uefi_signed_image_without_a_prefix(root: Path, fake_commands: FakeCommands) -> None:
+    debian_grub(root, update_grub=False)
+    signed = root / "usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed"
+    signed.parent.mkdir(parents=True)
+    signed.write_bytes(b"MZ" + bytes(300))
+    fake_commands.add(["chroot", str(root)], "")
+    with pytest.raises(SyscloneError) as e:
+        Grub2().install(root, BootTarget("uefi", ("/dev/vda1",)))
+    assert "no /EFI/<directory>" in e.value.message
+    assert not [c for c in fake_commands.calls if c[2] == "grub-install"]
+
+
 def test_grub2_tools_of_rhel(root: Path, fake_commands: FakeCommands) -> None:
     touch(root, "usr/sbin/grub2-install", "usr/lib/grub/i386-pc/core.img")
     fake_commands.add(["chroot", str(root)], "")
