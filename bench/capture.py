@@ -5,8 +5,14 @@
   incremental  a capture after a 1 % change vs the full capture   (lower is better)
   versions     disk use of 10 versions, 1 % changed each time, vs
                one version                                        <= 1.2
+               once in the store where the state root is (sysclone's own
+               count, `image list`'s size), and once on a loop-mounted
+               btrfs, xfs and ext4 each (made with mkfs's defaults), where
+               the ratio is of what the filesystem itself reports used
+               (df; btrfs: `filesystem usage`, metadata included): every
+               directory, inode, manifest and record counted
 
-    python -m bench.capture [--rounds N] [--json FILE]
+    python -m bench.capture [--rounds N] [--filesystems btrfs,xfs,ext4] [--json FILE]
 
 speed's ratio is the median over rounds of capture / the plain rsync run
 just before it.
@@ -22,6 +28,7 @@ host key and client key.  Needs root, rsync and openssh-server.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
@@ -30,7 +37,7 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,13 +45,17 @@ from typing import Any
 
 from imageserver.capture import CaptureOptions, capture
 from imageserver.excludes import ExcludeOptions
+from imageserver.snapshots import fs_name
 from imageserver.sources import SshSource
+from imageserver.store import ImageStore
 from imageserver.verify import disk_use
 from sysclone.paths import StateRoot
-from sysclone.run import daemon, run
+from sysclone.run import daemon, output, run, which
 
 TARGETS = {"speed": 1.1, "versions": 1.2}
 CHANGE = 0.01
+MKFS = {"btrfs": ["mkfs.btrfs", "-q"], "xfs": ["mkfs.xfs", "-q"], "ext4": ["mkfs.ext4", "-q"]}
+FILESYSTEMS = tuple(MKFS)
 
 
 @dataclass(frozen=True)
@@ -137,9 +148,9 @@ def golden_over_ssh(work: Path, cache: Path) -> Iterator[Golden]:
         yield Golden(root, root / "data", source, state, tree)
 
 
-def _capture(g: Golden, name: str) -> float:
+def _capture(g: Golden, name: str, state: StateRoot | None = None) -> float:
     t0 = time.monotonic()
-    capture(g.state, CaptureOptions(name, g.source, ExcludeOptions(server_file=None)))
+    capture(state or g.state, CaptureOptions(name, g.source, ExcludeOptions(server_file=None)))
     return time.monotonic() - t0
 
 
@@ -152,11 +163,45 @@ def _plain_rsync(g: Golden, dest: Path) -> float:
     return time.monotonic() - t0
 
 
-def _delete_image(g: Golden, name: str) -> None:
-    from imageserver.store import ImageStore
+def _delete_image(g: Golden, name: str, state: StateRoot | None = None) -> None:
+    store = ImageStore(state or g.state)
+    if store.exists(name):
+        store.delete(name)
 
-    if ImageStore(g.state).exists(name):
-        ImageStore(g.state).delete(name)
+
+def fs_used(path: Path) -> int:
+    """Bytes the filesystem holding `path` counts as used, by its own
+    account, once everything written is on disk.  btrfs: data and metadata
+    in use (`filesystem usage`; DUP metadata counts twice, as it is stored
+    twice), not the chunks it has reserved."""
+    if fs_name(path) == "btrfs":
+        run(["btrfs", "filesystem", "sync", str(path)])
+        for line in output(["btrfs", "filesystem", "usage", "-b", str(path)]).splitlines():
+            if line.strip().startswith("Used:"):
+                return int(line.split()[1])
+        raise RuntimeError(f"btrfs filesystem usage {path}: no Used line")
+    run(["sync", "-f", str(path)])
+    st = os.statvfs(path)
+    return (st.f_blocks - st.f_bfree) * st.f_frsize
+
+
+@contextmanager
+def loop_store(work: Path, fs: str, cache: Path, size: int) -> Iterator[StateRoot]:
+    """A state root whose images directory is a fresh `fs` on a sparse
+    loop-mounted file of `size` bytes."""
+    backing = work / f"store-{fs}.img"
+    with backing.open("wb") as f:
+        f.truncate(size)
+    run([*MKFS[fs], str(backing)])
+    state = StateRoot.from_options(work / f"state-{fs}", cache)
+    state.images.mkdir(parents=True)
+    run(["mount", "-o", "loop", str(backing), str(state.images)])
+    try:
+        yield state
+    finally:
+        if run(["umount", str(state.images)], check=False).returncode != 0:
+            run(["umount", "-l", str(state.images)], check=False)
+        backing.unlink()
 
 
 def change_one_percent(data: Path, seed: int) -> int:
@@ -206,39 +251,97 @@ def incremental(g: Golden) -> dict[str, Any]:
             "ratio": again / full}
 
 
-def versions(g: Golden, count: int = 10) -> dict[str, Any]:
-    """Disk use of `count` versions, 1 % changed before each, / one version."""
-    _delete_image(g, "many")
-    _capture(g, "many")
-    one = disk_use(g.state, "many")
+def versions(g: Golden, count: int = 10, state: StateRoot | None = None,
+             dedicated: bool = False) -> dict[str, Any]:
+    """Disk use of `count` versions, 1 % changed before each, / one version.
+    `dedicated`: the images directory is a filesystem of its own, and the
+    ratio is of what that filesystem reports used (everything the store
+    wrote); otherwise of sysclone's own count (`disk_use`)."""
+    state = state or g.state
+    state.images.mkdir(parents=True, exist_ok=True)
+    _delete_image(g, "many", state)
+    empty = fs_used(state.images)
+    seconds = [_capture(g, "many", state)]
+    one, fs_one = disk_use(state, "many"), fs_used(state.images) - empty
     for i in range(count - 1):
         change_one_percent(g.data, seed=100 + i)
-        _capture(g, "many")
-    total = disk_use(g.state, "many")
-    _delete_image(g, "many")
-    return {"versions": count, "one_bytes": one, "all_bytes": total, "ratio": total / one,
-            "target": TARGETS["versions"]}
+        seconds.append(_capture(g, "many", state))
+    total, fs_all = disk_use(state, "many"), fs_used(state.images) - empty
+    store = ImageStore(state)
+    vdirs = [store.versions.version_dir("many", n) for n in store.versions.numbers("many")]
+    records = sum(p.lstat().st_blocks * 512 for d in vdirs for p in d.iterdir()
+                  if p.name != "tree")
+    row = {"fs": fs_name(state.images), "storage": store.storage("many"), "versions": count,
+           "one_bytes": one, "all_bytes": total, "disk_use_ratio": total / one,
+           "records_bytes_per_version": records / len(vdirs),
+           "capture_s": {"first": seconds[0], "others_median": statistics.median(seconds[1:])},
+           "target": TARGETS["versions"]}
+    if dedicated:
+        row.update({"measured_by": "filesystem used", "fs_one_bytes": fs_one,
+                    "fs_all_bytes": fs_all, "ratio": fs_all / fs_one})
+    else:
+        row.update({"measured_by": "sysclone disk_use", "ratio": total / one})
+    _delete_image(g, "many", state)
+    return row
+
+
+def versions_on(g: Golden, fs: str, work: Path, count: int = 10) -> dict[str, Any]:
+    """versions() in a store on a fresh loop-mounted `fs`."""
+    if not which(MKFS[fs][0]):
+        return {"fs": fs, "skipped": f"{MKFS[fs][0]} is not installed"}
+    tree = sum(p.lstat().st_blocks * 512 for p in g.data.rglob("*"))
+    with loop_store(work, fs, g.state.cache_dir, max(4 << 30, 3 * tree)) as state:
+        return versions(g, count, state, dedicated=True)
+
+
+def describe_versions(r: dict[str, Any]) -> str:
+    """One line of what a versions row measured."""
+    if "skipped" in r:
+        return f"skipped: {r['skipped']}"
+    mib = 2**20
+    if r["measured_by"] == "filesystem used":
+        sizes = (f"{r['fs_all_bytes'] / mib:.0f} MiB used for {r['versions']} versions vs "
+                 f"{r['fs_one_bytes'] / mib:.0f} MiB for one; sysclone's own count "
+                 f"{r['disk_use_ratio']:.3f}")
+    else:
+        sizes = (f"{r['all_bytes'] / mib:.0f} MiB for {r['versions']} versions vs "
+                 f"{r['one_bytes'] / mib:.0f} MiB for one")
+    return (f"{r['fs']}, {r['storage']}, by {r['measured_by']}: {sizes}; records "
+            f"{r['records_bytes_per_version'] / 1024:.0f} KiB/version")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.capture", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3, help="alternated speed runs (default 3)")
+    ap.add_argument("--filesystems", default=",".join(FILESYSTEMS),
+                    help="loop-mounted stores for the versions rows (default: all of "
+                         f"{', '.join(FILESYSTEMS)}; '' for none)")
     ap.add_argument("--json", help="write the results here too")
     a = ap.parse_args(argv)
+    filesystems = [f for f in a.filesystems.split(",") if f]
+    if unknown := [f for f in filesystems if f not in MKFS]:
+        ap.error(f"--filesystems: unknown {', '.join(unknown)} (known: "
+                 f"{', '.join(FILESYSTEMS)})")
     cache = Path(os.environ.get("SYSCLONE_CACHE") or "/var/cache/sysclone")
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="sysclone-bench-capture.") as work, \
             golden_over_ssh(Path(work), cache) as g:
-        for name, fn in (("speed", lambda: speed(g, a.rounds)),
-                         ("incremental", lambda: incremental(g)),
-                         ("versions", lambda: versions(g))):
-            results[name] = fn()
-            r = results[name]
+        rows: list[tuple[str, Callable[[], dict[str, Any]]]] = [
+            ("speed", lambda: speed(g, a.rounds)), ("incremental", lambda: incremental(g)),
+            ("versions", lambda: versions(g))]
+        rows += [(f"versions-{fs}", functools.partial(versions_on, g, fs, Path(work)))
+                 for fs in filesystems]
+        for name, fn in rows:
+            results[name] = r = fn()
+            if "skipped" in r:
+                print(f"{name:16} {describe_versions(r)}", flush=True)
+                continue
             target = f" (target <= {r['target']})" if "target" in r else ""
             verdict = "" if "target" not in r else \
                 ("  PASS" if r["ratio"] <= r["target"] else "  MISS")
-            print(f"{name:12} ratio {r['ratio']:.3f}{target}{verdict}", flush=True)
+            how = f"  [{describe_versions(r)}]" if name.startswith("versions") else ""
+            print(f"{name:16} ratio {r['ratio']:.3f}{target}{verdict}{how}", flush=True)
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))

@@ -27,6 +27,7 @@ import ctypes
 import errno
 import fcntl
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -97,6 +98,34 @@ def snapshot(source: Path, dest: Path) -> None:
         return
     create(dest)
     run(["cp", "-a", "--reflink=always", f"{source}/.", f"{dest}/"])
+
+
+def without_atime(path: Path) -> None:
+    """Mount `path` on itself with noatime, while it is being filled.  In a
+    writable snapshot every inode is shared with the version it came from
+    until written; with atime updates on, rsync's readlink of each unchanged
+    symlink (and our own walk's) would rewrite its inode -- megabytes of
+    metadata per version for nothing.  Undone by release()."""
+    run(["mount", "--bind", str(path), str(path)])
+    run(["mount", "-o", "remount,bind,noatime", str(path)])
+
+
+def release(path: Path) -> None:
+    """Undo without_atime(), if it is in place."""
+    if _mounted(path) and run(["umount", str(path)], check=False).returncode != 0:
+        run(["umount", "-l", str(path)], check=False)  # busy: detach it at least
+
+
+def _mounted(path: Path) -> bool:
+    """A mount point?  (os.path.ismount says yes to every subvolume: each
+    has a device number of its own.)"""
+    want = os.path.realpath(path)
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), line.split()[4])
+            if point == want:
+                return True
+    return False
 
 
 def freeze(path: Path) -> None:

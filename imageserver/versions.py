@@ -213,6 +213,7 @@ class Versions:
             d.mkdir(mode=0o755)
             if storage == snapshots.SNAPSHOT and base is not None:
                 snapshots.snapshot(base, d / "tree")
+                snapshots.without_atime(d / "tree")
             elif storage == snapshots.SNAPSHOT:
                 snapshots.create(d / "tree")
             else:
@@ -247,6 +248,7 @@ class Versions:
         n = base + 1
         info = replace(info, version=n, storage=s.storage)
         if s.storage == snapshots.SNAPSHOT:
+            snapshots.release(s.tree)
             snapshots.freeze(s.tree)  # from here on the kernel refuses changes
         _write_atomic(s.dir / "version.json", info.to_json())
         os.rename(s.dir, vdir / str(n))
@@ -312,6 +314,7 @@ def _discard(d: Path) -> None:
     """Remove a staging directory, snapshot and all, come what may: it is
     called on the way out of a failed or interrupted change."""
     try:
+        snapshots.release(d / "tree")
         snapshots.remove_tree(d)
     except (OSError, SyscloneError):
         shutil.rmtree(d, ignore_errors=True)

@@ -246,3 +246,27 @@ def test_a_tree_made_another_way_shares_data_by_reflinks(fs, state):
     assert total >= 16 * MiB and shared >= 7 * MiB and exclusive + shared < 10 * MiB, out
     assert v.info("web", 2).storage == "btrfs-snapshot"
     assert main(["--root", str(state.root), "image", "verify", "web@2"]) == 0
+
+
+@pytest.mark.parametrize("fs", ["btrfs"], indirect=True)
+def test_capturing_an_unchanged_client_again_costs_only_its_records(fs, tmp_path, state, capsys):
+    """The snapshot is filled without atime updates: reading its symlinks
+    and directories must not rewrite their (shared) inodes."""
+    src = tmp_path / "src"
+    for d in range(100):
+        (src / f"d{d:02}").mkdir(parents=True)
+        for i in range(30):
+            (src / f"d{d:02}/l{i:02}").symlink_to(f"target-{d}-{i}")
+    assert cli(state, capsys, "image", "capture", "web", "--from", str(src))[0] == 0
+    # Version 1 captured two days ago, as far as atimes go: relatime then
+    # updates the atime of anything read.
+    tree = state.images / ".versions/web/1/tree"
+    sh("btrfs", "property", "set", "-ts", tree, "ro", "false")
+    sh("find", tree, "-exec", "touch", "-h", "-a", "-d", "2 days ago", "{}", "+")
+    sh("btrfs", "property", "set", "-ts", tree, "ro", "true")
+    before = used(state.images, fs)
+    assert cli(state, capsys, "image", "capture", "web", "--from", str(src))[0] == 0
+    records = sum(p.lstat().st_blocks * 512
+                  for p in (state.images / ".versions/web/2").iterdir() if p.name != "tree")
+    grown = used(state.images, fs) - before
+    assert grown < records + 256 * 1024, (grown, records)
