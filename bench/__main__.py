@@ -30,6 +30,9 @@ run, printed with its target and PASS/MISS:
             tree over the same SSH (bench.capture)                <= 1.1
             an incremental capture of a 1 % change vs a full one  <= 1.0
             disk use of 10 versions, 1 % changed each, vs one     <= 1.2
+              in the store where the state root is (sysclone's count), and
+              on a loop-mounted btrfs (snapshots), xfs and ext4 (hard
+              links), by what each filesystem reports used          <= 1.2
   update    updateclient on a client already on the version (no-op) vs a
             plain `rsync -aHAXS --delete` of the same trees, same excludes,
             in the same run (bench.update; no VM, needs root):
@@ -90,6 +93,8 @@ TARGETS = {
     "capture": Target("capture / plain rsync -aHAX over the same SSH", 1.1),
     "incremental": Target("capture of a 1 % change / a full capture", 1.0),
     "versions": Target("disk use of 10 versions (1 % change each) / one", 1.2),
+    **{f"versions-{fs}": Target(f"the same on a {fs} store, as the filesystem counts it", 1.2)
+       for fs in ("btrfs", "xfs", "ext4")},
     "update-bytes": Target("no-op update: bytes on the wire per file", 50.0),
     "update-time": Target("no-op update / plain rsync -aHAXS --delete", 1.1),
 }
@@ -309,8 +314,15 @@ def bench_capture(runs: int, res: Results) -> None:
                   f"{inc['full_s']:.1f}s")
         ver = capture.versions(g)
         res.record("versions", ver)
-        res.ratio("versions", ver["ratio"], f"{ver['all_bytes'] / 2**20:.0f} MiB for "
-                  f"{ver['versions']} versions vs {ver['one_bytes'] / 2**20:.0f} MiB for one")
+        res.ratio("versions", ver["ratio"], capture.describe_versions(ver))
+        for fs in capture.FILESYSTEMS:
+            key = f"versions-{fs}"
+            row = capture.versions_on(g, fs, Path(work))
+            res.record(key, row)
+            if "skipped" in row:
+                print(f"{key:<9} {capture.describe_versions(row)}")
+            else:
+                res.ratio(key, row["ratio"], capture.describe_versions(row))
 
 
 def bench_update(runs: int, res: Results) -> None:

@@ -270,3 +270,85 @@ def test_capturing_an_unchanged_client_again_costs_only_its_records(fs, tmp_path
                   for p in (state.images / ".versions/web/2").iterdir() if p.name != "tree")
     grown = used(state.images, fs) - before
     assert grown < records + 256 * 1024, (grown, records)
+
+
+@pytest.mark.parametrize("fs", ["btrfs"], indirect=True)
+def test_chroot_makes_a_snapshot_version(fs, tmp_path, state, capsys):
+    from tests.integration.test_capture_chroot import tiny_system
+
+    def mounts_below() -> list[str]:
+        return [t for t in sh("findmnt", "-rn", "-o", "TARGET").splitlines()
+                if t.startswith(f"{state.images}/")]
+
+    assert cli(state, capsys, "image", "capture", "tiny", "--from",
+               str(tiny_system(tmp_path / "t")))[0] == 0
+    rc, _, err = cli(state, capsys, "image", "chroot", "tiny", "--", "/bin/sh", "-c",
+                     "test -r /proc/self/status && echo installed > /etc/motd")
+    assert rc == 0 and "version 2: 2 path(s) changed" in err, err
+    store = ImageStore(state)
+    t1, t2 = store.tree(ImageRef("tiny", 1)), store.tree(ImageRef("tiny", 2))
+    assert (t2 / "etc/motd").read_text() == "installed\n" and not (t1 / "etc/motd").exists()
+    assert is_readonly_subvolume(t2) and mounts_below() == []
+    assert cli(state, capsys, "image", "verify", "tiny@1")[0] == 0
+    assert cli(state, capsys, "image", "verify", "tiny@2")[0] == 0
+    subvolumes = subvolume_ids(state.images)
+    rc, _, err = cli(state, capsys, "image", "chroot", "tiny", "--", "/bin/sh", "-c",
+                     "echo half-done > /etc/motd; exit 3")
+    assert rc == 1 and "nothing was stored" in err
+    assert subvolume_ids(state.images) == subvolumes and mounts_below() == []
+    assert not list((state.images / ".versions/tiny").glob(".new-*"))
+
+
+@pytest.mark.parametrize("fs", ["btrfs"], indirect=True)
+def test_hardlink_versions_on_btrfs_are_carried_on_as_snapshots(fs, tmp_path, state, capsys,
+                                                                 monkeypatch):
+    """A store that was on btrfs before snapshots (plain version trees): the
+    next version is a subvolume filled by a reflinked copy of the last one,
+    and both keep verifying."""
+    from imageserver import snapshots
+
+    src = tmp_path / "src"
+    make_tree(src)
+    with monkeypatch.context() as m:
+        m.setattr(snapshots, "mode_for", lambda path: snapshots.HARDLINK)
+        assert cli(state, capsys, "image", "capture", "web", "--from", str(src))[0] == 0
+    (src / "blobs/b07").write_bytes(os.urandom(MiB))
+    before = used(state.images, fs)
+    assert cli(state, capsys, "image", "capture", "web", "--from", str(src))[0] == 0
+    assert used(state.images, fs) - before < 8 * MiB  # data shared, metadata copied once
+    store = ImageStore(state)
+    assert [store.versions.info("web", n).storage for n in (1, 2)] == [
+        "hardlink", "btrfs-snapshot"]
+    assert is_readonly_subvolume(store.tree(ImageRef("web", 2)))
+    assert itemized(src, store.tree(ImageRef("web", 2))) == []
+    assert cli(state, capsys, "image", "verify", "web@1")[0] == 0
+    assert cli(state, capsys, "image", "verify", "web@2")[0] == 0
+    rc, out, _ = cli(state, capsys, "image", "list")
+    assert rc == 0 and out.splitlines()[1].split()[-1] == "btrfs-snapshot"
+    assert cli(state, capsys, "image", "prune", "web", "--keep", "1")[0] == 0
+    assert store.versions.numbers("web") == [2]
+
+
+def test_a_full_btrfs_store_leaves_no_half_made_snapshot(tmp_path, state, capsys):
+    backing = tmp_path / "small.img"
+    with backing.open("wb") as f:
+        f.truncate(160 * MiB)
+    sh("mkfs.btrfs", "-q", backing)
+    state.images.mkdir(parents=True)
+    sh("mount", "-o", "loop", backing, state.images)
+    try:
+        src = tmp_path / "src"
+        src.mkdir()
+        (src / "f").write_bytes(os.urandom(MiB))
+        assert cli(state, capsys, "image", "capture", "web", "--from", str(src))[0] == 0
+        for i in range(200):
+            (src / f"g{i:03}").write_bytes(os.urandom(MiB))
+        before = fingerprint(state.images)
+        subvolumes = subvolume_ids(state.images)
+        rc, _, err = cli(state, capsys, "image", "capture", "web", "--from", str(src))
+        assert rc == 1 and "the image store's filesystem is full; nothing was stored" in err, err
+        assert fingerprint(state.images) == before
+        assert subvolume_ids(state.images) == subvolumes
+        assert ImageStore(state).versions.numbers("web") == [1]
+    finally:
+        sh("umount", state.images)
