@@ -17,12 +17,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from imageserver import manifest, snapshots
+from imageserver import manifest, manifestchain, snapshots
 from imageserver.dedupe import dedupe
 from imageserver.store import ImageInfo, UsageCounter, measure
 from imageserver.versions import Staging, VersionInfo, Versions
 
-MANIFEST = "manifest.jsonl.gz"
+MANIFEST = manifestchain.FULL
 
 
 @dataclass(frozen=True)
@@ -52,8 +52,7 @@ class Sealed:
 
 
 def load_manifest(version_dir: Path) -> list[manifest.Entry] | None:
-    p = version_dir / MANIFEST
-    return manifest.load(p) if p.is_file() else None
+    return manifestchain.load(version_dir)
 
 
 def _reuse(parent_tree: Path, entries: dict[str, manifest.Entry], *, snapshot: bool = False
@@ -118,12 +117,14 @@ def seal(v: Versions, s: Staging, new: NewVersion,
         added = max(0, added - d.bytes)
     for fname, data in new.files.items():
         (s.dir / fname).write_bytes(data)
-    digest = manifest.save(walk.entries, s.dir / MANIFEST)
+    digest = manifestchain.save(s.dir, walk.entries, _delta_base(v, s, base_entries,
+                                                                 adopt_entries is not None))
     usage = counter.result()
     info = VersionInfo(version=0, created=time.time(), origin=new.origin, source=new.source,
                        details=new.details, parent=s.parent, usage=_asdict(usage),
                        entries=len(walk.entries), manifest_sha256=digest, added_bytes=added,
-                       excludes=new.excludes, warnings=new.warnings)
+                       excludes=new.excludes, warnings=new.warnings,
+                       entries_sha256=manifestchain.entries_digest(walk.entries))
     if adopt_entries is None:
         n = v.commit(s, info)
     else:
@@ -131,6 +132,21 @@ def seal(v: Versions, s: Staging, new: NewVersion,
             _describe_legacy(v, adopt, adopt_entries)
             n = v.commit(s, replace(info, parent=1), adopt)
     return Sealed(n, v.info(s.name, n), walk.hashed, shared)
+
+
+def _delta_base(v: Versions, s: Staging, base_entries: list[manifest.Entry] | None,
+                adopting: bool) -> tuple[int, list[manifest.Entry]] | None:
+    """What the new manifest is a delta against: the parent version's
+    (version 1, for a legacy image adopted in the same commit), unless the
+    chain behind it is long enough already."""
+    if base_entries is None:
+        return None
+    if adopting:
+        return 1, base_entries
+    if s.parent is None or manifestchain.chain_length(v.version_dir(s.name, s.parent)) \
+            >= manifestchain.MAX_CHAIN - 1:
+        return None
+    return s.parent, base_entries
 
 
 def _describe_legacy(v: Versions, adopt: Staging, entries: list[manifest.Entry]) -> None:
@@ -142,7 +158,8 @@ def _describe_legacy(v: Versions, adopt: Staging, entries: list[manifest.Entry])
                        origin=old.origin if old else "adopted",
                        details={**(old.details if old else {}), "adopted": True},
                        usage=_asdict(measure(tree)), entries=len(entries),
-                       manifest_sha256=digest, added_bytes=0)
+                       manifest_sha256=digest, added_bytes=0,
+                       entries_sha256=manifestchain.entries_digest(entries))
     (adopt.dir / "version.json").write_text(info.to_json())
 
 

@@ -200,8 +200,8 @@ class ImageStore:
             v = self.versions
             vi = v.info(info.name, info.version)
             d.update({k: val for k, val in asdict(vi).items()
-                      if k in ("parent", "entries", "manifest_sha256", "added_bytes",
-                               "excludes", "warnings", "storage")})
+                      if k in ("parent", "entries", "manifest_sha256", "entries_sha256",
+                               "added_bytes", "excludes", "warnings", "storage")})
             d["current"] = v.current(info.name)
             d["versions"] = v.numbers(info.name)
             vdir = v.version_dir(info.name, info.version)

@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from imageserver import manifest, snapshots
+from imageserver import manifest, manifestchain, snapshots
 from imageserver.names import ImageRef
-from imageserver.seal import MANIFEST, load_manifest
+from imageserver.seal import load_manifest
 from imageserver.store import measure
 from imageserver.versions import Versions
 from sysclone.errors import ConfigError
@@ -48,9 +48,17 @@ def verify(state: StateRoot, ref: ImageRef,
                           hint=f"make it a version: sysclone image copy {ref.name} NEWNAME")
     vdir = v.version_dir(ref.name, n)
     info = v.info(ref.name, n)
-    mfile = vdir / MANIFEST
-    manifest_ok = mfile.is_file() and manifest.sha256_file(mfile) == info.manifest_sha256
-    expected = manifest.load(mfile) if mfile.is_file() else []
+    mfile = manifestchain.file_of(vdir)
+    manifest_ok = mfile is not None and manifest.sha256_file(mfile) == info.manifest_sha256
+    try:
+        expected = manifestchain.load(vdir) or []
+    except (OSError, ValueError, KeyError) as e:  # a delta whose base was tampered with
+        if progress:
+            progress(f"manifest of {ref.name}@{n} unreadable: {e}")
+        expected, manifest_ok = [], False
+    if info.entries_sha256 is not None:  # what the manifest says, deltas applied
+        manifest_ok = manifest_ok and manifestchain.entries_digest(expected) == \
+            info.entries_sha256
     writable = info.storage == snapshots.SNAPSHOT and not (
         snapshots.is_subvolume(tree) and snapshots.is_frozen(tree))
     if progress:

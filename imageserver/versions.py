@@ -4,7 +4,9 @@
     ROOT/images/.versions/NAME/1/                 one stored version:
         tree/                the image, a plain chroot-able tree
         version.json         origin, time, source, excludes, usage, manifest hash
-        manifest.jsonl.gz    every path with its attributes and sha256
+        manifest.jsonl.gz    every path with its attributes and sha256 (or
+                             manifest.delta.jsonl.gz: what changed since an
+                             older version, see imageserver/manifestchain.py)
         layout.xml, facts.json, modules, modaliases   (captures)
     ROOT/images/.versions/NAME/.new-XXXX/        a version being made
 
@@ -36,7 +38,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from imageserver import snapshots
+from imageserver import manifestchain, snapshots
 from imageserver.names import ImageRef, check_name, is_name
 from sysclone.errors import ConfigError, SyscloneError
 from sysclone.paths import StateRoot
@@ -58,7 +60,8 @@ class VersionInfo:
     parent: int | None = None  # the version unchanged files are shared with
     usage: dict[str, Any] | None = None  # ImageUsage as a dict, when stored
     entries: int = 0  # paths in the manifest
-    manifest_sha256: str | None = None
+    manifest_sha256: str | None = None  # of the manifest file
+    entries_sha256: str | None = None  # of the whole list it describes (delta or not)
     added_bytes: int = 0  # allocated bytes not shared with the parent
     excludes: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
@@ -272,6 +275,12 @@ class Versions:
             raise ConfigError(f"version {n} is the current version of {name}",
                               hint="roll back to another version first")
         d = self.version_dir(name, n)
+        for other in self.numbers(name):  # manifests stored as deltas against n
+            od = self.version_dir(name, other)
+            if manifestchain.base_of(od) == n:
+                digest = manifestchain.materialize(od)
+                _write_atomic(od / "version.json",
+                              replace(self.info(name, other), manifest_sha256=digest).to_json())
         # Renamed away first so a half-deleted version never looks like a version.
         trash = self.vdir(name) / f"{STAGING_PREFIX}deleted-{n}-{time.time_ns()}"
         os.rename(d, trash)

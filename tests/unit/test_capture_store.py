@@ -79,7 +79,9 @@ def test_first_and_second_version_share_unchanged_files(state):
     assert vi.parent == 1 and vi.added_bytes < 40_000  # only the changed file is new
     shown = store.describe("web")
     assert shown["versions"] == [1, 2] and shown["current"] == 2
-    assert "manifest.jsonl.gz" in shown["records"] and shown["entries"] == 9
+    # Version 2's manifest is what changed since version 1.
+    assert "manifest.delta.jsonl.gz" in shown["records"] and shown["entries"] == 9
+    assert "manifest.jsonl.gz" in store.describe("web@1")["records"]
 
 
 def test_rollback_prune_delete(state):
