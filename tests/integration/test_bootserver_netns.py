@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -114,7 +115,14 @@ def state(tmp_path: Path) -> StateRoot:
 @pytest.fixture
 def bootserver(lab: tuple[str, str], state: StateRoot, tmp_path: Path
                ) -> Iterator[subprocess.Popen[str]]:
-    srv, _ = lab
+    with running(lab[0], state, tmp_path) as proc:
+        yield proc
+
+
+@contextmanager
+def running(srv: str, state: StateRoot, tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
+    """`sysclone bootserver --run` in namespace `srv`, stopped (and its exit
+    status checked) afterwards."""
     proc = subprocess.Popen(
         ["ip", "netns", "exec", srv, sys.executable, "-m", "sysclone.cli", "--root",
          str(state.root), "bootserver", "--interface", "sc-s0", "--dnsmasq-user", "root",
@@ -187,6 +195,26 @@ def test_the_tree_over_tftp_and_the_agents_dhcp(lab, bootserver, state):
                                f"tftp://{SERVER_IP}/{name}"], capture_output=True,
                               timeout=60).stdout
         assert data == (state.pxe / name).read_bytes(), name
+
+
+def test_ipxe_firmware_gets_pxelinux_from_a_tree_without_ipxe(lab, state, tmp_path):
+    """QEMU's NIC ROM is iPXE: from a pxelinux + GRUB tree it must be sent
+    pxelinux.0 over TFTP, not a boot.ipxe the tree does not have."""
+    own = StateRoot(tmp_path / "pxelinux-grub", tmp_path / "cache")
+    build_tree(own.pxe, state.pxe / "kernel", state.pxe / "initrd.img",
+               TreeInfo("IMAGENAME=web", ("pxelinux", "grub")))
+    assert not (own.pxe / "boot.ipxe").exists()
+    with running(lab[0], own, tmp_path):
+        offer = probe(lab[1], "52:54:00:77:00:06", "0", "PXEClient:Arch:00000:UNDI:002001",
+                      "iPXE")
+        assert bootfile(offer) == "pxelinux.0" and text(offer, 140) == SERVER_IP, offer
+        efi = probe(lab[1], "52:54:00:77:00:07", "7", "PXEClient:Arch:00007:UNDI:003016",
+                    "iPXE")
+        assert bootfile(efi) == "bootx64.efi", efi
+    conf = tmp_path / "dhcpd.conf"
+    conf.write_text(f"include \"{tmp_path / 'dhcpd.inc'}\";\n")
+    r = subprocess.run(["dhcpd", "-t", "-cf", str(conf)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_the_dhcpd_fragment_is_valid(lab, bootserver, tmp_path):
