@@ -126,14 +126,16 @@ def save(vdir: Path, entries: list[Entry], base: tuple[int, list[Entry]] | None)
 
 
 def materialize(vdir: Path) -> str | None:
-    """Make a delta manifest whole (its base is about to go); returns the
-    new file's sha256, or None if it was whole already.  The whole file is
-    written before the delta is removed: a crash in between leaves both,
-    and the whole one is read."""
+    """Write a delta manifest out whole (its base is about to go); returns
+    the new file's sha256, or None if it was whole already.  The delta
+    stays until drop_delta(): while both are there, the whole one is read."""
     if base_of(vdir) is None:
         return None
     entries = load(vdir)
     assert entries is not None
-    digest = manifest.save(entries, vdir / FULL)
-    (vdir / DELTA).unlink()
-    return digest
+    return manifest.save(entries, vdir / FULL)
+
+
+def drop_delta(vdir: Path) -> None:
+    if (vdir / FULL).is_file():
+        (vdir / DELTA).unlink(missing_ok=True)

@@ -281,6 +281,7 @@ class Versions:
                 digest = manifestchain.materialize(od)
                 _write_atomic(od / "version.json",
                               replace(self.info(name, other), manifest_sha256=digest).to_json())
+                manifestchain.drop_delta(od)  # only once version.json names the whole one
         # Renamed away first so a half-deleted version never looks like a version.
         trash = self.vdir(name) / f"{STAGING_PREFIX}deleted-{n}-{time.time_ns()}"
         os.rename(d, trash)
