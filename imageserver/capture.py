@@ -39,7 +39,14 @@ from imageserver.prepare.golden import skipped_mounts
 from imageserver.probe import read_facts
 from imageserver.seal import NewVersion, Sealed, seal
 from imageserver.sources import DaemonSource, LocalSource, Source, SshSource, read_secret
-from imageserver.transfer import CaptureError, DiskFull, endpoint, pull_argv, run_rsync
+from imageserver.transfer import (
+    CaptureError,
+    DiskFull,
+    endpoint,
+    pull_argv,
+    run_rsync,
+    unshare_hard_links,
+)
 from imageserver.versions import Staging, VersionInfo, Versions
 from sysclone.paths import StateRoot
 from sysclone.run import run
@@ -111,6 +118,8 @@ def _pull(v: Versions, s: Staging, source: Source, password: Path | None,
     new ones hashed as they arrive; returns rsync's notes on files that
     vanished meanwhile."""
     (s.dir / "excludes").write_text(ex.render(rules))
+    if s.seed is not None:
+        unshare_hard_links(s.tree)
     links = [p for p in [s.parent_tree, *_older_trees(v, s.name, s.parent)] if p]
     argv = pull_argv(endpoint(source, password), s.tree, s.dir / "excludes",
                      [] if s.seed is not None else links[:LINK_DESTS],

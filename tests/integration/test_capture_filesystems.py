@@ -92,6 +92,11 @@ def test_versions_on_each_filesystem(fs, tmp_path, state, capsys):
     make_tree(src)
     (src / "goes-away").write_text("only in version 1\n")
     (src / "excluded-later").write_text("left out of version 2 by --exclude\n")
+    (src / "linked-a").write_bytes(b"a" * 9000)
+    os.link(src / "linked-a", src / "linked-b")
+    with (src / "sparse").open("wb") as f:  # data, then a hole
+        f.write(os.urandom(256 * 1024))
+        f.truncate(4 * MiB)
     v1_copy = tmp_path / "v1-source"
     sh("cp", "-a", src, v1_copy)
     assert cli(state, capsys, "image", "capture", "web", "--from", str(src))[0] == 0
@@ -103,6 +108,17 @@ def test_versions_on_each_filesystem(fs, tmp_path, state, capsys):
     (src / "goes-away").unlink()
     os.chmod(src / "plain", 0o600)
     os.setxattr(src / "xattr", "user.comment", b"changed on the client")
+    # The hard-link group split on the client, both halves changed (an
+    # in-place update must not write one's content through to the other).
+    (src / "linked-b").unlink()
+    (src / "linked-b").write_bytes(b"b" * 9000)
+    with (src / "linked-a").open("r+b") as f:
+        f.write(b"A" * 9000)
+    with (src / "sparse").open("r+b") as f:  # the data becomes a hole, the hole data
+        f.truncate(0)
+        f.truncate(4 * MiB)
+        f.seek(2 * MiB)
+        f.write(os.urandom(256 * 1024))
     rc, _, err = cli(state, capsys, "image", "capture", "web", "--from", str(src),
                      "--exclude", "/excluded-later")
     assert rc == 0, err

@@ -17,7 +17,7 @@ from imageserver import snapshots
 from imageserver.manifest import Entry
 from imageserver.seal import NewVersion, _reuse, seal
 from imageserver.sources import parse_source
-from imageserver.transfer import endpoint, pull_argv
+from imageserver.transfer import endpoint, pull_argv, unshare_hard_links
 from imageserver.versions import Versions
 from sysclone.paths import StateRoot
 from tests.conftest import FakeCommands, FakeResult
@@ -52,9 +52,9 @@ def btrfs(monkeypatch: pytest.MonkeyPatch, fake_commands: FakeCommands) -> FakeC
 
 def test_pull_into_a_snapshot_deletes_what_the_client_no_longer_has(tmp_path):
     src = parse_source("root@golden")
-    argv = pull_argv(endpoint(src), tmp_path / "tree", tmp_path / "excludes",
-                     [tmp_path / "old"], update=True)
+    argv = pull_argv(endpoint(src), tmp_path / "tree", tmp_path / "excludes", update=True)
     assert "--delete" in argv and "--delete-excluded" in argv  # equal to a fresh capture
+    assert "--inplace" in argv and not any(a.startswith("--link-dest") for a in argv)
     plain = pull_argv(endpoint(src), tmp_path / "tree", tmp_path / "excludes", [tmp_path / "old"])
     assert "--delete" not in plain and f"--link-dest={tmp_path / 'old'}" in plain
     # xfs's second copy of each ACL never travels
@@ -118,3 +118,14 @@ def test_a_hash_is_trusted_only_from_an_untouched_snapshot_inode(tmp_path):
     # Not a snapshot of it: the same inode number elsewhere means nothing.
     assert _reuse(base, entries)("/f", _stat(st, st_dev=other_subvolume, st_nlink=2)) is None
     assert _reuse(base, entries)("/f", _stat(st, st_nlink=2)) == "abc"  # a hard link
+
+
+def test_hard_link_groups_keep_their_first_path_before_an_in_place_update(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "a").write_text("shared\n")
+    os.link(tmp_path / "a", tmp_path / "d/b")
+    os.link(tmp_path / "a", tmp_path / "z")
+    (tmp_path / "single").write_text("alone\n")
+    assert unshare_hard_links(tmp_path) == 2
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "d", "single"]
+    assert os.lstat(tmp_path / "a").st_nlink == 1
