@@ -14,7 +14,14 @@ import pytest
 from agent.chroot import chroot_target
 from agent.configure import netconfig
 from agent.configure.footprint import best
-from agent.configure.initrd import TOOLS, Dracut, InitramfsTools, InitrdError, kernel_versions
+from agent.configure.initrd import (
+    MD_DEGRADED_SCRIPT,
+    TOOLS,
+    Dracut,
+    InitramfsTools,
+    InitrdError,
+    kernel_versions,
+)
 from agent.configure.netconfig import STYLES, Addressing, NicIdentity
 from agent.configure.netxml import parse_network_config
 from tests.integration.goldentrees import Trees, chroot, overlay, trees  # noqa: F401
@@ -163,13 +170,18 @@ WANTED = ("sbin/mdadm", "sbin/lvm", "sbin/cryptsetup", "/raid1.ko", "/dm-crypt.k
 def test_initramfs_tools_builds_md_lvm_luks_and_btrfs_in(itools: Path) -> None:
     tool = best(TOOLS, itools)
     assert isinstance(tool, InitramfsTools)
-    assert tool.require(itools, ALL) == []
+    assert tool.require(itools, ALL) == [MD_DEGRADED_SCRIPT]
     [kver] = kernel_versions(itools)
     with chroot_target(itools, efi=False):
         tool.regenerate(itools, [kver])
         files = listing(itools, ["lsinitramfs", f"/boot/initrd.img-{kver}"])
+        # mkinitramfs put the degraded-start script in, and in its run order.
+        order = chroot(itools, "sh", "-c", f"unmkinitramfs /boot/initrd.img-{kver} /tmp/u && "
+                       "cat /tmp/u/main/scripts/init-premount/ORDER /tmp/u/scripts/"
+                       "init-premount/ORDER 2>/dev/null; rm -rf /tmp/u", check=False).stdout
     assert holds({f.replace(".ko.xz", ".ko").replace(".ko.zst", ".ko") for f in files},
-                 *WANTED) == []
+                 *WANTED, "scripts/init-premount/sysclone-md-degraded") == []
+    assert "/scripts/init-premount/sysclone-md-degraded" in order, order
 
 
 def test_initramfs_tools_without_lvm2_names_the_package(itools: Path) -> None:

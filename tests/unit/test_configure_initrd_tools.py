@@ -11,6 +11,7 @@ import pytest
 
 from agent.configure.footprint import best
 from agent.configure.initrd import (
+    MD_DEGRADED_SCRIPT,
     TOOLS,
     Dracut,
     InitramfsTools,
@@ -18,6 +19,7 @@ from agent.configure.initrd import (
     InitrdTool,
     Mkinitcpio,
     features_of,
+    is_initrd_input,
 )
 from agent.configure.initrdpolicy import storage_needs
 from tests.conftest import FakeCommands
@@ -48,7 +50,7 @@ HOOKS = "usr/share/initramfs-tools/hooks/"
 def test_initramfs_tools_needs_the_packages_hooks(tmp_path: Path) -> None:
     touch(tmp_path, "usr/sbin/update-initramfs", HOOKS + "mdadm")
     tool = InitramfsTools()
-    assert tool.require(tmp_path, frozenset({"md"})) == []
+    assert tool.require(tmp_path, frozenset({"md"})) == [MD_DEGRADED_SCRIPT]
     with pytest.raises(InitrdError) as e:
         tool.require(tmp_path, ALL)
     assert e.value.message == (
@@ -59,7 +61,26 @@ def test_initramfs_tools_needs_the_packages_hooks(tmp_path: Path) -> None:
         "that mounts root")
     assert e.value.hint == "install btrfs-progs, cryptsetup-initramfs, lvm2 in the golden image"
     touch(tmp_path, HOOKS + "lvm2", HOOKS + "cryptroot", HOOKS + "btrfs")
+    # The degraded-start script is written once; the same again writes nothing.
     assert tool.require(tmp_path, ALL) == []
+
+
+def test_initramfs_tools_starts_root_arrays_degraded_in_time(tmp_path: Path) -> None:
+    """Root on md: an init-premount script starts incomplete arrays before
+    cryptroot and LVM look for them; without md nothing is written."""
+    touch(tmp_path, "usr/sbin/update-initramfs", HOOKS + "mdadm", HOOKS + "lvm2")
+    tool = InitramfsTools()
+    assert tool.require(tmp_path, frozenset({"lvm"})) == []
+    assert not (tmp_path / MD_DEGRADED_SCRIPT).exists()
+    assert tool.require(tmp_path, frozenset({"md", "lvm"})) == [MD_DEGRADED_SCRIPT]
+    script = tmp_path / MD_DEGRADED_SCRIPT
+    assert script.stat().st_mode & 0o777 == 0o755
+    text = script.read_text()
+    # initramfs-tools' script protocol, and the arrays it waits for.
+    assert text.startswith("#!/bin/sh\n") and "prereqs) prereqs; exit 0" in text
+    assert "/etc/mdadm/mdadm.conf" in text and "mdadm -q --assemble --scan --run" in text
+    # Under /etc/initramfs-tools: sent along when the server builds the initrd.
+    assert is_initrd_input(MD_DEGRADED_SCRIPT)
 
 
 # -- dracut -------------------------------------------------------------------------------
