@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+from agent.bootenvinfo import BootenvInfo
 from agent.disks import Disk, Probe
 from agent.plan import (
     FS_FIXED_OVERHEAD,
@@ -238,8 +239,12 @@ def _check_kept(e: FsEntry, dev: str, fs: str, name: str, probe: Probe) -> tuple
 def make_plan(*, instructions: dict[str, Any], server: str, hostname: str,
               targets: list[Disk], fw: str, ram_bytes: int,
               have_tool: Any = which, probe: Probe | None = None,
-              choices: Sequence[DiskChoice] = ()) -> InstallPlan:
+              choices: Sequence[DiskChoice] = (),
+              bootenv: BootenvInfo | None = None) -> InstallPlan:
+    """`bootenv`: what the boot environment says of the tools it lacks (the
+    running one's when None), for the refusal."""
     probe = probe or Probe()
+    bootenv = bootenv if bootenv is not None else BootenvInfo.load()
     img = instructions.get("image") or {}
     if not img.get("name"):
         raise ConfigError("the server's instructions name no image")
@@ -316,8 +321,7 @@ def make_plan(*, instructions: dict[str, Any], server: str, hostname: str,
             raise ConfigError(f"layout {layout_name}: filesystem {fs!r} on {dev} is not "
                               "supported", hint="use one of " + ", ".join(sorted(MKFS_TOOLS)))
         if not kept and not have_tool(tool):
-            raise ConfigError(f"this boot environment cannot create {fs} ({tool} is missing)",
-                              hint="rebuild it with the tool group for " + fs)
+            raise bootenv.missing_tool(tool, f"cannot create {fs}")
         size = sizes.get(dev)
         if size is None:
             raise ConfigError(f"layout {layout_name}: {dev} is not a device the layout creates")
@@ -345,12 +349,11 @@ def make_plan(*, instructions: dict[str, Any], server: str, hostname: str,
     arrays = plan_arrays(layout, sizes, hostname)
     crypts = plan_crypts(layout, sizes)
     group_plans = plan_groups(layout, groups)
-    for used, tool, group in ((arrays, "mdadm", "raid"), (group_plans, "lvm", "lvm"),
-                              (crypts, "cryptsetup", "crypt")):
+    personalities = sorted({_personality(a.level) for a in arrays} - {""})
+    for used, tool, need in ((arrays, "mdadm", personalities), (group_plans, "lvm", []),
+                             (crypts, "cryptsetup", [])):
         if used and not have_tool(tool):
-            raise ConfigError(f"this boot environment cannot build layout {layout_name} "
-                              f"({tool} is missing)",
-                              hint=f"rebuild it with the {group} tool group")
+            raise bootenv.missing_tool(tool, f"cannot build layout {layout_name}", need)
     boot = boot_facts(layout, fw, tuple(fs_plans), arrays, crypts, group_plans,
                       [d.path for d in disks])
     return InstallPlan(hostname=hostname, image=image, layout=layout, layout_name=layout_name,
@@ -362,6 +365,14 @@ def make_plan(*, instructions: dict[str, Any], server: str, hostname: str,
                        esp_mountpoint=boot.esp_mountpoint,
                        boot_raid_disks=boot.boot_raid_disks, kernel_args=boot.kernel_args,
                        root_stack=boot.root_stack)
+
+
+def _personality(level: str) -> str:
+    """The md module of a RAID level: raid1 for "raid1" or "1", raid456
+    for levels 4, 5 and 6; "" for linear (md_mod itself)."""
+    lvl = level.lower().removeprefix("raid")
+    return {"4": "raid456", "5": "raid456", "6": "raid456"}.get(
+        lvl, f"raid{lvl}" if lvl in ("0", "1", "10") else "")
 
 
 def _lv_paths(layout: Layout) -> list[str]:

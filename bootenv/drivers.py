@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +37,12 @@ HOW = ("standard", "all", "loaded")
 # filesystem the agent then cannot mount, mdadm an array without md.  A
 # driver set without them (UYOK loaded: the golden client never used them)
 # leaves the tools out too, unless they were asked for by name (--tools);
-# the agent's plan then refuses a layout that needs them, before any disk
-# is touched.
+# so does a client's listing where they were loaded but idle (use count 0:
+# nothing mounted, no array or device-mapper table), unless --add-modules
+# names them.  The tools weigh more than the drivers: lvm alone brings
+# libsystemd, libgcrypt and libedit, 6 MB unpacked.  The agent's plan then
+# refuses a layout that needs them (bootenv.json in the boot environment
+# says why), before any disk is touched.
 TOOL_MODULES = {"ext4": ("ext4",), "xfs": ("xfs",), "vfat": ("vfat",), "btrfs": ("btrfs",),
                 "raid": ("md_mod",), "lvm": ("dm_mod",), "crypt": ("dm_crypt",)}
 
@@ -51,17 +55,22 @@ class DriverRequest:
     groups: tuple[str, ...] = groups_lib.STANDARD_GROUPS  # standard, list
     names: tuple[str, ...] = ()  # loaded: the client's modules; list: names and globs
     add: tuple[str, ...] = ()
+    idle: tuple[str, ...] = ()  # loaded: those nothing used on the client (use count 0)
+
+    def without(self, names: Sequence[str]) -> DriverRequest:
+        """The same request, the modules `names` of the client's listing left out."""
+        return replace(self, names=tuple(n for n in self.names if n not in set(names)))
 
     @classmethod
     def parse(cls, modules: str | None, add: Sequence[str] = (),
-              loaded: Sequence[str] = ()) -> DriverRequest:
+              loaded: Sequence[str] = (), idle: Sequence[str] = ()) -> DriverRequest:
         """`--modules` as given (None: standard); `loaded` is the listing
-        for `loaded`."""
+        for `loaded`, `idle` the part of it the client was not using."""
         value = (modules or "standard").strip()
         if value in ("standard", "all"):
             return cls(value, add=tuple(add))
         if value == "loaded":
-            return cls("loaded", (), tuple(loaded), tuple(add))
+            return cls("loaded", (), tuple(loaded), tuple(add), tuple(idle))
         items = tuple(x for x in value.replace(" ", ",").split(",") if x)
         if not items:
             raise ConfigError("--modules is empty",
@@ -131,11 +140,15 @@ def choose(db: ModuleDB, modules_dir: Path, firmware_dir: Path | None, req: Driv
                      tuple(sorted(carried)), fw_size, missing)
 
 
-def usable_tools(tool_groups: Sequence[str], db: ModuleDB, chosen: DriverSet
+def usable_tools(tool_groups: Sequence[str], db: ModuleDB, chosen: DriverSet,
+                 req: DriverRequest | None = None
                  ) -> tuple[tuple[str, ...], dict[str, list[str]]]:
     """The tool groups whose kernel modules the driver set has (or the
-    kernel has built in), and the others with the modules they lack."""
-    have = set(chosen.names)
+    kernel has built in) and, for a client's listing (`req`), that the
+    client used or --add-modules named; and the others with the modules
+    they lack."""
+    idle = set(req.idle) - set(db.match(req.add)) if req else set()
+    have = set(chosen.names) - idle
     kept: list[str] = []
     dropped: dict[str, list[str]] = {}
     for group in tool_groups:
@@ -146,6 +159,52 @@ def usable_tools(tool_groups: Sequence[str], db: ModuleDB, chosen: DriverSet
         else:
             kept.append(group)
     return tuple(kept), dropped
+
+
+def idle_stack_modules(dropped: dict[str, list[str]], req: DriverRequest) -> tuple[str, ...]:
+    """The client's idle modules whose stack was left out: of no use to
+    the boot environment either (dm_mod without LVM is 0.4 MB).  A module
+    something else kept needs comes back with the closure."""
+    idle = set(req.idle)
+    return tuple(sorted({m for mods in dropped.values() for m in mods if m in idle}))
+
+
+# What a tool group lets the agent build, as the plan names it.
+STACK_OF = {"ext4": "ext2/3/4 filesystems", "xfs": "xfs filesystems",
+            "vfat": "FAT filesystems (an EFI system partition)",
+            "btrfs": "btrfs filesystems", "raid": "md RAID arrays", "lvm": "LVM volume groups",
+            "crypt": "LUKS encryption"}
+
+
+def storage_stacks(kept: Sequence[str], dropped: dict[str, list[str]], req: DriverRequest
+                   ) -> dict[str, Any]:
+    """What the boot environment can build and, for what it cannot, why and
+    how to rebuild it: manifest.json's `storage`, and bootenv.json inside
+    the boot environment, where the agent's plan reads it."""
+    idle = set(req.idle)
+    how = {"loaded": "--modules loaded", "list": "a --modules list",
+           "standard": "--modules standard", "all": "--modules all"}[req.how]
+    stacks: dict[str, Any] = {}
+    for group in TOOL_MODULES:
+        if group in kept:
+            stacks[group] = {"can": True, "what": STACK_OF[group]}
+        elif group in dropped:
+            mods = dropped[group]
+            unused = [m for m in mods if m in idle]
+            if unused:
+                why = (f"built with {how} from a client that had {', '.join(unused)} loaded "
+                       f"but unused (no {STACK_OF[group]})")
+            elif req.how == "loaded":
+                why = f"built with {how} from a client without {', '.join(mods)}"
+            else:
+                why = f"built with {how} without {', '.join(mods)}"
+            stacks[group] = {"can": False, "what": STACK_OF[group], "why": why,
+                             "add_modules": list(mods)}
+        else:
+            stacks[group] = {"can": False, "what": STACK_OF[group],
+                             "why": "built without the tool group " + group,
+                             "add_modules": []}
+    return stacks
 
 
 def _firmware_file(firmware_dir: Path | None, name: str) -> str | None:

@@ -42,7 +42,7 @@ from sysclone.run import run
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parent.parent
-FORMAT = 2  # bump when the layout below changes
+FORMAT = 3  # bump when the layout below changes (3: extension modules stripped)
 
 # Packages whose code is frozen into the agent, and its PyPI dependencies.
 SOURCE_PACKAGES = ("agent", "sysclone")
@@ -61,6 +61,22 @@ EXCLUDES = (
     # compression formats and East Asian codecs the agent never reads
     "bz2", "_bz2", "lzma", "_lzma", "_codecs_cn", "_codecs_hk", "_codecs_iso2022",
     "_codecs_jp", "_codecs_kr", "_codecs_tw", "_multibytecodec",
+    # Imported only on Windows or AIX, or inside the functions of what the
+    # agent never does (FTP, SMTP, cookies, macOS plists, process pools:
+    # its executors are threads), and the frozen copies of importlib's
+    # bootstrap (the interpreter has them built in): modulefinder's static
+    # graph reaches them, no run does.
+    "asyncio.windows_events", "asyncio.windows_utils", "asyncio.proactor_events",
+    "multiprocessing.popen_spawn_win32", "ctypes._aix", "nturl2path", "ftplib", "smtplib",
+    "netrc", "plistlib", "http.cookiejar", "getpass", "concurrent.futures.process",
+    "importlib._bootstrap", "importlib._bootstrap_external",
+    # email.policy and what only it imports (http.client parses headers with
+    # the compat32 policy; email.message imports policy inside functions),
+    # and statistics (random imports it in its self-test) with fractions.
+    "email.policy", "email.headerregistry", "email._header_value_parser",
+    "email.contentmanager", "statistics", "fractions",
+    # what SCAN itself imports
+    "modulefinder",
 )
 
 # Entry points beyond agent.main: imported lazily, inside functions.
@@ -213,6 +229,10 @@ def freeze_agent(state: StateRoot, *, use_cache: bool = True) -> FrozenAgent:
         else:
             shutil.copyfile(src, dst)
             dst.chmod(0o755)
+            # Debian strips its own (lib-dynload); a wheel's may come with its
+            # symbol table: pyparted's _ped, 0.3 MB of its 0.48.  Only what
+            # the dynamic linker needs stays; strip is deterministic.
+            run(["strip", "--strip-unneeded", str(dst)])
     wrapper = work / "usr/bin/sysclone-agent"
     wrapper.parent.mkdir(parents=True)
     wrapper.write_text(WRAPPER)

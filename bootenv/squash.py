@@ -47,6 +47,10 @@ STAGE1_MODULES = ("loop", "squashfs", "overlay")
 # second more to the agent's start under emulation); the hot files are in
 # stage 1, compressed with the build's --compression (zstd by default).
 SQUASHFS_BLOCK = "512K"
+# UYOK `loaded` (bootenv.standard.compact): the small flavor, where the
+# agent and its tools are most of the bytes; 1 MiB blocks make its squashfs
+# 2 % smaller (9.49 -> 9.31 MB measured), for slower random reads.
+SQUASHFS_BLOCK_COMPACT = "1M"
 SQUASHFS_COMP: tuple[str, ...] = ("-comp", "xz", "-Xbcj", "x86")
 
 
@@ -116,11 +120,11 @@ def normalize_modes(top: Path) -> None:
                 os.chmod(p, want)
 
 
-def make_squashfs(tree: Path, out: Path, epoch: int) -> None:
+def make_squashfs(tree: Path, out: Path, epoch: int, block: str = SQUASHFS_BLOCK) -> None:
     normalize_modes(tree)
     out.unlink(missing_ok=True)
     run(["mksquashfs", str(tree), str(out), "-noappend", "-quiet", "-no-progress",
-         *SQUASHFS_COMP, "-b", SQUASHFS_BLOCK, "-all-root", "-no-xattrs", "-no-exports",
+         *SQUASHFS_COMP, "-b", block, "-all-root", "-no-xattrs", "-no-exports",
          "-mkfs-time", str(epoch), "-all-time", str(epoch)])
 
 
@@ -160,6 +164,7 @@ class Stage1:
     modules_dir: Path
     epoch: int
     compress: Callable[[Path, Path], None]
+    block: str = SQUASHFS_BLOCK  # of the squashfs behind it
 
 
 HOT_DIR = "s1"
@@ -201,7 +206,7 @@ def pack(st: Staging, stage1: Stage1, work: Path, initrd: Path, hot: list[str]
     one.top.mkdir()
     _stage1_tree(one, st, stage1, hot)
     sqsh = work / "root.sqsh"
-    make_squashfs(st.top, sqsh, stage1.epoch)
+    make_squashfs(st.top, sqsh, stage1.epoch, stage1.block)
     normalize_modes(one.top)
     raw1 = work / "stage1.cpio"
     entries = [*cpio.scan_tree(one.top), cpio.char_device("dev/console", 5, 1),

@@ -327,3 +327,17 @@ def loaded_modules(text: str) -> list[str]:
         raise ConfigError("the module listing names no module",
                           hint="save /proc/modules or `lsmod` of the golden client")
     return names
+
+
+def idle_modules(text: str) -> list[str]:
+    """The modules of a listing (already accepted by loaded_modules) that
+    nothing used: a use count of 0.  A mounted filesystem, an active md
+    array or device-mapper table holds a reference on its module, so an
+    idle storage module says the client did not use that stack: systemd
+    loads dm_mod and loop at every boot (modprobe@dm_mod.service) whether
+    or not there is any LVM."""
+    lines = text.splitlines()
+    if lines and lines[0].split()[:1] == ["Module"]:
+        lines = lines[1:]
+    return [normalize(parts[0]) for parts in map(str.split, lines)
+            if len(parts) >= 3 and parts[2] == "0"]

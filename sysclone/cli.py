@@ -476,7 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="more modules by name or glob, comma-separated (dependencies follow)")
     p.add_argument("--tools", help="tool groups, comma-separated (default: core,ext4,xfs,"
                                    "vfat,btrfs,raid,lvm,crypt; also: fsck, debug)")
-    p.add_argument("--compression", default="zstd", choices=("zstd", "xz", "gzip", "none"))
+    p.add_argument("--compression", choices=("zstd", "xz", "gzip", "none"),
+                   help="of the archive (stage 1 for squashfs packing); default zstd, xz "
+                        "for --modules loaded when the kernel can unpack it")
     p.add_argument("--packing", default="auto", choices=("auto", "squashfs", "cpio"),
                    help="squashfs: a compressed root read on demand behind a tiny first "
                         "stage (less RAM, faster start); cpio: one archive unpacked whole, "

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sysclone.errors import ConfigError
 from sysclone.imagecli import Add
 from sysclone.paths import StateRoot
 from sysclone.ui import Ui
+
+if TYPE_CHECKING:
+    from agent.bootenvinfo import BootenvInfo
 
 # What `layout plan` calls the image and server when none is given.
 NO_IMAGE = "IMAGE"
@@ -97,23 +100,30 @@ def _image(state: StateRoot, name: str | None) -> dict[str, Any]:
             "usage": usage.by_dir if usage else {}}
 
 
-def _tools(bootenv: Path | None, state: StateRoot) -> tuple[set[str], str]:
+def _tools(bootenv: Path | None, state: StateRoot) -> tuple[set[str], str, BootenvInfo]:
     """The programs the boot environment carries: what the agent's plan
-    checks mkfs, mdadm, lvm and cryptsetup against."""
+    checks mkfs, mdadm, lvm and cryptsetup against; and what its manifest
+    says of the storage stacks it cannot build."""
     import json
 
+    from agent.bootenvinfo import BootenvInfo
     from bootenv import tools
 
     manifest = (bootenv or state.bootenvs / "standard") / "manifest.json"
     groups: tuple[str, ...] = tools.DEFAULT_TOOLS
     where = "the default tool groups"
+    info = BootenvInfo()
     if manifest.is_file():
-        data = json.loads(manifest.read_text())
+        try:
+            data = json.loads(manifest.read_text())
+        except ValueError as e:
+            raise ConfigError(f"{manifest}: not a boot environment manifest ({e})") from None
         groups = tuple(data.get("inputs", {}).get("tool_groups") or groups)
         where = str(manifest.parent)
+        info = BootenvInfo(str(data.get("flavor") or ""), data.get("storage") or {})
     elif bootenv is not None:
         raise ConfigError(f"--bootenv {bootenv}: no manifest.json there")
-    return set(tools.resolve(groups)), where
+    return set(tools.resolve(groups)), where, info
 
 
 def cmd_layout_plan(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
@@ -129,12 +139,12 @@ def cmd_layout_plan(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
 
     layout = {"name": path.name, "format": layoutfile.format_of(path.name, text), "text": text}
     disks = parse_disks(a.disk)
-    have, where = _tools(Path(a.bootenv) if a.bootenv else None, state)
+    have, where, info = _tools(Path(a.bootenv) if a.bootenv else None, state)
     fw = a.firmware or _layout_firmware(layout)
     plan = make_plan(instructions={"image": _image(state, a.image), "layout": layout},
                      server=NO_SERVER, hostname=a.hostname, targets=disks, fw=fw,
                      ram_bytes=a.ram << 20, have_tool=lambda tool: tool in have,
-                     probe=NoProbe())
+                     probe=NoProbe(), bootenv=info)
     print(plan.describe())
     ui.info(f"(the tools checked are those of {where}; nothing was written)")
     return 0

@@ -37,6 +37,8 @@ from kernels.aptsources import find_debian_mirror
 from sysclone.demo import INSTALL_FAILED, pxe_vm
 from tests.e2e.conftest import IMAGE, Installer, sysclone
 
+LAYOUTS = Path(__file__).resolve().parents[1] / "unit" / "data" / "layouts"
+
 INSTALL_TIMEOUT = 2400
 BOOT_TIMEOUT = 900
 GENERIC_IMAGE = "golden-generic"
@@ -166,6 +168,14 @@ def test_uyok_loaded_cell(installer: Installer, golden_ssh: str, ssh_key: Path,
                for k, m in (("uyok", uyok), ("standard", standard))}
     assert drivers["uyok"] <= drivers["standard"] / 4
     assert uyok["contents"]["total"] < standard["contents"]["total"]
+    # The golden VM had no md arrays: no mdadm, and a RAID layout is refused
+    # at plan time with the rebuild that would allow it.
+    assert uyok["storage"]["ext4"]["can"] and not uyok["storage"]["raid"]["can"]
+    assert "/usr/sbin/mdadm" not in uyok["tools"]
+    r = sysclone(state, "layout", "plan", str(LAYOUTS / "raid1-lvm.toml"), "--disk", "8G,8G",
+                 "--bootenv", str(out), check=False)
+    assert r.returncode == 1 and "has no mdadm" in r.stderr and "--add-modules md_mod" in \
+        r.stderr, r.stderr
     # The recorded machine passes before it boots; virtio-scsi would not.
     r = sysclone(state, "bootenv", "check", str(out), "--client", golden, check=False)
     assert r.returncode == 0, r.stdout

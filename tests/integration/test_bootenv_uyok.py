@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,8 @@ def builds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     (image / "usr/lib").mkdir(parents=True)
     (image / "lib").symlink_to("usr/lib")
     shutil.copyfile(cloud.vmlinuz, image / "boot" / f"vmlinuz-{cloud.kver}")
+    assert cloud.config is not None
+    shutil.copyfile(cloud.config, image / "boot" / f"config-{cloud.kver}")
     shutil.copytree(cloud.modules_dir, image / "usr/lib/modules" / cloud.kver)
     kernel = add_from_image(state, "golden", "golden-k")
     loaded = build_bootenv(state, ui, output=root / "loaded", kernel="golden-k",
@@ -67,16 +70,60 @@ def test_loaded_carries_the_clients_modules_and_no_more(builds, tmp_path) -> Non
     m = _manifest(builds["loaded"])
     names = {x["name"] for x in m["modules"]["list"]}
     listed = {line.split()[0] for line in LISTING.read_text().splitlines()}
-    assert names == listed  # the client's listing is already closed over its deps
+    # The client's listing is already closed over its deps; dm_mod was loaded
+    # with nothing using it (systemd loads it at every boot; no LVM): it
+    # stays out with lvm.
+    assert names == listed - {"dm_mod"}
     assert m["flavor"] == "uyok-loaded" and m["modules"]["how"] == "loaded"
     blk = next(x for x in m["modules"]["list"] if x["name"] == "virtio_blk")
     assert "virtio:d00000002v*" in blk["aliases"]
-    # Tools whose kernel support the client never loaded stay out.
-    assert set(m["inputs"]["tools_dropped"]) == {"xfs", "vfat", "btrfs", "raid", "crypt"}
+    # Tools whose kernel support the client never loaded or never used stay out.
+    assert set(m["inputs"]["tools_dropped"]) == {"xfs", "vfat", "btrfs", "raid", "crypt", "lvm"}
+    assert m["inputs"]["tool_groups"] == ["core", "ext4"]
     root = unpack(builds["loaded"].initrd, tmp_path)
     kver = m["kernel"]["version"]
     assert (root / f"usr/lib/modules/{kver}/kernel/drivers/block/virtio_blk.ko").is_file()
-    assert not (root / "usr/sbin/mkfs.xfs").exists() and (root / "usr/sbin/lvm").exists()
+    assert not (root / f"usr/lib/modules/{kver}/kernel/drivers/md/dm-mod.ko").exists()
+    for tool in ("mkfs.xfs", "mdadm", "lvm", "cryptsetup", "mkfs.btrfs", "mkfs.fat"):
+        assert not (root / "usr/sbin" / tool).exists(), tool
+    assert (root / "usr/sbin/mke2fs").is_file() and (root / "usr/bin/rsync").is_file()
+    # ... and what only lvm needed: libsystemd (with libgcrypt), libedit.
+    libs = {p.name.split(".so")[0] for p in (root / "usr/lib/x86_64-linux-gnu").iterdir()}
+    assert not libs & {"libsystemd", "libgcrypt", "libedit", "libdevmapper-event"}, libs
+    assert "libdevmapper" in libs  # libparted's (pyparted)
+    # What it can build, and why not the rest, for the agent's plan.
+    info = json.loads((root / "etc/sysclone/bootenv.json").read_text())
+    assert info == {"flavor": "uyok-loaded", "storage": m["storage"]}
+    assert [g for g, s in info["storage"].items() if s["can"]] == ["ext4"]
+    assert info["storage"]["raid"]["why"] == ("built with --modules loaded from a client "
+                                              "without md_mod")
+    assert "dm_mod loaded but unused" in info["storage"]["lvm"]["why"]
+    assert info["storage"]["lvm"]["add_modules"] == ["dm_mod"]
+    # The compact packing: 1 MiB blocks (unsquashfs reads them back), stage 1 in
+    # xz (the cloud kernel has CONFIG_RD_XZ and the x86 filter).
+    assert m["initrd"]["compression"] == "xz" and m["initrd"]["squashfs_block"] == "1M"
+    stat = subprocess.run(["unsquashfs", "-s", str(tmp_path / "first" / "sysclone.sqsh")],
+                          capture_output=True, text=True, check=True).stdout
+    assert "Block size 1048576" in stat and "Compression xz" in stat
+    # The frozen agent still imports everything it may need, in its own root.
+    r = subprocess.run(["chroot", str(root), "/usr/bin/sysclone-agent", "selftest"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "0 failed" in r.stdout + r.stderr
+
+
+def test_add_modules_brings_an_idle_stack_back(builds, tmp_path) -> None:
+    """--add-modules dm_mod: the client's idle dm_mod is wanted after all,
+    and lvm comes with it; the standard flavor keeps every stack."""
+    m = _manifest(build_bootenv(builds["state"], Ui(quiet=True), output=tmp_path / "lvm",
+                                kernel="golden-k", modules_from=LISTING,
+                                add_modules=("dm_mod",)))
+    assert "dm_mod" in {x["name"] for x in m["modules"]["list"]}
+    assert "lvm" in m["inputs"]["tool_groups"] and m["storage"]["lvm"]["can"]
+    assert "/usr/sbin/lvm" in m["tools"]
+    std = _manifest(builds["standard"])
+    assert all(s["can"] for s in std["storage"].values()), std["storage"]
+    assert std["initrd"]["compression"] == "zstd" and std["initrd"]["squashfs_block"] == "512K"
 
 
 def test_loaded_is_a_fraction_of_the_standard_flavor(builds) -> None:

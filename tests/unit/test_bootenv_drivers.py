@@ -8,12 +8,13 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bootenv import check, drivers
 from bootenv.drivers import DriverRequest
-from kernels.moduledb import ModuleDB, kernel_aliases, loaded_modules, parse_dep
+from kernels.moduledb import ModuleDB, idle_modules, kernel_aliases, loaded_modules, parse_dep
 from sysclone.errors import ConfigError
 from tests.conftest import DATA
 
@@ -286,3 +287,72 @@ def test_tools_follow_the_drivers(cloud, generic):
     gdb, gdir, gfw = generic
     standard = drivers.choose(gdb, gdir, gfw, DriverRequest(), ("core", "ext4"))
     assert drivers.usable_tools(("core", "ext4"), gdb, standard) == (("core", "ext4"), {})
+
+
+GROUPS = ("core", "ext4", "xfs", "vfat", "btrfs", "raid", "lvm", "crypt")
+
+
+def _loaded(add: tuple[str, ...] = ()) -> DriverRequest:
+    return DriverRequest.parse("loaded", add, loaded=loaded_modules(GOLDEN_MODULES),
+                               idle=idle_modules(GOLDEN_MODULES))
+
+
+def test_an_idle_module_does_not_bring_its_tools(cloud):
+    """dm_mod was loaded on the golden VM with nothing using it (no LVM):
+    lvm (and with it libsystemd, libgcrypt, libedit) stays out, and so does
+    dm_mod itself; --add-modules dm_mod says the stack is wanted."""
+    db, mdir, fw = cloud
+    req = _loaded()
+    assert "dm_mod" in req.idle and "virtio_blk" not in req.idle
+    d = drivers.choose(db, mdir, fw, req, TOOLS)
+    kept, dropped = drivers.usable_tools(GROUPS, db, d, req)
+    assert kept == ("core", "ext4") and dropped["lvm"] == ["dm_mod"]
+    assert drivers.idle_stack_modules(dropped, req) == ("dm_mod",)
+    left = drivers.choose(db, mdir, fw, req.without(("dm_mod",)), TOOLS)
+    assert set(d.names) - set(left.names) == {"dm_mod"}
+    # Asked for by name, it counts as used: lvm stays, dm_mod with it.
+    asked = _loaded(("dm_mod",))
+    d2 = drivers.choose(db, mdir, fw, asked, TOOLS)
+    kept2, dropped2 = drivers.usable_tools(GROUPS, db, d2, asked)
+    assert "lvm" in kept2 and drivers.idle_stack_modules(dropped2, asked) == ()
+
+
+def test_storage_stacks_say_why_and_how_to_rebuild(cloud):
+    db, mdir, fw = cloud
+    req = _loaded()
+    kept, dropped = drivers.usable_tools(GROUPS, db, drivers.choose(db, mdir, fw, req, TOOLS),
+                                         req)
+    stacks = drivers.storage_stacks(kept, dropped, req)
+    assert set(stacks) == set(drivers.TOOL_MODULES)
+    assert stacks["ext4"] == {"can": True, "what": "ext2/3/4 filesystems"}
+    assert stacks["raid"] == {
+        "can": False, "what": "md RAID arrays", "add_modules": ["md_mod"],
+        "why": "built with --modules loaded from a client without md_mod"}
+    assert stacks["lvm"]["why"] == ("built with --modules loaded from a client that had dm_mod "
+                                    "loaded but unused (no LVM volume groups)")
+    # Tool groups named with --tools: what was not named is not there.
+    named = drivers.storage_stacks(("core", "ext4", "raid"), {}, DriverRequest())
+    assert named["raid"]["can"] and named["xfs"] == {
+        "can": False, "what": "xfs filesystems", "why": "built without the tool group xfs",
+        "add_modules": []}
+
+
+def test_the_compact_packing_of_uyok_loaded(tmp_path):
+    """UYOK loaded: 1 MiB squashfs blocks, and xz for stage 1 only where the
+    kernel's configuration says it can unpack it; --compression wins."""
+    from types import SimpleNamespace
+
+    from bootenv import squash
+    from bootenv.standard import compact
+
+    config = tmp_path / "config"
+    tree: Any = SimpleNamespace(config=config)
+    loaded = DriverRequest.parse("loaded", loaded=["virtio_blk"])
+    config.write_text("CONFIG_RD_ZSTD=y\nCONFIG_RD_XZ=y\nCONFIG_XZ_DEC_X86=y\n")
+    assert compact(loaded, tree, None) == ("xz", squash.SQUASHFS_BLOCK_COMPACT)
+    assert compact(loaded, tree, "zstd") == ("zstd", squash.SQUASHFS_BLOCK_COMPACT)
+    config.write_text("CONFIG_RD_ZSTD=y\n# CONFIG_RD_XZ is not set\nCONFIG_XZ_DEC_X86=y\n")
+    assert compact(loaded, tree, None) == ("zstd", squash.SQUASHFS_BLOCK_COMPACT)
+    assert compact(loaded, SimpleNamespace(config=None), None)[0] == "zstd"  # type: ignore[arg-type]
+    assert compact(DriverRequest(), tree, None) == ("zstd", squash.SQUASHFS_BLOCK)
+    assert compact(DriverRequest(), tree, "xz") == ("xz", squash.SQUASHFS_BLOCK)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from kernels import moduledb
-from kernels.moduledb import ModuleDB, loaded_modules
+from kernels.moduledb import ModuleDB, idle_modules, loaded_modules
 from sysclone.errors import ConfigError
 from tests.conftest import DATA
 
@@ -102,6 +102,19 @@ def test_loaded_modules_from_proc_modules_and_lsmod():
     lsmod = ("Module                  Size  Used by\nvirtio_net             73728  0\n"
              "net_failover           24576  1 virtio_net\n")
     assert loaded_modules(lsmod) == ["virtio_net", "net_failover"]
+
+
+def test_idle_modules_are_those_nothing_used():
+    text = (DATA / "kernels" / "proc-modules.golden-vm").read_text()
+    idle = idle_modules(text)
+    # systemd loads dm_mod and loop at every boot; the client had no LVM
+    assert "dm_mod" in idle and "loop" in idle
+    assert "virtio_blk" not in idle and "fuse" not in idle  # 3 and 1 users
+    assert set(idle) <= set(loaded_modules(text))
+    lsmod = ("Module                  Size  Used by\nvirtio_net             73728  0\n"
+             "net_failover           24576  1 virtio_net\nmd-mod  1000 -\n")
+    # lsmod's header is no module; "-" (no unload support) is not "unused"
+    assert idle_modules(lsmod) == ["virtio_net"]
 
 
 @pytest.mark.parametrize("text, message", [
