@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sysclone.errors import SyscloneError
-from sysclone.run import spawn
+from sysclone.run import run, spawn
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,33 @@ def transferred(stats: str) -> int | None:
 def rsync_url(server: str, port: int, module: str) -> str:
     host = f"[{server}]" if ":" in server else server
     return f"rsync://{host}:{port}/{module}/"
+
+
+def image_paths(url: str, paths: list[str], timeout: float = 60) -> set[str]:
+    """Which of `paths` (relative to the image's root) the image at `url`
+    holds, from one `rsync --list-only` of them all: each rsync run is a
+    fork, an exec and a daemon login, about half a second under emulation.
+    Raises when the image cannot be listed at all."""
+    m = re.fullmatch(r"(rsync://[^/]+)/(.+?)/?", url)
+    if not m or not paths:
+        raise ValueError(f"not an rsync module URL, or nothing to list: {url!r} {paths!r}")
+    module = m.group(2)
+    # Later sources on the same daemon are written ::module/path; -R with
+    # /./ lists each under the path asked for, so they can be told apart.
+    sources = [f"{m.group(1)}/{module}/./{paths[0]}", *(f"::{module}/./{p}" for p in paths[1:])]
+    res = run(["rsync", "--list-only", "--no-motd", "--relative", "--no-implied-dirs",
+               *sources], check=False, timeout=timeout)
+    if res.returncode not in (0, 23):  # 23: some of them are not there
+        why = (res.stderr or res.stdout).strip().splitlines()
+        # The daemon's own words (@ERROR: Unknown module ...) say most.
+        said = [w for w in why if w.startswith("@ERROR")] or why[-1:]
+        raise SyscloneError(said[0] if said else f"rsync exit code {res.returncode}")
+    found = set()
+    for line in res.stdout.splitlines():
+        fields = line.split(None, 4)  # mode size date time name[ -> target]
+        if len(fields) == 5:
+            found.add(fields[4].split(" -> ", 1)[0].rstrip("/"))
+    return found & set(paths)
 
 
 def pull(url: str, target: Path, *, on_progress: Callable[[Progress], None] | None = None,

@@ -35,7 +35,7 @@ from agent.configure.crypttab import write_crypttab
 from agent.configure.footprint import best
 from agent.configure.fstab import write_fstab
 from agent.configure.mdadmconf import write_mdadm_conf
-from agent.fetch import Progress, pull, rsync_url, used_bytes
+from agent.fetch import Progress, image_paths, pull, rsync_url, used_bytes
 from agent.filesystems import SwapOn, make_filesystems, mount_all, use_swap
 from agent.kmod import Kmod
 from agent.logsetup import LogTargets
@@ -306,23 +306,12 @@ def validate_plan(s: Session, instr: dict[str, Any], server: ImageServer,
         if s.params.rsync_port != 873:
             # Asked for explicitly on the command line: it wins over the server's word.
             plan = replace(plan, image=replace(plan.image, rsync_port=s.params.rsync_port))
-        _check_module(plan)
-        _check_image_tools(plan)
+        _check_image(plan)
         plan = replace(plan, keys=_luks_keys(s, plan, server))
         for line in plan.describe().splitlines():
             s.reporter.say(line)
         s.reporter.event("plan", plan=plan.to_dict())
         return plan
-
-
-def _check_module(plan: InstallPlan) -> None:
-    """The image must exist on the rsync daemon too, before any disk is touched."""
-    res = run(["rsync", "--list-only", "--no-motd", plan.image.url.rstrip("/") + "/etc/hostname"],
-              check=False, timeout=60)
-    if res.returncode != 0:
-        why = (res.stderr or res.stdout).strip().splitlines()
-        raise ConfigError(f"image {plan.image.name} cannot be read from {plan.image.url}: "
-                          + (why[-1] if why else f"rsync exit code {res.returncode}"))
 
 
 # What the installed system needs to assemble and unlock its storage at
@@ -336,18 +325,26 @@ ROOT_LUKS_HOOKS = ("cryptsetup-initramfs (or dracut)",
                     "usr/lib/dracut/modules.d/90crypt"))
 
 
-def _check_image_tools(plan: InstallPlan) -> None:
-    """An image without mdadm, lvm or cryptsetup (or, for a root on LUKS,
-    the initrd hook that unlocks it) cannot boot from the storage the
-    layout builds: refuse it now, not after the disks are written (rsync
-    lists the paths; nothing is fetched)."""
+def _check_image(plan: InstallPlan) -> None:
+    """Before any disk is touched: the image must be there on the rsync
+    daemon, and hold mdadm, lvm or cryptsetup (for a root on LUKS, the
+    initrd hook that unlocks it) when the layout builds that storage -- an
+    image without them could not assemble its disks at boot.  One listing
+    answers it all; nothing is fetched."""
     needs = [IMAGE_TOOLS[f] for f in sorted(plan.features)]
     if "luks" in plan.root_stack:
         needs.append(ROOT_LUKS_HOOKS)
-    url = plan.image.url.rstrip("/")
+    marker = "etc/hostname"
+    try:
+        have = image_paths(plan.image.url, [marker, *(p for _, paths in needs for p in paths)])
+    except SyscloneError as e:
+        raise ConfigError(f"image {plan.image.name} cannot be read from {plan.image.url}: "
+                          f"{e.message}") from None
+    if marker not in have:
+        raise ConfigError(f"image {plan.image.name} cannot be read from {plan.image.url}: "
+                          f"it has no /{marker}")
     for package, paths in needs:
-        if not any(run(["rsync", "--list-only", "--no-motd", f"{url}/{p}"], check=False,
-                       timeout=60).returncode == 0 for p in paths):
+        if not any(p in have for p in paths):
             raise ConfigError(f"layout {plan.layout_name} needs {paths[0].rsplit('/', 1)[1]} "
                               f"in the installed system, and image {plan.image.name} has none: "
                               "it could not assemble its disks at boot",

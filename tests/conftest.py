@@ -66,6 +66,20 @@ class FakeCommands:
         raise AssertionError(f"unit test tried to run a real command: {args}")
 
 
+def rsync_listing(missing: tuple[str, ...] = ()) -> Callable[[list[str]], FakeResult]:
+    """A fake `rsync --list-only --relative` of an image's paths (as
+    agent.fetch.image_paths asks, each after a /./): every one is there but
+    `missing`, which rsync reports with exit code 23."""
+    def answer(argv: list[str]) -> FakeResult:
+        asked = [a.split("/./", 1)[1] for a in argv if "/./" in a]
+        out = "".join(f"-rw-r--r--  5 2024/01/01 00:00:00 {p}\n" for p in asked
+                      if p not in missing)
+        err = "".join(f'rsync: [sender] link_stat "{p}" (in deb12) failed: No such file or '
+                      "directory (2)\n" for p in asked if p in missing)
+        return FakeResult(stdout=out, stderr=err, returncode=23 if err else 0)
+    return answer
+
+
 class _FakeProc:
     def __init__(self, args: list[str], r: FakeResult) -> None:
         self.args = args

@@ -11,6 +11,7 @@ import pytest
 
 from agent import fetch
 from agent.fetch import RSYNC_FLAGS, FetchError, Progress, pull, rsync_url
+from sysclone.errors import SyscloneError
 from tests.conftest import FakeCommands, FakeResult
 from tests.unit.agentfakes import sample
 
@@ -135,3 +136,33 @@ def test_rsync_keeps_what_an_image_needs() -> None:
     # Hard links, ACLs, xattrs (file capabilities, SELinux labels), sparse
     # files, and numeric ids (the boot environment has no passwd to map names).
     assert RSYNC_FLAGS == ("-aHAXS", "--numeric-ids", "--stats")
+
+
+# -- image_paths: which paths an image has, in one listing ------------------------------------
+
+def test_image_paths_lists_them_all_at_once(fake_commands: FakeCommands) -> None:
+    # What rsync 3.2 prints for --list-only --relative (a symlink with its
+    # target), and exit code 23 for the one that is not there.
+    fake_commands.add(["rsync"], FakeResult(
+        stdout="-rw-r--r--              2 2026/11/30 01:41:19 etc/hostname\n"
+               "lrwxrwxrwx              5 2026/11/30 01:41:27 usr/sbin/lvm -> lvm.static\n",
+        stderr='rsync: [sender] link_stat "sbin/mdadm" (in deb12) failed: No such file or '
+               "directory (2)\nrsync error: some files/attrs were not transferred (code 23)\n",
+        returncode=23))
+    got = fetch.image_paths("rsync://10.0.2.2:873/deb12/", ["etc/hostname", "sbin/mdadm",
+                                                            "usr/sbin/lvm"])
+    assert got == {"etc/hostname", "usr/sbin/lvm"}
+    assert fake_commands.calls == [[
+        "rsync", "--list-only", "--no-motd", "--relative", "--no-implied-dirs",
+        "rsync://10.0.2.2:873/deb12/./etc/hostname", "::deb12/./sbin/mdadm",
+        "::deb12/./usr/sbin/lvm"]]
+
+
+def test_image_paths_of_an_image_that_cannot_be_read(fake_commands: FakeCommands) -> None:
+    fake_commands.add(["rsync"], FakeResult(stderr="@ERROR: Unknown module 'nosuch'\n"
+                                                   "rsync error: error starting client-server "
+                                                   "protocol (code 5)\n", returncode=5))
+    with pytest.raises(SyscloneError, match=r"^@ERROR: Unknown module 'nosuch'$"):
+        fetch.image_paths("rsync://[fd00::2]:873/nosuch", ["etc/hostname"])
+    with pytest.raises(ValueError):
+        fetch.image_paths("http://10.0.2.2/deb12/", ["etc/hostname"])

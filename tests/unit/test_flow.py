@@ -32,7 +32,7 @@ from agent import flow, hardware, inventory, network
 from agent.disks import Disk
 from agent.planner import make_plan
 from agent.report import DONE_MARKER, FAILED_MARKER, Reporter
-from tests.conftest import FakeCommands, FakeResult
+from tests.conftest import FakeCommands, FakeResult, rsync_listing
 from tests.unit.agentfakes import FakeSysfs, sample
 from tests.unit.netfakes import FakeDhcp, FakeNetlink, refuse_dhcp
 
@@ -171,7 +171,7 @@ def machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     # Commands, by argv.
     fake_commands.add(["udevadm"], "")
     fake_commands.add(["/usr/lib/systemd/systemd-udevd"], "")
-    fake_commands.add(["rsync", "--list-only"], "-rw-r--r--  5 2024/01/01 00:00:00 hostname\n")
+    fake_commands.add(["rsync", "--list-only"], rsync_listing())
     fake_commands.add(["setsid", "cttyhack", "sh"], m.shell)
     yield m
 
@@ -214,7 +214,8 @@ def test_dry_run_prints_the_plan_and_touches_nothing(machine: Machine, dhcp: Fak
     # Only reading commands ran: no partitioning, formatting or mounting.
     assert commands_run(machine) & WRITERS == {"rsync"}
     assert [a for a in machine.ran() if a[0] == "rsync"] == [
-        ["rsync", "--list-only", "--no-motd", "rsync://10.0.2.2:873/deb12/etc/hostname"]]
+        ["rsync", "--list-only", "--no-motd", "--relative", "--no-implied-dirs",
+         "rsync://10.0.2.2:873/deb12/./etc/hostname"]]
     assert machine.asked == [{"server": "10.0.2.2:8181", "hostname": "node1", "mac": MAC,
                               "image": None, "layout": None, "network_config": None,
                               "script": None}]

@@ -249,10 +249,12 @@ def test_the_plan_fetches_each_key_from_the_server(luks_machine: Machine, dhcp: 
     assert {"key": "cryptsys", "hostname": "node7", "image": "deb12"} in luks_machine.asked
     assert "LUKS keys from the image server for cryptsys" in rep.lines
     # The image must carry what boots from this storage: mdadm, lvm, cryptsetup.
-    listed = [c[-1].rsplit("/", 3)[-2:] for c in luks_machine.ran() if c[0] == "rsync"]
-    assert ["sbin", "cryptsetup"] in listed and ["sbin", "mdadm"] in listed
-    assert ["sbin", "lvm"] in listed
-    assert ["hooks", "cryptroot"] in listed  # root is on LUKS: the initrd unlocks it
+    # One listing asks for them all, with the image's own marker file.
+    [listing] = [c for c in luks_machine.ran() if c[0] == "rsync"]
+    listed = {a.split("/./", 1)[1] for a in listing if "/./" in a}
+    assert {"etc/hostname", "usr/sbin/cryptsetup", "usr/sbin/mdadm", "usr/sbin/lvm"} <= listed
+    # root is on LUKS: the initrd unlocks it
+    assert "usr/share/initramfs-tools/hooks/cryptroot" in listed
     text = "\n".join(rep.lines) + repr(luks_machine.log)
     assert "s3cret" not in text
 
@@ -282,15 +284,11 @@ def test_si_luks_key_is_used_and_never_shown(luks_machine: Machine, dhcp: Any,  
 
 def test_an_image_without_the_tools_is_refused(luks_machine: Machine, dhcp: Any,  # noqa: F811
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    from tests.conftest import FakeResult
+    from tests.conftest import rsync_listing
 
     _with_key_server(luks_machine, monkeypatch, {"cryptsys": b"k"})
-    luks_machine.commands.add(
-        ["rsync", "--list-only", "--no-motd", "rsync://10.0.2.2:873/deb12/usr/sbin/cryptsetup"],
-        FakeResult(returncode=23, stderr="link_stat failed: No such file"))
-    luks_machine.commands.add(
-        ["rsync", "--list-only", "--no-motd", "rsync://10.0.2.2:873/deb12/sbin/cryptsetup"],
-        FakeResult(returncode=23))
+    luks_machine.commands.add(["rsync", "--list-only"], rsync_listing(
+        missing=("usr/sbin/cryptsetup", "sbin/cryptsetup")))
     rc, rep = luks_machine.install("IMAGESERVER=10.0.2.2 si.dry-run")
     assert rc == 1
     assert "[plan] layout luks.toml needs cryptsetup in the installed system, and image " \
