@@ -91,6 +91,24 @@ def main(argv: list[str] | None = None) -> int:
     return run_install(reporter, Path(args.cmdline), plan_only=args.command == "plan")
 
 
+def exit_now(rc: int) -> None:
+    """Leave without the interpreter's teardown (the boot environment's
+    /init calls this): tearing down touches every object the agent made,
+    and a 128 MiB client that swapped during the install must bring them
+    all back in to free them -- it spun in reclaim for minutes after the
+    install was done instead of rebooting.  Output is flushed first; the
+    install's own files were synced in the finish phase."""
+    import contextlib
+    import logging
+    import os
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(rc)
+
+
 # Imported lazily during an install; a frozen build must contain all of them.
 # pyroute2's are in agent.pyroute2_light.MODULES (imported without its __init__).
 LAZY_IMPORTS = ("parted", "pyudev", "blkinfo", "ipaddress", "tarfile", "urllib.request")

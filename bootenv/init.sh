@@ -26,7 +26,7 @@ echo 4 > /proc/sys/kernel/printk
 [ -w /proc/sys/vm/compaction_proactiveness ] && echo 0 > /proc/sys/vm/compaction_proactiveness
 
 exec_agent() {
-    /usr/bin/python3 -I -S -c 'import sys; from agent.main import main; sys.exit(main())' "$@"
+    /usr/bin/python3 -I -S -c 'from agent.main import exit_now, main; exit_now(main())' "$@"
 }
 exec_agent run
 rc=$?
