@@ -15,11 +15,12 @@ def sh(*argv: str, check: bool = True) -> str:
     return r.stdout
 
 
-def itemized_differences(image: Path, installed: Path,
+def itemized_differences(image: Path, installed: Path | str,
                          extra: tuple[str, ...] = ()) -> dict[str, str]:
     """path -> rsync itemize code, for every file whose content, type, owner,
     permissions, ACLs or xattrs differ, or that exists on one side only.
-    Directory timestamp changes alone are not differences."""
+    Directory timestamp changes alone are not differences.  `installed` may
+    be a remote root (`root@HOST:`, with `-e ssh...` in `extra`)."""
     out = sh("rsync", "-aHAXn", "--checksum", "--numeric-ids", "--delete", "-i", *extra,
              f"{image}/", f"{installed}/")
     diffs = {}

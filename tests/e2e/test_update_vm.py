@@ -61,7 +61,7 @@ from kernels.standard import debian_archive, image_package
 from sysclone.demo import INSTALL_FAILED
 from sysclone.paths import StateRoot
 from tests.e2e.conftest import SSH_IMAGE, SSH_PACKAGES, sysclone
-from tests.verify import sh
+from tests.verify import itemized_differences, sh
 
 SUBNET = "192.168.179"
 SERVER_IP, VM_IP = f"{SUBNET}.1", f"{SUBNET}.50"
@@ -303,18 +303,8 @@ def differences(lab: Lab, version: int, written: list[str]) -> dict[str, str]:
     mode, ACLs, xattrs, hard links) or exists on one side only; minus KEEP
     and what the install wrote.  A directory's time alone is no difference."""
     ex = [f"--exclude={p}" for p in (*KEEP, *(_literal(w) for w in written))]
-    out = sh("rsync", "-aHAXn", "--checksum", "--numeric-ids", "--delete", "-i",
-             "-e", shlex.join(ssh_argv(lab.key)), *ex,
-             f"{lab.tree_of(version)}/", f"root@{VM_IP}:/")
-    diffs = {}
-    for line in out.splitlines():
-        if not line.strip():
-            continue
-        code, name = line[:11], line[12:].rstrip("/")
-        if code.startswith(".d") and set(code[2:]) <= {".", "t", " "}:
-            continue
-        diffs[name] = code.strip()
-    return diffs
+    return itemized_differences(lab.tree_of(version), f"root@{VM_IP}:",
+                                extra=("-e", shlex.join(ssh_argv(lab.key)), *ex))
 
 
 # The machine's own files, which no update or rollback may touch.

@@ -54,6 +54,15 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
 
 
 # --- content ------------------------------------------------------------------
+def make_versioned_tree(root: Path) -> None:
+    """The awkward tree plus 24 MiB of blobs: a 1 MiB change is then about
+    the 4 % the version tests measure against."""
+    make_awkward_tree(root)
+    (root / "blobs").mkdir()
+    for i in range(24):
+        (root / f"blobs/b{i:02}").write_bytes(os.urandom(1 << 20))
+
+
 def make_awkward_tree(root: Path) -> dict[str, bytes]:
     """Everything a capture must keep; returns notable paths (bytes, relative)."""
     root.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,13 @@ from imageserver.store import ImageStore
 from imageserver.versions import Versions
 from sysclone.cli import main
 from sysclone.paths import StateRoot
-from tests.integration.capturekit import fingerprint, free_port, itemized, make_awkward_tree, sh
+from tests.integration.capturekit import (
+    fingerprint,
+    free_port,
+    itemized,
+    make_versioned_tree,
+    sh,
+)
 
 pytestmark = pytest.mark.usefixtures("root_only")
 REPO = Path(__file__).resolve().parents[2]
@@ -69,13 +75,6 @@ def used(path: Path, fs: str) -> int:
     return int(sh("df", "-B1", "--output=used", path).splitlines()[1])
 
 
-def make_tree(root: Path) -> None:
-    make_awkward_tree(root)
-    (root / "blobs").mkdir()
-    for i in range(24):
-        (root / f"blobs/b{i:02}").write_bytes(os.urandom(MiB))
-
-
 def is_readonly_subvolume(tree: Path) -> bool:
     sh("btrfs", "subvolume", "show", tree)  # fails unless it is one
     return sh("btrfs", "property", "get", "-ts", tree, "ro").strip() == "ro=true"
@@ -89,7 +88,7 @@ def subvolume_ids(top: Path) -> list[tuple[str, str]]:
 
 def test_versions_on_each_filesystem(fs, tmp_path, state, capsys):
     src = tmp_path / "src"
-    make_tree(src)
+    make_versioned_tree(src)
     (src / "goes-away").write_text("only in version 1\n")
     (src / "excluded-later").write_text("left out of version 2 by --exclude\n")
     (src / "linked-a").write_bytes(b"a" * 9000)
@@ -219,7 +218,7 @@ def test_interrupted_capture_on_a_snapshot_leaves_no_trace(fs, tmp_path, state, 
 @pytest.mark.parametrize("fs", ["btrfs"], indirect=True)
 def test_verify_catches_a_snapshot_made_writable_and_edited(fs, tmp_path, state, capsys):
     src = tmp_path / "src"
-    make_tree(src)
+    make_versioned_tree(src)
     assert cli(state, capsys, "image", "capture", "web", "--from", str(src))[0] == 0
     tree = ImageStore(state).tree(ImageRef("web"))
     sh("btrfs", "property", "set", "-ts", tree, "ro", "false")
@@ -324,7 +323,7 @@ def test_hardlink_versions_on_btrfs_are_carried_on_as_snapshots(fs, tmp_path, st
     from imageserver import snapshots
 
     src = tmp_path / "src"
-    make_tree(src)
+    make_versioned_tree(src)
     with monkeypatch.context() as m:
         m.setattr(snapshots, "mode_for", lambda path: snapshots.HARDLINK)
         assert cli(state, capsys, "image", "capture", "web", "--from", str(src))[0] == 0

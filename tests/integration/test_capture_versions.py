@@ -17,7 +17,12 @@ from imageserver.rsyncd import Rsyncd, RsyncdConfig
 from imageserver.store import ImageStore
 from sysclone.cli import main
 from sysclone.paths import StateRoot
-from tests.integration.capturekit import free_port, itemized, make_awkward_tree, sh
+from tests.integration.capturekit import (
+    free_port,
+    itemized,
+    make_versioned_tree,
+    sh,
+)
 
 pytestmark = pytest.mark.usefixtures("root_only")
 MiB = 1 << 20
@@ -35,13 +40,6 @@ def du(path: Path) -> int:
     return int(sh("du", "-s", "-B1", path).split()[0])
 
 
-def make_tree(root: Path) -> None:
-    make_awkward_tree(root)
-    (root / "blobs").mkdir()
-    for i in range(24):
-        (root / f"blobs/b{i:02}").write_bytes(os.urandom(MiB))
-
-
 def pull(port: int, module: str, dest: Path) -> Path:
     shutil.rmtree(dest, ignore_errors=True)
     sh("rsync", "-aHAXS", "--numeric-ids", f"rsync://127.0.0.1:{port}/{module}/", f"{dest}/")
@@ -50,7 +48,7 @@ def pull(port: int, module: str, dest: Path) -> Path:
 
 def test_versions_share_files_stay_exported_roll_back_and_prune(tmp_path, state, capsys):
     src = tmp_path / "src"
-    make_tree(src)
+    make_versioned_tree(src)
     v1_copy = tmp_path / "v1-source"
     sh("cp", "-a", src, v1_copy)
     assert cli(state, capsys, "image", "capture", "web", "--from", str(src))[0] == 0
@@ -108,7 +106,7 @@ def test_versions_share_files_stay_exported_roll_back_and_prune(tmp_path, state,
 
 def test_verify_names_every_difference(tmp_path, state, capsys):
     src = tmp_path / "src"
-    make_tree(src)
+    make_versioned_tree(src)
     assert cli(state, capsys, "image", "capture", "web", "--from", str(src))[0] == 0
     assert cli(state, capsys, "image", "verify", "web")[0] == 0
     tree = ImageStore(state).tree(ImageRef("web"))
