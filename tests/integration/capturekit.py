@@ -54,6 +54,18 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
 
 
 # --- content ------------------------------------------------------------------
+def flip_a_byte(path: Path, offset: int = 1000) -> None:
+    """One bit of a file's content flipped, its times put back: only a
+    content hash can tell."""
+    st = os.lstat(path)
+    with path.open("r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 0x01]))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
 def make_versioned_tree(root: Path) -> None:
     """The awkward tree plus 24 MiB of blobs: a 1 MiB change is then about
     the 4 % the version tests measure against."""

@@ -25,6 +25,7 @@ from sysclone.cli import main
 from sysclone.paths import StateRoot
 from tests.integration.capturekit import (
     fingerprint,
+    flip_a_byte,
     free_port,
     itemized,
     make_versioned_tree,
@@ -225,13 +226,7 @@ def test_verify_catches_a_snapshot_made_writable_and_edited(fs, tmp_path, state,
     rc, out, err = cli(state, capsys, "image", "verify", "web")
     assert rc == 1 and "writable now" in out, (out, err)
     # A flipped byte, its mtime put back: only the content hash can tell.
-    st = os.lstat(tree / "blobs/b05")
-    with (tree / "blobs/b05").open("r+b") as f:
-        f.seek(1000)
-        b = f.read(1)
-        f.seek(1000)
-        f.write(bytes([b[0] ^ 0x01]))
-    os.utime(tree / "blobs/b05", ns=(st.st_atime_ns, st.st_mtime_ns))
+    flip_a_byte(tree / "blobs/b05")
     sh("btrfs", "property", "set", "-ts", tree, "ro", "true")  # and the flag put back
     rc, out, _ = cli(state, capsys, "image", "verify", "web")
     assert rc == 1

@@ -18,6 +18,7 @@ from imageserver.store import ImageStore
 from sysclone.cli import main
 from sysclone.paths import StateRoot
 from tests.integration.capturekit import (
+    flip_a_byte,
     free_port,
     itemized,
     make_versioned_tree,
@@ -112,13 +113,7 @@ def test_verify_names_every_difference(tmp_path, state, capsys):
     tree = ImageStore(state).tree(ImageRef("web"))
     # A flipped byte (its mtime put back: size and time would not tell), a
     # changed mode, a changed xattr, a file that appeared.
-    st = os.lstat(tree / "blobs/b05")
-    with (tree / "blobs/b05").open("r+b") as f:
-        f.seek(1000)
-        b = f.read(1)
-        f.seek(1000)
-        f.write(bytes([b[0] ^ 0x01]))
-    os.utime(tree / "blobs/b05", ns=(st.st_atime_ns, st.st_mtime_ns))
+    flip_a_byte(tree / "blobs/b05")
     os.chmod(tree / "plain", 0o666)
     os.setxattr(tree / "xattr", "user.comment", b"tampered")
     (tree / "blobs/appeared").write_text("not stored by sysclone\n")
