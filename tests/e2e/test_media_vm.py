@@ -121,16 +121,22 @@ def media_append(installer: Installer, host: str, image: str) -> list[str]:
     return ["--append", installer.append(host, image)]
 
 
+def iso_and_blank_disk(installer: Installer, host: str, image: str,
+                       tmp_path: Path) -> tuple[Path, Path]:
+    """`sysclone media iso` that installs `host` from `image`, and its blank disk."""
+    iso = tmp_path / "sysclone.iso"
+    sysclone(installer.state, "media", "iso", "--output", str(iso),
+             "--bootenv", str(installer.bootenv), *media_append(installer, host, image))
+    return iso, blank_disk(installer.state.vms / f"{host}.img", 4 << 30)
+
+
 # -- a: ISO, UEFI, Secure Boot enforced ------------------------------------------------------
 
 @pytest.mark.e2e_full  # until it has passed once on the CI machine: then CI runs it
 def test_iso_on_uefi_with_secure_boot_installs_and_boots(installer: Installer, image: str,
                                                          tmp_path: Path) -> None:
     host = "e2e-iso-sb"
-    iso = tmp_path / "sysclone.iso"
-    sysclone(installer.state, "media", "iso", "--output", str(iso),
-             "--bootenv", str(installer.bootenv), *media_append(installer, host, image))
-    disk = blank_disk(installer.state.vms / f"{host}.img", 4 << 30)
+    iso, disk = iso_and_blank_disk(installer, host, image, tmp_path)
     name = f"{host}-install"
     (installer.state.vms / f"{name}.OVMF_VARS.ms.fd").unlink(missing_ok=True)
     spec = VmSpec(name=name, workdir=installer.state.vms, memory_mib=MEMORY, disks=(disk,),
@@ -157,10 +163,7 @@ def test_iso_on_uefi_with_secure_boot_installs_and_boots(installer: Installer, i
 def test_iso_on_bios_installs_and_boots(installer: Installer, image: str,
                                         tmp_path: Path) -> None:
     host = "e2e-iso-bios"
-    iso = tmp_path / "sysclone.iso"
-    sysclone(installer.state, "media", "iso", "--output", str(iso),
-             "--bootenv", str(installer.bootenv), *media_append(installer, host, image))
-    disk = blank_disk(installer.state.vms / f"{host}.img", 4 << 30)
+    iso, disk = iso_and_blank_disk(installer, host, image, tmp_path)
     spec = VmSpec(name=f"{host}-install", workdir=installer.state.vms, memory_mib=MEMORY,
                   disks=(disk,), cdrom=iso, boot="d")
     console = install(installer, spec, host)
