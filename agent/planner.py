@@ -244,7 +244,6 @@ def make_plan(*, instructions: dict[str, Any], server: str, hostname: str,
     """`bootenv`: what the boot environment says of the tools it lacks (the
     running one's when None), for the refusal."""
     probe = probe or Probe()
-    bootenv = bootenv if bootenv is not None else BootenvInfo.load()
     img = instructions.get("image") or {}
     if not img.get("name"):
         raise ConfigError("the server's instructions name no image")
@@ -321,7 +320,7 @@ def make_plan(*, instructions: dict[str, Any], server: str, hostname: str,
             raise ConfigError(f"layout {layout_name}: filesystem {fs!r} on {dev} is not "
                               "supported", hint="use one of " + ", ".join(sorted(MKFS_TOOLS)))
         if not kept and not have_tool(tool):
-            raise bootenv.missing_tool(tool, f"cannot create {fs}")
+            raise _missing_tool(bootenv, tool, f"cannot create {fs}")
         size = sizes.get(dev)
         if size is None:
             raise ConfigError(f"layout {layout_name}: {dev} is not a device the layout creates")
@@ -353,7 +352,7 @@ def make_plan(*, instructions: dict[str, Any], server: str, hostname: str,
     for used, tool, need in ((arrays, "mdadm", personalities), (group_plans, "lvm", []),
                              (crypts, "cryptsetup", [])):
         if used and not have_tool(tool):
-            raise bootenv.missing_tool(tool, f"cannot build layout {layout_name}", need)
+            raise _missing_tool(bootenv, tool, f"cannot build layout {layout_name}", need)
     boot = boot_facts(layout, fw, tuple(fs_plans), arrays, crypts, group_plans,
                       [d.path for d in disks])
     return InstallPlan(hostname=hostname, image=image, layout=layout, layout_name=layout_name,
@@ -365,6 +364,15 @@ def make_plan(*, instructions: dict[str, Any], server: str, hostname: str,
                        esp_mountpoint=boot.esp_mountpoint,
                        boot_raid_disks=boot.boot_raid_disks, kernel_args=boot.kernel_args,
                        root_stack=boot.root_stack)
+
+
+def _missing_tool(bootenv: BootenvInfo | None, tool: str, what: str,
+                  modules: Sequence[str] = ()) -> ConfigError:
+    """The refusal, with what the boot environment says of why it lacks
+    `tool` -- read only then (the running one's when `bootenv` is None), not
+    on every plan."""
+    return (bootenv if bootenv is not None else BootenvInfo.load()).missing_tool(
+        tool, what, modules)
 
 
 def _personality(level: str) -> str:
