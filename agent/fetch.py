@@ -19,9 +19,10 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sysclone.errors import SyscloneError
 from sysclone.run import run, spawn
@@ -79,20 +80,25 @@ def rsync_url(server: str, port: int, module: str) -> str:
     return f"rsync://{host}:{port}/{module}/"
 
 
+def module_sources(url: str, paths: Sequence[str]) -> list[str]:
+    """rsync source arguments for `paths` (relative to the root of the
+    daemon module at `url`), each after a /./ so that --relative names them
+    -- and recreates them under the target -- by their path in the image.
+    Later sources on the same daemon are written ::module/path."""
+    m = re.fullmatch(r"(rsync://[^/]+)/(.+?)/?", url)
+    if not m or not paths:
+        raise ValueError(f"not an rsync module URL, or no paths: {url!r} {paths!r}")
+    module = m.group(2)
+    return [f"{m.group(1)}/{module}/./{paths[0]}", *(f"::{module}/./{p}" for p in paths[1:])]
+
+
 def image_paths(url: str, paths: list[str], timeout: float = 60) -> set[str]:
     """Which of `paths` (relative to the image's root) the image at `url`
     holds, from one `rsync --list-only` of them all: each rsync run is a
     fork, an exec and a daemon login, about half a second under emulation.
     Raises when the image cannot be listed at all."""
-    m = re.fullmatch(r"(rsync://[^/]+)/(.+?)/?", url)
-    if not m or not paths:
-        raise ValueError(f"not an rsync module URL, or nothing to list: {url!r} {paths!r}")
-    module = m.group(2)
-    # Later sources on the same daemon are written ::module/path; -R with
-    # /./ lists each under the path asked for, so they can be told apart.
-    sources = [f"{m.group(1)}/{module}/./{paths[0]}", *(f"::{module}/./{p}" for p in paths[1:])]
     res = run(["rsync", "--list-only", "--no-motd", "--relative", "--no-implied-dirs",
-               *sources], check=False, timeout=timeout)
+               *module_sources(url, paths)], check=False, timeout=timeout)
     if res.returncode not in (0, 23):  # 23: some of them are not there
         why = (res.stderr or res.stdout).strip().splitlines()
         # The daemon's own words (@ERROR: Unknown module ...) say most.
@@ -108,10 +114,13 @@ def image_paths(url: str, paths: list[str], timeout: float = 60) -> set[str]:
 
 def pull(url: str, target: Path, *, on_progress: Callable[[Progress], None] | None = None,
          interval: float = 1.0, extra: tuple[str, ...] = (),
-         measure: Callable[[], int] | None = None) -> FetchResult:
+         measure: Callable[[], int] | None = None,
+         sources: Sequence[str] = ()) -> FetchResult:
     """rsync `url` into `target`; raises with rsync's own message on failure.
-    `measure` gives the bytes in use on the target (default: its statvfs)."""
-    argv = ["rsync", *RSYNC_FLAGS, *extra, url, f"{target}/"]
+    `measure` gives the bytes in use on the target (default: its statvfs).
+    `sources` replaces the URL with several source arguments (each naming
+    `url`'s daemon, as module_sources writes them)."""
+    argv = ["rsync", *RSYNC_FLAGS, *extra, *(sources or [url]), f"{target}/"]
     measure = measure or (lambda: used_bytes([target]))
     base = measure()
     t0 = time.monotonic()
@@ -152,6 +161,19 @@ def pull(url: str, target: Path, *, on_progress: Callable[[Progress], None] | No
         on_progress(Progress(measured, measured / max(seconds, 1e-6)))
     sent = transferred("\n".join(lines))
     return FetchResult(sent if sent is not None else measured, seconds)
+
+
+def pull_except(url: str, target: Path, deferred: Sequence[str], **kw: Any) -> FetchResult:
+    """The image at `url` but the `deferred` directories (relative to its
+    root), which pull_only fetches later."""
+    return pull(url, target, extra=tuple(f"--exclude=/{d}/" for d in deferred), **kw)
+
+
+def pull_only(url: str, target: Path, paths: Sequence[str], **kw: Any) -> FetchResult:
+    """Only the directories `paths` of the image at `url`, each to the same
+    place under `target`, in one rsync run (hard links between them kept)."""
+    return pull(url, target, extra=("--relative",),
+                sources=module_sources(url, [f"{p}/" for p in paths]), **kw)
 
 
 _STATS_PREFIXES = ("Number of ", "Total ", "Literal data", "Matched data", "File list ",

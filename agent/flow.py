@@ -11,6 +11,7 @@ function below; `install()` reads top to bottom.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -24,18 +25,27 @@ from typing import Any
 from agent import disks as disklib
 from agent import hardware, network
 from agent.blockdev.assemble import assemble
+from agent.bootenvinfo import running_kernel_has
 from agent.chroot import chroot_target
 from agent.configure import bootloader as bootlib
+from agent.configure import grubprobe, selinux, system
 from agent.configure import initrd as initrdlib
 from agent.configure import initrdpolicy as policy
 from agent.configure import netconfig as netlib
 from agent.configure import scripts as scriptlib
-from agent.configure import selinux, system
 from agent.configure.crypttab import write_crypttab
 from agent.configure.footprint import best
 from agent.configure.fstab import write_fstab
 from agent.configure.mdadmconf import write_mdadm_conf
-from agent.fetch import Progress, image_paths, pull, rsync_url, used_bytes
+from agent.fetch import (
+    Progress,
+    image_paths,
+    pull,
+    pull_except,
+    pull_only,
+    rsync_url,
+    used_bytes,
+)
 from agent.filesystems import SwapOn, make_filesystems, mount_all, use_swap
 from agent.kmod import Kmod
 from agent.logsetup import LogTargets
@@ -302,7 +312,7 @@ def validate_plan(s: Session, instr: dict[str, Any], server: ImageServer,
         targets = install_targets(all_disks, s.params.disks)
         plan = make_plan(instructions=instr, server=server.host, hostname=hostname,
                          targets=list(targets.disks), fw=firmware(), ram_bytes=_ram_bytes(),
-                         choices=targets.choices)
+                         choices=targets.choices, have_module=running_kernel_has())
         if s.params.rsync_port != 873:
             # Asked for explicitly on the command line: it wins over the server's word.
             plan = replace(plan, image=replace(plan.image, rsync_port=s.params.rsync_port))
@@ -408,21 +418,50 @@ def mount_target(s: Session, plan: InstallPlan, stack: ExitStack) -> tuple[Path,
         return TARGET, swap
 
 
-def pull_image(s: Session, plan: InstallPlan, root: Path) -> None:
+def pull_image(s: Session, plan: InstallPlan, root: Path) -> int:
+    """The image but what the server lets come last (image.deferred);
+    returns the bytes in use on the target before it started."""
     with s.steps.phase("fetch"):
-        # Progress is the space used on the new filesystems, against what
-        # the image occupies on the server's.
-        total = plan.image.bytes or plan.image.transfer_bytes
         mounts = [root / (f.mountpoint or "/").lstrip("/") for f in plan.mounts]
+        start = used_bytes(mounts)
+        res = pull_except(plan.image.url, root, plan.image.deferred,
+                          on_progress=_progress(s, plan, "fetch", 0),
+                          measure=lambda: used_bytes(mounts))
+        rest = f", {len(plan.image.deferred)} directories to follow" \
+            if plan.image.deferred else ""
+        s.reporter.say(f"{res.bytes / 2**20:,.0f} MiB in {res.seconds:.1f}s{rest}")
+        return start
 
-        def progress(pr: Progress) -> None:
-            pct = min(100, pr.bytes * 100 // total) if total else None
-            s.reporter.event("progress", phase="fetch", bytes=pr.bytes, rate=pr.rate,
-                             percent=pct)
 
-        res = pull(plan.image.url, root, on_progress=progress,
-                   measure=lambda: used_bytes(mounts))
-        s.reporter.say(f"{res.bytes / 2**20:,.0f} MiB in {res.seconds:.1f}s")
+def pull_rest(s: Session, plan: InstallPlan, root: Path, start: int) -> None:
+    """The deferred directories (kernel modules, firmware, documentation,
+    package lists: imageserver.fetchorder), while the system is configured."""
+    with s.steps.phase("fetch-rest"):
+        if not plan.image.deferred:
+            s.reporter.say("nothing deferred: the image is all there")
+            return
+        mounts = [root / (f.mountpoint or "/").lstrip("/") for f in plan.mounts]
+        done = used_bytes(mounts) - start
+        res = pull_only(plan.image.url, root, plan.image.deferred,
+                        on_progress=_progress(s, plan, "fetch-rest", done),
+                        measure=lambda: used_bytes(mounts))
+        s.reporter.say(f"{', '.join('/' + d for d in plan.image.deferred)}: "
+                       f"{res.bytes / 2**20:,.0f} MiB in {res.seconds:.1f}s")
+
+
+def _progress(s: Session, plan: InstallPlan, phase: str, before: int
+              ) -> Callable[[Progress], None]:
+    """Progress is the space used on the new filesystems (`before`: what
+    an earlier pull of this install added), against what the image
+    occupies on the server's."""
+    total = plan.image.bytes or plan.image.transfer_bytes
+
+    def progress(pr: Progress) -> None:
+        b = before + pr.bytes
+        pct = min(100, b * 100 // total) if total else None
+        s.reporter.event("progress", phase=phase, bytes=b, rate=pr.rate, percent=pct)
+
+    return progress
 
 
 def apply_overrides(s: Session, plan: InstallPlan, root: Path) -> None:
@@ -563,7 +602,10 @@ def prepare_initrd(s: Session, plan: InstallPlan, root: Path) -> None:
         s.written += tool.configure(root, swap)
 
 
-def initrd(s: Session, plan: InstallPlan, server: ImageServer, root: Path) -> None:
+def initrd(s: Session, plan: InstallPlan, server: ImageServer, root: Path,
+           whole_image: Callable[[], object] = lambda: None) -> None:
+    """`whole_image()` returns once the deferred part of the image is there
+    (module objects, firmware): what a regeneration here needs."""
     with s.steps.phase("initrd"):
         tool = best(initrdlib.TOOLS, root)
         kvers = initrdlib.kernel_versions(root)
@@ -602,6 +644,7 @@ def initrd(s: Session, plan: InstallPlan, server: ImageServer, root: Path) -> No
                                "regenerating here instead")
                 s.reporter.event("initrd-built", where="client", server_error=e.message)
                 t0 = time.monotonic()
+        whole_image()
         tool.regenerate(root, kvers)
         s.reporter.event("initrd-built", where="client", seconds=round(time.monotonic() - t0, 2))
 
@@ -668,7 +711,16 @@ def install_bootloader(s: Session, plan: InstallPlan, root: Path,
             timeout=layout_bl.timeout if layout_bl else None,
             default_entry=layout_bl.default_entry if layout_bl else None)
         bl = bootlib.choose(root, target)
-        bl.install(root, target, initrd_ready)
+        with ExitStack() as config_done:
+            def config_may_start() -> None:
+                # GRUB writes its configuration once the initrds are there;
+                # only then may udevadm be hidden from its grub-probe runs
+                # (initrd tools copy udevadm into the initrd).
+                initrd_ready()
+                if isinstance(bl, bootlib.Grub2):
+                    config_done.enter_context(grubprobe.without_udevadm(root, s.reporter.say))
+
+            bl.install(root, target, config_may_start)
         s.reporter.say(f"{bl.name} for {plan.firmware} on {', '.join(plan.boot_disks)}")
 
 
@@ -710,27 +762,15 @@ def install(s: Session, plan_only: bool) -> InstallPlan | None:
     format_filesystems(s, plan)
     with ExitStack() as mounts:
         root, swap = mount_target(s, plan, mounts)
-        pull_image(s, plan, root)
+        start = pull_image(s, plan, root)
+        if plan.overrides:  # they go on top of the whole image
+            pull_rest(s, plan, root, start)
         apply_overrides(s, plan, root)
         # Everything from here runs the image's own tools, chrooted: with
         # /dev, /proc, /sys bound (a captured image's /dev is empty).
         with chroot_target(root, efi=plan.firmware == "uefi"):
-            configure_system(s, plan, net, root, netcfg)
-            # Mostly shell scripts that take minutes on a slow machine: run
-            # side by side.  Only the bootloader's configuration, which
-            # lists the initrds, waits for the initrd phase.
-            initrd_done = threading.Event()
-
-            def initrd_phase() -> None:
-                try:
-                    initrd(s, plan, server, root)
-                finally:
-                    initrd_done.set()
-
-            s.steps.concurrently({
-                "initrd": initrd_phase,
-                "bootloader": lambda: install_bootloader(s, plan, root, initrd_done.wait),
-            })
+            _configure_while_fetching(s, plan, net, server, root,
+                                      None if plan.overrides else start, netcfg)
             post_install(s, plan, net, root, scripts["post-install"])
         with s.steps.phase("finish"):
             kept = swap.keep()
@@ -741,6 +781,49 @@ def install(s: Session, plan_only: bool) -> InstallPlan | None:
                            + (f"; swap on {', '.join(kept)} stays on until the reboot"
                               if kept else ""))
     return plan
+
+
+def _configure_while_fetching(s: Session, plan: InstallPlan, net: network.NetConfig,
+                              server: ImageServer, root: Path, start: int | None,
+                              netcfg: netlib.NetworkConfig | None) -> None:
+    """fetch-rest (when `start` says it is still to come), configure ->
+    initrd, and the bootloader, side by side: rsync and mostly shell
+    scripts, minutes on a slow machine.  What orders them:
+      - an initrd regenerated here needs the module objects and firmware,
+        which may still be coming: it waits for the rest of the image;
+      - the bootloader's configuration lists the initrds: it waits for the
+        initrd phase (its boot code is installed meanwhile).
+    Nothing else reads what comes last (imageserver.fetchorder)."""
+    rest_done, rest_ok, initrd_done = threading.Event(), threading.Event(), threading.Event()
+    if start is None:
+        rest_ok.set()
+        rest_done.set()
+
+    def whole_image() -> None:
+        rest_done.wait()
+        if not rest_ok.is_set():
+            raise SyscloneError("the rest of the image did not arrive (see fetch-rest)")
+
+    def rest(start: int) -> None:
+        try:
+            pull_rest(s, plan, root, start)
+            rest_ok.set()
+        finally:
+            rest_done.set()
+
+    def configure_and_initrd() -> None:
+        try:
+            configure_system(s, plan, net, root, netcfg)
+            initrd(s, plan, server, root, whole_image)
+        finally:
+            initrd_done.set()
+
+    jobs: dict[str, Callable[[], None]] = {}
+    if start is not None:
+        jobs["fetch-rest"] = functools.partial(rest, start)
+    jobs["configure"] = configure_and_initrd
+    jobs["bootloader"] = lambda: install_bootloader(s, plan, root, initrd_done.wait)
+    s.steps.concurrently(jobs, also=("initrd",))
 
 
 def _shell(phase: str) -> None:

@@ -48,6 +48,8 @@ PHASES: tuple[Phase, ...] = (
     Phase("mount", "mount the new filesystems, swap on", ("main-install",)),
     Phase("fetch", "pull the image", ("download-image", "extract-image")),
     Phase("overrides", "apply the overrides", ("install-overrides",)),
+    Phase("fetch-rest", "pull what the image server let come last (kernel modules, firmware, "
+                        "documentation, package lists), while the system is configured"),
     Phase("configure", "write fstab, hostname and network config",
           ("install-configs", "configure-network", "se-linux")),
     Phase("initrd", "keep or regenerate the installed system's initrd"),
@@ -127,12 +129,14 @@ class Steps:
         return name == PARAMS_STEP or name == self.current or \
             any(done == name for done, _ in self.timings)
 
-    def concurrently(self, jobs: dict[str, Callable[[], None]]) -> None:
+    def concurrently(self, jobs: dict[str, Callable[[], None]],
+                     also: tuple[str, ...] = ()) -> None:
         """Run independent phases at the same time (each reports itself as
-        usual); one after the other when a breakpoint is set on any of them,
+        usual; `also` names further phases the jobs run); one after the
+        other, in the order given, when a breakpoint is set on any of them,
         so that only one shell ever owns the console.  The first failure is
         raised once all have ended."""
-        if self.breaks & set(jobs):
+        if self.breaks & (set(jobs) | set(also)):
             for job in jobs.values():
                 job()
             return

@@ -60,6 +60,8 @@ class ImageRef:
     usage: dict[str, int]
     transfer_bytes: int | None = None  # what rsync will count as it goes
     version: int | None = None  # the image store's version this install gets
+    # Directories the server lets the install fetch last (imageserver.fetchorder).
+    deferred: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:

@@ -12,8 +12,9 @@ si.disk rule that chose more of them than the layout uses is refused here.
 
 from __future__ import annotations
 
+import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -240,9 +241,12 @@ def make_plan(*, instructions: dict[str, Any], server: str, hostname: str,
               targets: list[Disk], fw: str, ram_bytes: int,
               have_tool: Any = which, probe: Probe | None = None,
               choices: Sequence[DiskChoice] = (),
-              bootenv: BootenvInfo | None = None) -> InstallPlan:
+              bootenv: BootenvInfo | None = None,
+              have_module: Callable[[str], bool] | None = None) -> InstallPlan:
     """`bootenv`: what the boot environment says of the tools it lacks (the
-    running one's when None), for the refusal."""
+    running one's when None), for the refusal.  `have_module`: whether the
+    boot environment's kernel has a module (the agent passes the running
+    kernel's; None checks nothing)."""
     probe = probe or Probe()
     img = instructions.get("image") or {}
     if not img.get("name"):
@@ -250,7 +254,8 @@ def make_plan(*, instructions: dict[str, Any], server: str, hostname: str,
     image = ImageRef(name=img["name"], module=img.get("module") or img["name"], server=server,
                      rsync_port=int(img.get("rsync_port") or 873), bytes=img.get("bytes"),
                      files=img.get("files"), usage=dict(img.get("usage") or {}),
-                     transfer_bytes=img.get("transfer_bytes"), version=img.get("version"))
+                     transfer_bytes=img.get("transfer_bytes"), version=img.get("version"),
+                     deferred=_deferred(img.get("deferred")))
     if not targets:
         raise ConfigError("no disk to install on")
     layout, layout_name = load_layout(instructions.get("layout"), targets[0], fw, ram_bytes)
@@ -353,6 +358,17 @@ def make_plan(*, instructions: dict[str, Any], server: str, hostname: str,
                              (crypts, "cryptsetup", [])):
         if used and not have_tool(tool):
             raise _missing_tool(bootenv, tool, f"cannot build layout {layout_name}", need)
+    if arrays and have_module is not None:
+        # mdadm alone is not enough: a UYOK boot environment from a client
+        # that ran RAID 1 carries raid1 only, and mdadm --create of a RAID 5
+        # would fail with the disks already partitioned.
+        lacking = [m for m in personalities if not have_module(m)]
+        if lacking:
+            levels = ", ".join(f"{a.name} ({a.level})" for a in arrays
+                               if _personality(a.level) in lacking)
+            raise ConfigError(f"layout {layout_name}: this boot environment's kernel has no "
+                              f"{', '.join(lacking)} module, so it cannot build {levels}",
+                              hint=f"rebuild it with --add-modules {','.join(lacking)}")
     boot = boot_facts(layout, fw, tuple(fs_plans), arrays, crypts, group_plans,
                       [d.path for d in disks])
     return InstallPlan(hostname=hostname, image=image, layout=layout, layout_name=layout_name,
@@ -364,6 +380,30 @@ def make_plan(*, instructions: dict[str, Any], server: str, hostname: str,
                        esp_mountpoint=boot.esp_mountpoint,
                        boot_raid_disks=boot.boot_raid_disks, kernel_args=boot.kernel_args,
                        root_stack=boot.root_stack)
+
+
+_NOT_DEFERRED = frozenset({"dev", "proc", "sys", "run", "tmp", "boot", "efi", "etc"})
+_DEFERRED = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*(/[A-Za-z0-9_][A-Za-z0-9_.+-]*)*")
+
+
+def _deferred(value: Any) -> tuple[str, ...]:
+    """The instructions' image.deferred: relative directory paths inside the
+    image, each becoming an rsync exclude and a source path."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or len(value) > 64:
+        raise ConfigError("the server's instructions: image.deferred is not a list of paths")
+    for p in value:
+        if not isinstance(p, str) or not _DEFERRED.fullmatch(p) \
+                or any(part in (".", "..") for part in p.split("/")):
+            raise ConfigError(f"the server's instructions: image.deferred entry {p!r} is not a "
+                              "relative directory path inside the image")
+        if p.split("/", 1)[0] in _NOT_DEFERRED:
+            # Fetched while /dev, /proc, /sys are bound into the target and
+            # the bootloader writes /boot: never through those.
+            raise ConfigError(f"the server's instructions: image.deferred entry {p!r} is under "
+                              f"/{p.split('/', 1)[0]}, which the install needs before the rest")
+    return tuple(value)
 
 
 def _missing_tool(bootenv: BootenvInfo | None, tool: str, what: str,

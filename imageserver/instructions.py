@@ -125,7 +125,7 @@ def resolve(state: StateRoot, q: ClientQuery, policy: ServerPolicy,
     usage = info.usage
     # Pre/post-install scripts and the network configuration, chosen by the
     # same names (imageserver.clientfiles); groups come with cluster.xml.
-    from imageserver import clientfiles
+    from imageserver import clientfiles, fetchorder
 
     groups: tuple[str, ...] = ()
     scripts = clientfiles.scripts_for(state.scripts, q.hostname, groups, image, q.script)
@@ -141,6 +141,8 @@ def resolve(state: StateRoot, q: ClientQuery, policy: ServerPolicy,
             "bytes": usage.bytes if usage else None, "files": usage.files if usage else None,
             "transfer_bytes": usage.transfer if usage else None,
             "usage": usage.by_dir if usage else {},
+            # What the agent may fetch while it configures (imageserver.fetchorder).
+            "deferred": list(fetchorder.deferred(store.tree(ref))),
         },
         "layout": layout,
         "overrides": [],

@@ -100,19 +100,22 @@ def _image(state: StateRoot, name: str | None) -> dict[str, Any]:
             "usage": usage.by_dir if usage else {}}
 
 
-def _tools(bootenv: Path | None, state: StateRoot) -> tuple[set[str], str, BootenvInfo]:
+def _tools(bootenv: Path | None, state: StateRoot
+           ) -> tuple[set[str], str, BootenvInfo, frozenset[str] | None]:
     """The programs the boot environment carries: what the agent's plan
-    checks mkfs, mdadm, lvm and cryptsetup against; and what its manifest
-    says of the storage stacks it cannot build."""
+    checks mkfs, mdadm, lvm and cryptsetup against; what its manifest
+    says of the storage stacks it cannot build; and the kernel modules it
+    has (None when there is no manifest to say)."""
     import json
 
-    from agent.bootenvinfo import BootenvInfo
+    from agent.bootenvinfo import BootenvInfo, module_name
     from bootenv import tools
 
     manifest = (bootenv or state.bootenvs / "standard") / "manifest.json"
     groups: tuple[str, ...] = tools.DEFAULT_TOOLS
     where = "the default tool groups"
     info = BootenvInfo()
+    modules: frozenset[str] | None = None
     if manifest.is_file():
         try:
             data = json.loads(manifest.read_text())
@@ -121,12 +124,17 @@ def _tools(bootenv: Path | None, state: StateRoot) -> tuple[set[str], str, Boote
         groups = tuple(data.get("inputs", {}).get("tool_groups") or groups)
         where = str(manifest.parent)
         info = BootenvInfo(str(data.get("flavor") or ""), data.get("storage") or {})
+        mods = data.get("modules") if isinstance(data.get("modules"), dict) else {}
+        names = [str(m["name"]) for m in mods.get("list") or () if isinstance(m, dict)
+                 and m.get("name")] + [str(n) for n in mods.get("builtin_names") or ()]
+        modules = frozenset(module_name(n) for n in names) if names else None
     elif bootenv is not None:
         raise ConfigError(f"--bootenv {bootenv}: no manifest.json there")
-    return set(tools.resolve(groups)), where, info
+    return set(tools.resolve(groups)), where, info, modules
 
 
 def cmd_layout_plan(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
+    from agent.bootenvinfo import module_name
     from agent.disks import NoProbe
     from agent.planner import make_plan
 
@@ -139,12 +147,14 @@ def cmd_layout_plan(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
 
     layout = {"name": path.name, "format": layoutfile.format_of(path.name, text), "text": text}
     disks = parse_disks(a.disk)
-    have, where, info = _tools(Path(a.bootenv) if a.bootenv else None, state)
+    have, where, info, modules = _tools(Path(a.bootenv) if a.bootenv else None, state)
     fw = a.firmware or _layout_firmware(layout)
     plan = make_plan(instructions={"image": _image(state, a.image), "layout": layout},
                      server=NO_SERVER, hostname=a.hostname, targets=disks, fw=fw,
                      ram_bytes=a.ram << 20, have_tool=lambda tool: tool in have,
-                     probe=NoProbe(), bootenv=info)
+                     probe=NoProbe(), bootenv=info,
+                     have_module=None if modules is None
+                     else (lambda m: module_name(m) in modules))
     print(plan.describe())
     ui.info(f"(the tools checked are those of {where}; nothing was written)")
     return 0

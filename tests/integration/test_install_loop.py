@@ -17,7 +17,7 @@ import pytest
 from agent import disks
 from agent.configure.fstab import write_fstab
 from agent.configure.system import set_hostname
-from agent.fetch import pull
+from agent.fetch import pull_except, pull_only
 from agent.filesystems import make_filesystems, mount_all
 from agent.partition import partition
 from agent.planner import make_plan
@@ -58,6 +58,21 @@ def make_image(tree: Path) -> None:
     os.mkfifo(tree / "var/fifo")
     for d in ("proc", "sys", "run", "tmp"):
         (tree / d).mkdir()
+    # What the server lets an install fetch last (imageserver.fetchorder):
+    # module objects beside the files the initrd check reads, documentation
+    # with hard links inside it, package lists; and a cache whose file is
+    # hard-linked from outside it, so it must come with the rest.
+    mods = tree / "usr/lib/modules/6.1.0-9-amd64"
+    (mods / "kernel/drivers/md").mkdir(parents=True)
+    (mods / "kernel/drivers/md/raid1.ko").write_bytes(os.urandom(50_000))
+    (mods / "modules.builtin").write_text("kernel/fs/ext4/ext4.ko\n")
+    (tree / "usr/share/doc/tool").mkdir(parents=True)
+    (tree / "usr/share/doc/tool/copyright").write_text("free\n")
+    os.link(tree / "usr/share/doc/tool/copyright", tree / "usr/share/doc/tool/COPYING")
+    (tree / "var/lib/apt/lists").mkdir(parents=True)
+    (tree / "var/lib/apt/lists/deb_Packages").write_text("Package: tool\n")
+    (tree / "var/cache/apt").mkdir(parents=True)
+    os.link(tree / "usr/bin/tool", tree / "var/cache/apt/tool.bin")
 
 
 @pytest.fixture
@@ -82,9 +97,22 @@ def test_install_onto_loop_disk(state: StateRoot, served, loopdev, tmp_path: Pat
     partition(plan.disks, plan.filesystems)
     make_filesystems(plan.filesystems)
     root = tmp_path / "sysroot"
+    # The cache shares an inode with /usr/bin: rsync keeps hard links only
+    # within one run, so the server keeps it in the first.
+    assert plan.image.deferred == ("usr/lib/modules/6.1.0-9-amd64/kernel", "usr/share/doc",
+                                   "var/lib/apt/lists")
     with ExitStack() as stack:
         mount_all(plan.mounts, root, stack)
-        pull(plan.image.url, root)
+        # The two runs the agent makes (agent.flow: fetch, then fetch-rest).
+        pull_except(plan.image.url, root, plan.image.deferred)
+        assert not (root / "usr/share/doc").exists()
+        assert not (root / "usr/lib/modules/6.1.0-9-amd64/kernel").exists()
+        assert (root / "usr/lib/modules/6.1.0-9-amd64/modules.builtin").is_file()
+        assert os.stat(root / "var/cache/apt/tool.bin").st_ino == \
+            os.stat(root / "usr/bin/tool").st_ino
+        pull_only(plan.image.url, root, plan.image.deferred)
+        assert os.stat(root / "usr/share/doc/tool/copyright").st_ino == \
+            os.stat(root / "usr/share/doc/tool/COPYING").st_ino
         written = write_fstab(plan.filesystems, root) + set_hostname(root, "node7", "lab")
         # Independent check 1: rsync's own itemized, checksummed dry run
         # shows no difference but what the configure step wrote.

@@ -169,7 +169,7 @@ def test_phase_names_and_aliases_do_not_collide() -> None:
     assert all(ALIASES[a] == a for a in set(ALIASES) & set(names))
     assert names == ["hardware", "network", "monitor", "instructions", "plan",
                      "pre-install", "partition", "assemble", "format", "mount", "fetch",
-                     "overrides",
+                     "overrides", "fetch-rest",
                      "configure", "initrd", "bootloader", "post-install", "finish"]
 
 

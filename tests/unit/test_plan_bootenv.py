@@ -41,7 +41,8 @@ UYOK = {
 HAVE = {"mke2fs", "mkswap", "mkfs.fat"}
 
 
-def _plan(layout: str, info: BootenvInfo, have: set[str] = HAVE, fw: str = "bios") -> Any:
+def _plan(layout: str, info: BootenvInfo, have: set[str] = HAVE, fw: str = "bios",
+          have_module: Any = None) -> Any:
     text = (LAYOUTS / layout).read_text()
     return make_plan(instructions={"image": {"name": "demo"},
                                    "layout": {"format": "toml", "name": layout, "text": text}},
@@ -49,7 +50,7 @@ def _plan(layout: str, info: BootenvInfo, have: set[str] = HAVE, fw: str = "bios
                      targets=[Disk("nvme0n1", 20 * GiB, transport="nvme"),
                               *(Disk(n, 20 * GiB) for n in ("vdb", "vdc"))], fw=fw,
                      ram_bytes=4 * GiB, have_tool=lambda tool: tool in have, probe=NoProbe(),
-                     bootenv=info)
+                     bootenv=info, have_module=have_module)
 
 
 def test_a_raid_layout_on_a_boot_environment_without_md(tmp_path: Path) -> None:
@@ -135,3 +136,63 @@ def test_layout_plan_reads_the_manifests_reasons(tmp_path: Path,
                  str(LAYOUTS / "raid1-lvm.toml"), "--disk", "8G,8G", "--bootenv",
                  str(bootenv)]) == 1
     assert "not a boot environment manifest" in capsys.readouterr().err
+
+
+# A UYOK build from a client that ran RAID 1: mdadm and md_mod are there,
+# raid456 is not.
+RAID1_ONLY = frozenset({"md_mod", "raid1", "ext4", "dm_mod", "dm_crypt"})
+
+
+def test_a_raid_level_whose_module_the_kernel_lacks_is_refused() -> None:
+    have = HAVE | {"mkfs.xfs", "mdadm", "lvm", "cryptsetup"}
+    with pytest.raises(ConfigError) as e:
+        _plan("luks-raid5-lvm.toml", BootenvInfo(), have, "uefi",
+              have_module=lambda m: m in RAID1_ONLY)
+    assert e.value.message.startswith(
+        "layout luks-raid5-lvm.toml: this boot environment's kernel has no raid456 module, so "
+        "it cannot build /dev/md")
+    assert "(raid5)" in e.value.message and "\n" not in e.value.message
+    assert e.value.hint == "rebuild it with --add-modules raid456"
+    # The same kernel builds the RAID 1 layout.
+    p = _plan("raid1-lvm.toml", BootenvInfo(), have, have_module=lambda m: m in RAID1_ONLY)
+    assert {a.level for a in p.arrays} == {"raid1"}
+
+
+def test_the_running_kernels_modules_are_read_from_its_tree(tmp_path: Path) -> None:
+    from agent.bootenvinfo import kernel_modules, module_name, running_kernel_has
+
+    assert module_name("kernel/drivers/md/raid456.ko.xz") == "raid456"
+    assert module_name("dm-mod") == "dm_mod"
+    tree = tmp_path / "6.1.0-x"
+    tree.mkdir()
+    assert kernel_modules(tree) is None  # no modules.dep: nothing known
+    (tree / "modules.dep").write_text(
+        "kernel/drivers/md/raid1.ko.xz: kernel/drivers/md/md-mod.ko.xz\n"
+        "kernel/drivers/md/md-mod.ko.xz:\n")
+    (tree / "modules.builtin").write_text("kernel/fs/ext4/ext4.ko\n")
+    assert kernel_modules(tree) == {"raid1", "md_mod", "ext4"}
+    import os
+
+    release = tmp_path / os.uname().release
+    release.mkdir()
+    assert running_kernel_has(tmp_path)("raid456")  # an empty tree refuses nothing
+    (release / "modules.dep").write_text("kernel/drivers/md/raid1.ko.xz:\n")
+    has = running_kernel_has(tmp_path)
+    assert has("raid1") and not has("raid456")
+
+
+def test_layout_plan_checks_the_raid_level_against_the_manifest(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bootenv = tmp_path / "be"
+    bootenv.mkdir()
+    storage = {k: {"can": True, "what": v["what"]} for k, v in UYOK["storage"].items()}
+    (bootenv / "manifest.json").write_text(json.dumps(
+        {"flavor": "uyok-loaded", "storage": storage,
+         "inputs": {"tool_groups": ["core", "ext4", "xfs", "vfat", "raid", "lvm", "crypt"]},
+         "modules": {"list": [{"name": "raid1"}, {"name": "md_mod"}],
+                     "builtin_names": ["ext4"]}}))
+    args = ["--root", str(tmp_path / "root"), "layout", "plan", "--bootenv", str(bootenv)]
+    assert main([*args, str(LAYOUTS / "luks-raid5-lvm.toml"), "--disk", "20G:bus=nvme,20G,20G",
+                 "--firmware", "uefi"]) == 1
+    assert "kernel has no raid456 module" in capsys.readouterr().err
+    assert main([*args, str(LAYOUTS / "raid1-lvm.toml"), "--disk", "8G,8G"]) == 0

@@ -1,0 +1,114 @@
+"""The tail of the install (agent.flow._configure_while_fetching): the rest
+of the image arrives while the system is configured, and what must wait
+does.  The phases' own work is replaced by recorders; the ordering, the
+phase runner and the failure reporting run for real."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent import flow
+from agent.phases import InstallFailed, Steps
+from sysclone.errors import SyscloneError
+from tests.unit.test_flow import Recorder
+
+
+class Tail:
+    """Recorders for the four steps, each holding a line in `log`."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, regenerate: bool = False,
+                 rest_fails: bool = False) -> None:
+        self.log: list[str] = []
+        self.lock = threading.Lock()
+        # The rest takes until the bootloader has got as far as it may
+        # without it (grub.cfg; its boot code when the initrd is built
+        # here), or 2 s: one that waited shows up in the order, not a hang.
+        self.release = threading.Event()
+        release_at = "boot-code" if regenerate else "grub.cfg"
+
+        def note(what: str) -> None:
+            with self.lock:
+                self.log.append(what)
+            if what == release_at:
+                self.release.set()
+
+        def pull_rest(s: Any, plan: Any, root: Path, start: int) -> None:
+            with s.steps.phase("fetch-rest"):
+                note("rest:start")
+                self.release.wait(2)
+                if rest_fails:
+                    raise SyscloneError("rsync: connection reset")
+                note("rest:done")
+
+        def configure_system(s: Any, plan: Any, net: Any, root: Path, netcfg: Any) -> None:
+            with s.steps.phase("configure"):
+                note("configure")
+
+        def initrd(s: Any, plan: Any, server: Any, root: Path, whole_image: Any) -> None:
+            with s.steps.phase("initrd"):
+                note("initrd:decided")
+                if regenerate:
+                    whole_image()
+                    note("initrd:regenerated")
+
+        def install_bootloader(s: Any, plan: Any, root: Path, initrd_ready: Any) -> None:
+            with s.steps.phase("bootloader"):
+                note("boot-code")
+                initrd_ready()
+                note("grub.cfg")
+
+        for name, fn in (("pull_rest", pull_rest), ("configure_system", configure_system),
+                         ("initrd", initrd), ("install_bootloader", install_bootloader)):
+            monkeypatch.setattr(flow, name, fn)
+
+    def run(self, start: int | None = 0, breaks: frozenset[str] = frozenset()) -> Recorder:
+        rep = Recorder([])
+        steps = Steps(rep, breaks=breaks, shell=lambda phase: self.log.append(f"shell:{phase}"))
+        s = flow.Session([], None, rep, steps)  # type: ignore[arg-type]
+        flow._configure_while_fetching(s, None, None, None, Path("/nowhere"),  # type: ignore
+                                       start, None)
+        return rep
+
+
+def test_the_bootloader_does_not_wait_for_the_rest(monkeypatch: pytest.MonkeyPatch) -> None:
+    tail = Tail(monkeypatch)
+    rep = tail.run()
+    # The initrd is kept and grub.cfg written while the rest still comes.
+    assert tail.log.index("grub.cfg") < tail.log.index("rest:done")
+    assert tail.log.index("initrd:decided") < tail.log.index("grub.cfg")
+    assert sorted(rep.phases("done")) == ["bootloader", "configure", "fetch-rest", "initrd"]
+
+
+def test_an_initrd_built_here_waits_for_the_modules(monkeypatch: pytest.MonkeyPatch) -> None:
+    tail = Tail(monkeypatch, regenerate=True)
+    tail.run()
+    assert tail.log.index("rest:done") < tail.log.index("initrd:regenerated") \
+        < tail.log.index("grub.cfg")
+    assert tail.log.index("boot-code") < tail.log.index("rest:done")  # meanwhile
+
+
+def test_the_rest_failing_fails_the_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    tail = Tail(monkeypatch, regenerate=True, rest_fails=True)
+    with pytest.raises(InstallFailed) as e:
+        tail.run()
+    assert "connection reset" in e.value.message  # fetch-rest's own failure is raised
+    assert "initrd:regenerated" not in tail.log  # never from a partial image
+
+
+def test_nothing_to_fetch_when_it_came_before(monkeypatch: pytest.MonkeyPatch) -> None:
+    tail = Tail(monkeypatch, regenerate=True)
+    rep = tail.run(start=None)  # with overrides: fetched whole before them
+    assert "rest:start" not in tail.log
+    assert "fetch-rest" not in rep.phases()
+    assert tail.log[-1] == "grub.cfg"
+
+
+def test_a_break_runs_them_one_after_the_other(monkeypatch: pytest.MonkeyPatch) -> None:
+    tail = Tail(monkeypatch, regenerate=True)
+    tail.run(breaks=frozenset({"initrd"}))
+    assert tail.log == ["rest:start", "rest:done", "configure", "shell:initrd",
+                        "initrd:decided", "initrd:regenerated", "boot-code", "grub.cfg"]
