@@ -82,7 +82,7 @@ _FEATURE = {"md": "md", "lv": "lvm", "luks": "luks"}
 
 def storage_under(layout: Layout, device: str) -> frozenset[str]:
     """The storage features (md, lvm, luks) a device is built on."""
-    from agent.storage.validate import Checker
+    from agent.storage.checker import Checker
 
     return frozenset(_FEATURE[k] for k in Checker(layout).stack(device) if k in _FEATURE)
 

@@ -41,7 +41,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from imageserver.instructions import base_hostname, candidates, find_file
+from imageserver.lookup import base_hostname, candidates, find_file
 from sysclone.errors import ConfigError
 
 log = logging.getLogger(__name__)

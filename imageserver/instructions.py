@@ -19,11 +19,11 @@ exactly it (`web@3`), so a rollback during an install cannot mix versions.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from imageserver.lookup import candidates, find_file
 from imageserver.names import ImageRef
 from imageserver.store import ImageStore
 from sysclone.errors import ConfigError
@@ -33,36 +33,6 @@ LAYOUT_DIR = "disks-layouts"
 # A layout is SystemImager XML or its TOML form; for one name, XML first.
 LAYOUT_SUFFIXES = (".xml", ".toml")
 API_VERSION = 1
-
-
-def base_hostname(hostname: str) -> str:
-    return re.sub(r"\d+$", "", hostname.split(".")[0])
-
-
-def candidates(hostname: str | None, groups: tuple[str, ...], image: str | None) -> list[str]:
-    out: list[str] = []
-    if hostname:
-        out.append(hostname)
-        out.append(hostname.split(".")[0])
-    out.extend(groups)
-    if hostname:
-        out.append(base_hostname(hostname))
-    if image:
-        out.append(image)
-    out.append("default")
-    seen: set[str] = set()
-    return [c for c in out if c and not (c in seen or seen.add(c))]  # type: ignore[func-returns-value]
-
-
-def find_file(directory: Path, names: list[str], suffixes: tuple[str, ...]) -> Path | None:
-    for n in names:
-        if "/" in n:  # names come from clients: never leave `directory`
-            continue
-        for s in suffixes:
-            p = directory / f"{n}{s}"
-            if p.is_file():
-                return p
-    return None
 
 
 def layout_file(path: Path) -> dict[str, Any]:

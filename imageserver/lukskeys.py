@@ -22,7 +22,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from imageserver.instructions import candidates
+from imageserver.lookup import candidates
 from sysclone.errors import ConfigError
 
 KEY_DIR = "luks-keys"

@@ -78,7 +78,7 @@ def from_instructions(instr: dict[str, Any]) -> dict[str, tuple[Script, ...]]:
 
 def base_hostname(hostname: str) -> str:
     """node07 -> node: the class of a host's siblings (the image server's
-    imageserver.instructions.base_hostname, the same rule)."""
+    imageserver.lookup.base_hostname, the same rule)."""
     return re.sub(r"\d+$", "", hostname.split(".")[0])
 
 

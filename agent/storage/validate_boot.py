@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from agent.storage.checker import Checker
 from agent.storage.model import (
     ESP_MOUNTPOINTS,
     FAT_FS,
@@ -12,7 +13,6 @@ from agent.storage.model import (
     is_bios_boot,
     is_esp,
 )
-from agent.storage.validate import Checker
 
 _EFI_ONLY = (BootFlavor.SYSTEMD, BootFlavor.REFIND)
 # md superblocks grub and the firmware can read past: at the end of the device.

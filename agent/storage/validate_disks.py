@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from agent.storage.checker import Checker
+from agent.storage.checker import part_name as _part
 from agent.storage.devices import DISK_PATH
 from agent.storage.model import Disk, Flag, LabelType, Partition, PartType, is_bios_boot
 from agent.storage.selectors import selector_problems
 from agent.storage.units import Unit
-from agent.storage.validate import Checker
-from agent.storage.validate import part_name as _part
 
 GPT_MAX_PARTITIONS = 128  # the default (and near-universal) GPT entry array
 GPT_NAME_MAX = 36  # UTF-16 code units in a GPT entry

@@ -15,6 +15,8 @@ from __future__ import annotations
 import re
 import shlex
 
+from agent.storage.checker import Checker
+from agent.storage.checker import fsinfo_name as _fsinfo
 from agent.storage.mkfsopts import TOOL_OF_FS
 from agent.storage.mkfsopts import problems as option_problems
 from agent.storage.model import (
@@ -26,8 +28,6 @@ from agent.storage.model import (
     FsEntry,
     LabelType,
 )
-from agent.storage.validate import Checker
-from agent.storage.validate import fsinfo_name as _fsinfo
 
 _ROOT_OK = ROOT_FS | {"nfs", "nfs4"}
 # Longest label each mkfs takes (bytes), and characters none of them like

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import re
 
+from agent.storage.checker import Checker
 from agent.storage.mkfsopts import problems as option_problems
 from agent.storage.model import RaidLevel
 from agent.storage.stack import LUKS2_HEADER, group_size, md_size
 from agent.storage.units import MiB, align_up, size_to_bytes
-from agent.storage.validate import Checker
 from sysclone.errors import ConfigError
 
 # Names LVM reserves for its own sub-volumes (lvm(8) VALID NAMES).

@@ -12,11 +12,9 @@ from imageserver.instructions import (
     LAYOUT_DIR,
     ClientQuery,
     ServerPolicy,
-    base_hostname,
-    candidates,
-    find_file,
     resolve,
 )
+from imageserver.lookup import base_hostname, candidates, find_file
 from imageserver.store import ImageStore
 from sysclone.errors import ConfigError
 from sysclone.paths import StateRoot
