@@ -17,6 +17,8 @@ An update, step by step:
              excluded paths are never touched (defaults below, then
              /etc/sysclone/updateclient.exclude, then --exclude)
   keep       a rollback point: a btrfs snapshot when / is a btrfs subvolume,
+             an LVM snapshot when / is a plain logical volume (ext4 or xfs)
+             whose volume group has room for the update's copy-on-write,
              else a copy of every file the update will replace or delete
   fetch      the changed files into a staging directory (the old ones are
              the delta basis); if the server goes away here, nothing of
@@ -434,7 +436,7 @@ class RollbackPoint:
     whole root), the paths the update created, and what it was."""
 
     directory: str  # ROOT/var/lib/sysclone/updateclient/rollback
-    method: str = "copy"  # copy | btrfs
+    method: str = "copy"  # copy | btrfs | lvm
     saved: list = field(default_factory=list)  # paths that existed and will change
     created: list = field(default_factory=list)  # paths the update creates
     boot_before: list = field(default_factory=list)  # boot-state files before
@@ -442,10 +444,17 @@ class RollbackPoint:
     image: str = ""
     time: float = 0.0
     rolled_back: bool = False
+    # lvm: the snapshot volume (VG/LV), its filesystem, and where the
+    # system's root lies inside that filesystem ("" when it is its root)
+    snapshot: str = ""
+    fstype: str = ""
+    prefix: str = ""
 
     @property
     def source(self) -> str:
-        return os.path.join(self.directory, "tree" if self.method == "copy" else "snapshot")
+        if self.method == "copy":
+            return os.path.join(self.directory, "tree")
+        return os.path.join(self.directory, "snapshot", self.prefix)
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, indent=1, sort_keys=True)
@@ -529,10 +538,82 @@ def _same_filesystem(root: str, paths: list) -> bool:
     return True
 
 
+SYS = "/sys"
+LVM_SNAPSHOT = "{lv}-sysclone-rollback"
+# Mounting a snapshot of a mounted filesystem: its journal is left alone
+# (ext4 noload, xfs norecovery), and xfs takes the duplicate UUID.
+SNAPSHOT_MOUNT = {"ext2/ext3": "ro,noload", "ext4": "ro,noload", "xfs": "ro,nouuid,norecovery"}
+
+
+@dataclass(frozen=True)
+class LvmOrigin:
+    vg: str
+    lv: str
+    vg_free: int  # bytes
+    fstype: str  # as stat -f names it
+    mountpoint: str
+
+
+def _mountpoint(path: str) -> str:
+    path = os.path.realpath(path)
+    dev = os.stat(path).st_dev
+    while path != "/" and os.stat(os.path.dirname(path)).st_dev == dev:
+        path = os.path.dirname(path)
+    return path
+
+
+def lvm_origin(root: str) -> LvmOrigin | None:
+    """The plain LVM logical volume (not a snapshot, thin or cached one)
+    holding `root`, with its filesystem, when a snapshot of it can be
+    mounted back; else None."""
+    st = os.stat(root)
+    dm = os.path.join(SYS, "dev/block", f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}", "dm")
+    try:
+        with open(os.path.join(dm, "uuid")) as f:
+            if not f.read().startswith("LVM-"):
+                return None
+        with open(os.path.join(dm, "name")) as f:
+            name = f.read().strip()
+    except OSError:
+        return None
+    p = run(["lvs", "--noheadings", "--nosuffix", "--units", "b", "--separator", "|",
+             "-o", "vg_name,lv_name,lv_attr,vg_free", f"/dev/mapper/{name}"], check=False)
+    fields = [x.strip() for x in p.stdout.strip().split("|")]
+    if p.returncode != 0 or len(fields) != 4 or not fields[3].isdigit():
+        return None
+    vg, lv, attr, free = fields
+    # lv_attr's first letter: "-" a plain volume, "o" the origin of a snapshot.
+    if not attr or attr[0] not in "-o":
+        return None
+    fstype = run(["stat", "-f", "-c", "%T", root], check=False).stdout.strip()
+    if fstype not in SNAPSHOT_MOUNT:
+        return None
+    return LvmOrigin(vg, lv, int(free), fstype, _mountpoint(root))
+
+
+def snapshot_bytes(plan: Plan, saved: int) -> int:
+    """Copy-on-write room for the update: every block written to the
+    volume while the snapshot lives is copied first -- the staged files,
+    the files they replace, the new ones -- twice over, plus room for the
+    system's own writes until the health check."""
+    return 2 * (plan.transfer_bytes + saved) + (256 << 20)
+
+
+def _take_lvm_snapshot(root: str, point: RollbackPoint, origin: LvmOrigin, size: int) -> None:
+    name = LVM_SNAPSHOT.format(lv=origin.lv)
+    run(["lvcreate", "--snapshot", "--name", name, "--size", f"{size}b",
+         f"{origin.vg}/{origin.lv}"])
+    point.method, point.snapshot, point.fstype = "lvm", f"{origin.vg}/{name}", origin.fstype
+    rel = os.path.relpath(os.path.realpath(root), origin.mountpoint)
+    point.prefix = "" if rel == "." else rel
+
+
 def take_rollback_point(root: str, plan: Plan, image: str) -> RollbackPoint:
     """Before anything changes: keep what the update will replace or
     delete.  A btrfs snapshot when the root is a subvolume holding every
-    path concerned (free and instant), else copies of those files."""
+    path concerned (free and instant); an LVM snapshot when it is a plain
+    logical volume whose group has the copy-on-write room for the update;
+    else copies of those files."""
     directory = os.path.join(root, STATE_DIR, "rollback")
     drop_rollback_point(directory)
     os.makedirs(directory, mode=0o700)
@@ -542,11 +623,15 @@ def take_rollback_point(root: str, plan: Plan, image: str) -> RollbackPoint:
     if point.kernel_changed:
         point.boot_before = boot_state(root)
     point.saved = _existing(root, changing + point.boot_before)
-    if _is_btrfs_subvolume(root) and _same_filesystem(root, point.saved + point.created):
+    one_fs = _same_filesystem(root, point.saved + point.created)
+    need = sum(_size(os.path.join(root, p)) for p in point.saved)
+    origin = lvm_origin(root) if one_fs and not _is_btrfs_subvolume(root) else None
+    if _is_btrfs_subvolume(root) and one_fs:
         run(["btrfs", "subvolume", "snapshot", "-r", root, os.path.join(directory, "snapshot")])
         point.method = "btrfs"
+    elif origin is not None and origin.vg_free >= snapshot_bytes(plan, need):
+        _take_lvm_snapshot(root, point, origin, snapshot_bytes(plan, need))
     else:
-        need = sum(_size(os.path.join(root, p)) for p in point.saved)
         free = shutil.disk_usage(directory).free
         if need > free - (64 << 20):
             shutil.rmtree(directory, ignore_errors=True)
@@ -569,10 +654,41 @@ def _size(path: str) -> int:
 
 def drop_rollback_point(directory: str) -> None:
     snap = os.path.join(directory, "snapshot")
-    if os.path.isdir(snap):
+    try:
+        point: RollbackPoint | None = RollbackPoint.load(directory)
+    except (UpdateError, OSError, ValueError, TypeError):
+        point = None
+    if point is not None and point.method == "lvm" and point.snapshot:
+        if os.path.ismount(snap):
+            run(["umount", snap], check=False)
+        run(["lvremove", "--yes", point.snapshot], check=False)
+    elif os.path.isdir(snap):
         run(["btrfs", "subvolume", "delete", snap], check=False)
     if os.path.lexists(directory):
         shutil.rmtree(directory)
+
+
+@contextmanager
+def _snapshot_mounted(point: RollbackPoint) -> Iterator[None]:
+    """An LVM rollback point's snapshot, mounted read-only where
+    point.source reads it; unmounted after, even on failure."""
+    if point.method != "lvm":
+        yield
+        return
+    p = run(["lvs", "--noheadings", "-o", "lv_attr", point.snapshot], check=False)
+    attr = p.stdout.strip()
+    # The fifth letter of lv_attr: "I" for a snapshot that ran out of room.
+    if p.returncode != 0 or len(attr) < 5 or attr[4] == "I":
+        raise UpdateError(f"the rollback point's LVM snapshot {point.snapshot} is gone or ran "
+                          "out of room: nothing can be put back from it",
+                          "restore from a backup or reinstall (updateclient --autoinstall)")
+    mnt = os.path.join(point.directory, "snapshot")
+    os.makedirs(mnt, exist_ok=True)
+    run(["mount", "-o", SNAPSHOT_MOUNT.get(point.fstype, "ro"), f"/dev/{point.snapshot}", mnt])
+    try:
+        yield
+    finally:
+        run(["umount", mnt], check=False)
 
 
 def remove_paths(root: str, paths: list) -> list:
@@ -600,12 +716,15 @@ def restore(root: str, point: RollbackPoint) -> None:
     if point.kernel_changed:
         before = set(point.boot_before)
         created += [p for p in boot_state(root) if p not in before]
-    remove_paths(root, created)
     import tempfile
 
     work = tempfile.mkdtemp(prefix="updateclient.")
     try:
-        _local_copy(point.source, root, point.saved, work)
+        # An LVM snapshot that ran out of room is refused before anything
+        # is removed.
+        with _snapshot_mounted(point):
+            remove_paths(root, created)
+            _local_copy(point.source, root, point.saved, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     point.rolled_back = True
