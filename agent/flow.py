@@ -2,7 +2,7 @@
 
     hardware -> network -> monitor -> instructions -> plan -> pre-install
       -> partition -> assemble -> format -> mount -> fetch -> overrides
-      -> configure -> initrd | bootloader -> post-install -> finish
+      -> fetch-rest | (configure -> initrd) | bootloader -> post-install -> finish
 
 Nothing is written to a disk before `plan` has validated the whole plan
 against the server's instructions and this machine's disks.  Each step is a

@@ -53,6 +53,7 @@ BOOT_TIMEOUT = 900
 MEMORY = 512
 SECURE_BOOT_LINE = r"[Ss]ecure boot enabled"
 ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+GRUB_DROP_IN = "/etc/default/grub.d/sysclone-e2e-verbose.cfg"
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +61,13 @@ def image(installer: Installer) -> str:
     if IMAGE not in sysclone(installer.state, "image", "list").stdout:
         args = [a for pkg in IMAGE_PACKAGES for a in ("--include", pkg)]
         sysclone(installer.state, "image", "bootstrap", IMAGE, *args, timeout=3600)
+        # Debian's "quiet" (GRUB_CMDLINE_LINUX_DEFAULT) keeps the installed
+        # kernel's info lines, "Secure boot enabled" among them, off the
+        # console: without this, (a) could not see the installed system
+        # boot with Secure Boot on.  A drop-in, read after /etc/default/grub
+        # by the update-grub the install runs.
+        sysclone(installer.state, "image", "chroot", IMAGE, "--", "sh", "-c",
+                 f"echo 'GRUB_CMDLINE_LINUX_DEFAULT=\"\"' > {GRUB_DROP_IN}")
     return IMAGE
 
 
