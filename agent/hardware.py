@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,13 +108,69 @@ Lookup = Callable[[str], list[str]]
 Load = Callable[[str], None]
 
 
+# USB mass storage drivers.  usb-storage scans a stick's SCSI bus in a work
+# item of its own, delay_use (1 s) after it bound the interface, and the
+# scan itself is asynchronous (uas's too): a pass right after finds no disk
+# yet.  Nothing else would load sd_mod for it (the boot environment's udev
+# loads no modules), so the stick, and a USB disk's local.cfg, were never
+# seen.
+USB_STORAGE_DRIVERS = ("usb-storage", "uas")
+USB_SCAN_TIMEOUT = 15.0  # seconds; delay_use is 1 s, a slow stick or emulation takes longer
+
+
+def unscanned_usb_hosts(sysfs: Path = Path("/sys")) -> list[str]:
+    """SCSI hosts of USB storage with no device on their bus yet: their
+    scan is still to come (hostN under the interface, targetN:C:T/N:C:T:L
+    under it once a LUN answered)."""
+    out: list[str] = []
+    for drv in USB_STORAGE_DRIVERS:
+        d = sysfs / "bus/usb/drivers" / drv
+        if not d.is_dir():
+            continue
+        for intf in sorted(d.iterdir()):
+            if ":" not in intf.name:  # bind, unbind, module, uevent
+                continue
+            for host in sorted(intf.glob("host*")):
+                if not any(host.glob("target*/*:*:*:*")):
+                    out.append(host.name)
+    return out
+
+
+def wait_for_usb_scans(sysfs: Path, timeout: float, given_up: set[str],
+                       sleep: Callable[[float], None] = time.sleep,
+                       clock: Callable[[], float] = time.monotonic) -> bool:
+    """Wait until every USB storage host (but those in `given_up`) has a
+    device; True if one was waited for (another pass is due).  Hosts still
+    empty at the timeout go into `given_up`: a stick that never answers
+    costs the wait once."""
+    pending = [h for h in unscanned_usb_hosts(sysfs) if h not in given_up]
+    if not pending:
+        return False
+    deadline = clock() + timeout
+    while pending and clock() < deadline:
+        sleep(0.1)
+        pending = [h for h in unscanned_usb_hosts(sysfs) if h not in given_up]
+    if pending:
+        log.warning("USB storage %s: no device after %.0f s", ", ".join(pending), timeout)
+        given_up.update(pending)
+    return True
+
+
 def coldplug(lookup: Lookup, load: Load, sysfs: Path = Path("/sys"),
-             max_passes: int = 5, settle: Callable[[], object] | None = None) -> HardwareReport:
-    """Load the modules for every device, repeating while new devices appear."""
+             max_passes: int = 5, settle: Callable[[], object] | None = None,
+             usb_scan_timeout: float = USB_SCAN_TIMEOUT,
+             sleep: Callable[[float], None] = time.sleep,
+             clock: Callable[[], float] = time.monotonic) -> HardwareReport:
+    """Load the modules for every device, repeating while new devices appear
+    (or a USB stick's SCSI scan is still to come)."""
     report = HardwareReport()
     tried: set[str] = set()
+    given_up: set[str] = set()
     for _ in range(max_passes):
         new = [a for a in modaliases(sysfs) if a not in tried]
+        if not new and wait_for_usb_scans(sysfs, usb_scan_timeout, given_up,
+                                              sleep, clock):
+            new = [a for a in modaliases(sysfs) if a not in tried]
         if not new:
             break
         for alias in new:

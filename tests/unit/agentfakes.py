@@ -94,6 +94,28 @@ class FakeSysfs:
         self._driver(d, "usb", driver)
         return d
 
+    def usb_storage(self, controller_slot: str, port: str, interface: str, host: str,
+                    driver: str = "usb-storage") -> Path:
+        """A USB mass storage interface bound to `driver`, with the SCSI host
+        it made and nothing scanned on its bus yet; its hostN directory."""
+        d = self.root / "devices/pci0000:00" / controller_slot / "usb2" / port / interface
+        _write(d, modalias="usb:v46F4p0001d0000dc00dsc00dp00ic08isc06ip50in00")
+        if not (self.root / "bus/usb/devices" / interface).is_symlink():  # found unbound
+            _link(self.root / "bus/usb/devices" / interface, d)
+        self._driver(d, "usb", driver)
+        _link(self.root / "bus/usb/drivers" / driver / interface, d)
+        _write(self.root / "bus/usb/drivers" / driver, bind="")
+        (d / host).mkdir()
+        return d / host
+
+    def scsi_device(self, host: Path, hctl: str, modalias: str = "scsi:t-0x00") -> Path:
+        """A LUN found by the scan of `host` (hostN/targetN:C:T/N:C:T:L)."""
+        target = host / ("target" + hctl.rsplit(":", 1)[0])
+        d = target / hctl
+        _write(d, modalias=modalias)
+        _link(self.root / "bus/scsi/devices" / hctl, d)
+        return d
+
     def net(self, name: str, *, address: str, device: Path | None = None, type: str = "1",
             carrier: str | None = None) -> Path:
         d = (device / "net" / name) if device else self.root / "devices/virtual/net" / name

@@ -13,7 +13,7 @@ import pytest
 from agent import hardware
 from agent.hardware import HardwareReport, coldplug, load_named, modaliases, pci_devices
 from agent.kmod import Kmod, KmodError
-from tests.unit.agentfakes import FakeSysfs
+from tests.unit.agentfakes import FakeClock, FakeSysfs
 
 # Lines of a modules.alias (as the kernel's modules declare them) for the
 # captured VM's devices.  The Intel host bridge has no driver module.
@@ -141,6 +141,73 @@ def test_coldplug_gives_up_after_max_passes(tmp_path: Path) -> None:
                       settle=lambda: settles.append(1))
     assert len(settles) == 3
     assert len(report.loaded) == 3
+
+
+# -- a USB stick: its SCSI disk appears a while after usb-storage bound it -----------------------
+
+XHCI = "pci:v00001B36d0000000Dsv00001AF4sd00001100bc0Csc03i30"
+STICK = "usb:v46F4p0001d0000dc00dsc00dp00ic08isc06ip50in00"
+USB_ALIAS = {XHCI: ["xhci_pci"], STICK: ["usb_storage"], "scsi:t-0x00": ["sd_mod"]}
+
+
+def test_coldplug_waits_for_a_usb_sticks_scan_and_loads_sd_mod(tmp_path: Path) -> None:
+    """What QEMU's xHCI stick did under the standard boot environment: the
+    pass after usb_storage found nothing new (the scan comes delay_use
+    later), and sd_mod was never loaded, so its local.cfg was never read."""
+    fs = FakeSysfs(tmp_path / "sys")
+    fs.pci("0000:00:02.0", vendor="0x1b36", device="0x000d", subsystem_vendor="0x1af4",
+           subsystem_device="0x1100", pci_class="0x0c0330", modalias=XHCI)
+    clock = FakeClock()
+    hosts: list[Path] = []
+    loads: list[str] = []
+
+    def load(module: str) -> None:
+        loads.append(module)
+        if module == "xhci_pci":
+            fs.usb_interface("0000:00:02.0", "2-1", "2-1:1.0")
+            (tmp_path / "sys/bus/usb/devices/2-1:1.0/modalias").write_text(STICK + "\n")
+        if module == "usb_storage":  # binds it: a SCSI host, not scanned yet
+            hosts.append(fs.usb_storage("0000:00:02.0", "2-1", "2-1:1.0", "host6"))
+
+    def sleep(seconds: float) -> None:
+        clock.sleep(seconds)
+        if clock.sleeps == [0.1] * 12:  # the scan, 1.2 s after the bind
+            fs.scsi_device(hosts[0], "6:0:0:0")
+
+    report = coldplug(lambda a: USB_ALIAS.get(a, []), load, tmp_path / "sys",
+                      sleep=sleep, clock=clock.monotonic)
+    assert loads == ["xhci_pci", "usb_storage", "sd_mod"]
+    assert report.loaded["scsi:t-0x00"] == ["sd_mod"]
+    assert len(clock.sleeps) == 12
+
+
+def test_a_usb_stick_that_never_answers_is_waited_for_once(tmp_path: Path) -> None:
+    fs = FakeSysfs(tmp_path / "sys")
+    fs.usb_storage("0000:00:02.0", "2-1", "2-1:1.0", "host6")
+    fs.usb_storage("0000:00:02.0", "2-2", "2-2:1.0", "host7", driver="uas")
+    clock = FakeClock()
+    given_up: set[str] = set()
+    assert hardware.unscanned_usb_hosts(tmp_path / "sys") == ["host6", "host7"]
+    assert hardware.wait_for_usb_scans(tmp_path / "sys", 2.0, given_up, clock.sleep,
+                                       clock.monotonic)
+    assert given_up == {"host6", "host7"}
+    assert 19 <= len(clock.sleeps) <= 21  # the timeout, in steps of 0.1 s
+    # the next pass does not wait again
+    assert not hardware.wait_for_usb_scans(tmp_path / "sys", 2.0, given_up, clock.sleep,
+                                           clock.monotonic)
+    assert 19 <= len(clock.sleeps) <= 21
+
+
+def test_no_usb_storage_no_wait(tmp_path: Path) -> None:
+    fs = FakeSysfs(tmp_path / "sys")
+    host = fs.usb_storage("0000:00:02.0", "2-1", "2-1:1.0", "host6")
+    fs.scsi_device(host, "6:0:0:0")  # scanned already
+    clock = FakeClock()
+    assert hardware.unscanned_usb_hosts(tmp_path / "sys") == []
+    assert not hardware.wait_for_usb_scans(tmp_path / "sys", 2.0, set(), clock.sleep,
+                                           clock.monotonic)
+    assert hardware.unscanned_usb_hosts(tmp_path / "nothing") == []
+    assert clock.sleeps == []
 
 
 def test_a_failed_module_is_not_retried(tmp_path: Path) -> None:
