@@ -2,7 +2,8 @@
 
     hardware -> network -> monitor -> instructions -> plan -> pre-install
       -> partition -> assemble -> format -> mount -> fetch -> overrides
-      -> fetch-rest | (configure -> initrd) | bootloader -> post-install -> finish
+      -> fetch-rest | (configure -> initrd) | host-keys | bootloader
+      -> post-install -> finish
 
 Nothing is written to a disk before `plan` has validated the whole plan
 against the server's instructions and this machine's disks.  Each step is a
@@ -547,9 +548,20 @@ def configure_system(s: Session, plan: InstallPlan, net: network.NetConfig,
         s.written += system.set_hostname(root, plan.hostname, s.params.domainname or net.domain)
         s.written += system.reset_machine_id(root)
         s.written += _write_network(s, net, root, netcfg)
-        s.written += system.regenerate_ssh_host_keys(root)
         s.written += selinux.relabel_on_first_boot(root, s.params.selinux_relabel)
         prepare_initrd(s, plan, root)
+
+
+def host_keys(s: Session, root: Path) -> None:
+    """Clones must not share SSH host keys.  Beside configure, initrd and
+    the bootloader: a 3072-bit RSA key alone takes half a minute under
+    emulation, and nothing else reads the keys before the reboot."""
+    with s.steps.phase("host-keys"):
+        t0 = time.monotonic()
+        written = system.regenerate_ssh_host_keys(root)
+        s.written += written
+        s.reporter.say(f"new SSH host keys in {time.monotonic() - t0:.1f}s: {', '.join(written)}"
+                       if written else "no SSH host keys in the image")
 
 
 def _write_network(s: Session, net: network.NetConfig, root: Path,
@@ -787,8 +799,8 @@ def _configure_while_fetching(s: Session, plan: InstallPlan, net: network.NetCon
                               server: ImageServer, root: Path, start: int | None,
                               netcfg: netlib.NetworkConfig | None) -> None:
     """fetch-rest (when `start` says it is still to come), configure ->
-    initrd, and the bootloader, side by side: rsync and mostly shell
-    scripts, minutes on a slow machine.  What orders them:
+    initrd, the SSH host keys and the bootloader, side by side: rsync and
+    mostly shell scripts, minutes on a slow machine.  What orders them:
       - an initrd regenerated here needs the module objects and firmware,
         which may still be coming: it waits for the rest of the image;
       - the bootloader's configuration lists the initrds: it waits for the
@@ -822,6 +834,7 @@ def _configure_while_fetching(s: Session, plan: InstallPlan, net: network.NetCon
     if start is not None:
         jobs["fetch-rest"] = functools.partial(rest, start)
     jobs["configure"] = configure_and_initrd
+    jobs["host-keys"] = functools.partial(host_keys, s, root)
     jobs["bootloader"] = lambda: install_bootloader(s, plan, root, initrd_done.wait)
     s.steps.concurrently(jobs, also=("initrd",))
 

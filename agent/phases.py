@@ -53,6 +53,7 @@ PHASES: tuple[Phase, ...] = (
     Phase("configure", "write fstab, hostname and network config",
           ("install-configs", "configure-network", "se-linux")),
     Phase("initrd", "keep or regenerate the installed system's initrd"),
+    Phase("host-keys", "new SSH host keys for this clone"),
     Phase("bootloader", "install the bootloader", ("boot-loader",)),
     Phase("post-install", "run the post-install scripts in the installed system"),
     Phase("finish", "unmount and report",

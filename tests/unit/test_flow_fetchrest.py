@@ -14,6 +14,7 @@ import pytest
 from agent import flow
 from agent.phases import InstallFailed, Steps
 from sysclone.errors import SyscloneError
+from tests.conftest import FakeCommands
 from tests.unit.test_flow import Recorder
 
 
@@ -80,7 +81,8 @@ def test_the_bootloader_does_not_wait_for_the_rest(monkeypatch: pytest.MonkeyPat
     # The initrd is kept and grub.cfg written while the rest still comes.
     assert tail.log.index("grub.cfg") < tail.log.index("rest:done")
     assert tail.log.index("initrd:decided") < tail.log.index("grub.cfg")
-    assert sorted(rep.phases("done")) == ["bootloader", "configure", "fetch-rest", "initrd"]
+    assert sorted(rep.phases("done")) == ["bootloader", "configure", "fetch-rest", "host-keys",
+                                          "initrd"]
 
 
 def test_an_initrd_built_here_waits_for_the_modules(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -112,3 +114,21 @@ def test_a_break_runs_them_one_after_the_other(monkeypatch: pytest.MonkeyPatch) 
     tail.run(breaks=frozenset({"initrd"}))
     assert tail.log == ["rest:start", "rest:done", "configure", "shell:initrd",
                         "initrd:decided", "initrd:regenerated", "boot-code", "grub.cfg"]
+
+
+def test_new_host_keys_beside_the_rest(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                       fake_commands: FakeCommands) -> None:
+    root = tmp_path / "root"
+    (root / "etc/ssh").mkdir(parents=True)
+    (root / "usr/bin").mkdir(parents=True)
+    (root / "usr/bin/ssh-keygen").touch()
+    (root / "etc/ssh/ssh_host_ed25519_key").write_text("the golden client's\n")
+    fake_commands.add(["chroot", str(root), "ssh-keygen", "-A"])
+    tail = Tail(monkeypatch)
+    rep = Recorder([])
+    s = flow.Session([], None, rep, Steps(rep))  # type: ignore[arg-type]
+    flow._configure_while_fetching(s, None, None, None, root, 0, None)  # type: ignore[arg-type]
+    assert ["chroot", str(root), "ssh-keygen", "-A"] in fake_commands.calls
+    assert not (root / "etc/ssh/ssh_host_ed25519_key").exists()  # the old key is gone
+    assert s.written == ["/etc/ssh/ssh_host_ed25519_key"]
+    assert "host-keys" in rep.phases("done") and "grub.cfg" in tail.log

@@ -170,7 +170,7 @@ def test_phase_names_and_aliases_do_not_collide() -> None:
     assert names == ["hardware", "network", "monitor", "instructions", "plan",
                      "pre-install", "partition", "assemble", "format", "mount", "fetch",
                      "overrides", "fetch-rest",
-                     "configure", "initrd", "bootloader", "post-install", "finish"]
+                     "configure", "initrd", "host-keys", "bootloader", "post-install", "finish"]
 
 
 def test_done_events_say_how_much_memory_is_left(clock: FakeClock, tmp_path) -> None:
