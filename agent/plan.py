@@ -18,6 +18,7 @@ and the initrd policy are told (boot_disks, esp_mountpoint, features).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,21 @@ IMAGE_GROWTH = 1.03
 FS_MIN = {"xfs": 300 * 10**6, "btrfs": 114 * MiB, "ext2": 2 * MiB, "ext3": 8 * MiB,
           "ext4": 8 * MiB, "vfat": MiB, "fat": MiB, "fat16": 9 * MiB, "fat32": 33 * MiB,
           "msdos": MiB, "swap": 40 * 1024}
+
+
+# image.deferred (imageserver.fetchorder): directories of the image, each
+# component a plain name; never under what the install needs before the
+# rest (fetched while /dev, /proc, /sys are bound into the target and the
+# bootloader writes /boot).
+NOT_DEFERRED = frozenset({"dev", "proc", "sys", "run", "tmp", "boot", "efi", "etc"})
+_DEFERRED_PATH = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*(/[A-Za-z0-9_][A-Za-z0-9_.+-]*)*")
+
+
+def deferred_path_ok(path: str) -> bool:
+    """A relative path of plain names: no `.`/`..`, no leading `-`, nothing
+    rsync's filter rules or a shell would read as more than a path."""
+    return bool(_DEFERRED_PATH.fullmatch(path)) \
+        and not any(part in (".", "..") for part in path.split("/"))
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ si.disk rule that chose more of them than the layout uses is refused here.
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -26,12 +25,14 @@ from agent.plan import (
     FS_USABLE,
     IMAGE_GROWTH,
     MKFS_TOOLS,
+    NOT_DEFERRED,
     DiskPlan,
     FsPlan,
     ImageRef,
     InstallPlan,
     MiB,
     default_swap_mib,
+    deferred_path_ok,
 )
 from agent.planstack import boot_facts, plan_arrays, plan_crypts, plan_groups
 from agent.storage import layoutfile
@@ -382,10 +383,6 @@ def make_plan(*, instructions: dict[str, Any], server: str, hostname: str,
                        root_stack=boot.root_stack)
 
 
-_NOT_DEFERRED = frozenset({"dev", "proc", "sys", "run", "tmp", "boot", "efi", "etc"})
-_DEFERRED = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*(/[A-Za-z0-9_][A-Za-z0-9_.+-]*)*")
-
-
 def _deferred(value: Any) -> tuple[str, ...]:
     """The instructions' image.deferred: relative directory paths inside the
     image, each becoming an rsync exclude and a source path."""
@@ -394,11 +391,10 @@ def _deferred(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or len(value) > 64:
         raise ConfigError("the server's instructions: image.deferred is not a list of paths")
     for p in value:
-        if not isinstance(p, str) or not _DEFERRED.fullmatch(p) \
-                or any(part in (".", "..") for part in p.split("/")):
+        if not isinstance(p, str) or not deferred_path_ok(p):
             raise ConfigError(f"the server's instructions: image.deferred entry {p!r} is not a "
                               "relative directory path inside the image")
-        if p.split("/", 1)[0] in _NOT_DEFERRED:
+        if p.split("/", 1)[0] in NOT_DEFERRED:
             # Fetched while /dev, /proc, /sys are bound into the target and
             # the bootloader writes /boot: never through those.
             raise ConfigError(f"the server's instructions: image.deferred entry {p!r} is under "

@@ -23,6 +23,8 @@ import stat
 from collections.abc import Iterable
 from pathlib import Path
 
+from agent.plan import NOT_DEFERRED, deferred_path_ok
+
 # Relative to the image's root; `*` is a kernel version directory.
 CANDIDATES = (
     "usr/lib/modules/*/kernel", "lib/modules/*/kernel",
@@ -40,7 +42,10 @@ def _real_dirs(tree: Path, pattern: str) -> list[str]:
         nxt = []
         for base in found:
             d = tree / base if base else tree
-            names = sorted(os.listdir(d)) if part == "*" else [part]
+            try:
+                names = sorted(os.listdir(d)) if part == "*" else [part]
+            except OSError:
+                continue
             for name in names:
                 rel = f"{base}/{name}" if base else name
                 try:
@@ -61,7 +66,7 @@ def _linked_out(tree: Path, dirs: Iterable[str]) -> set[str]:
         for top, _, files in os.walk(tree / d):
             for f in files:
                 st = os.lstat(os.path.join(top, f))
-                if st.st_nlink > 1 and stat.S_ISREG(st.st_mode):
+                if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
                     key = (st.st_dev, st.st_ino)
                     seen, _, where = links.get(key, (0, 0, frozenset()))
                     links[key] = (seen + 1, st.st_nlink, where | {d})
@@ -69,8 +74,11 @@ def _linked_out(tree: Path, dirs: Iterable[str]) -> set[str]:
 
 
 def deferred(tree: Path) -> tuple[str, ...]:
-    """The directories of the image at `tree` an install may fetch last."""
-    dirs = [p for pattern in CANDIDATES for p in _real_dirs(tree, pattern)]
+    """The directories of the image at `tree` an install may fetch last
+    (only names the agent takes: a kernel directory named otherwise comes
+    with the first run)."""
+    dirs = [p for pattern in CANDIDATES for p in _real_dirs(tree, pattern)
+            if deferred_path_ok(p) and p.split("/", 1)[0] not in NOT_DEFERRED]
     while True:
         crossing = _linked_out(tree, dirs)
         if not crossing:

@@ -104,3 +104,12 @@ def test_the_agent_refuses_what_could_escape_or_race(bad: str, says: str) -> Non
     assert says in e.value.message and "image.deferred" in e.value.message
     with pytest.raises(ConfigError, match="not a list"):
         _plan("usr/share/doc")
+
+
+def test_only_names_the_agent_takes_are_offered(tmp_path: Path) -> None:
+    tree = debian_tree(tmp_path / "img")
+    (tree / "usr/lib/modules/6.1.0 custom~1/kernel").mkdir(parents=True)
+    got = deferred(tree)
+    assert "usr/lib/modules/6.1.0-9-amd64/kernel" in got
+    assert not any("custom" in d for d in got)  # it comes with the first run
+    _plan(list(got))  # and the agent takes every one offered
