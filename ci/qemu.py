@@ -54,6 +54,13 @@ class VmSpec:
     disks: tuple[Path, ...] = ()
     disk_bus: str = "virtio"  # virtio | nvme | sata
     nic_model: str = "virtio-net-pci"
+    # QEMU's option ROM on the NIC (iPXE).  False: the firmware's own PXE
+    # (OVMF's, for virtio-net only), as a UEFI machine has: QEMU's iPXE
+    # (Debian 12: 1.0.0+git-20190125) reports the buffer size, not the file
+    # size, of a TFTP download through its PXE base code, so shim refuses
+    # the GRUB it fetched ("Malformed binary after Attribute Certificate
+    # Table", rhboot/shim#760).
+    nic_rom: bool = True
     mac: str = "52:54:00:12:34:56"
     tftp_root: Path | None = None
     bootfile: str | None = None
@@ -150,7 +157,8 @@ def qemu_argv(spec: VmSpec, qmp: Path) -> list[str]:
         for host_port, guest_port in spec.forwards:
             net += f",hostfwd=tcp:127.0.0.1:{host_port}-:{guest_port}"
     argv += ["-netdev", net,
-             "-device", f"{spec.nic_model},netdev=n0,mac={spec.mac}{bootindex('net')}"]
+             "-device", f"{spec.nic_model},netdev=n0,mac={spec.mac}{bootindex('net')}"
+                        + ("" if spec.nic_rom else ",romfile=")]
     if spec.cdrom:
         argv += ["-drive", f"if=none,id=cd0,media=cdrom,readonly=on,file={spec.cdrom}",
                  "-device", f"ide-cd,drive=cd0{bootindex('cdrom')}"]

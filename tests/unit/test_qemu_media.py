@@ -68,6 +68,17 @@ def test_tap_nic_first_in_the_boot_order(tmp_path):
     assert "virtio-net-pci,netdev=n0,mac=52:54:00:aa:00:01,bootindex=0" in opt(argv, "-device")
 
 
+def test_firmware_pxe_without_the_nic_rom(tmp_path, ovmf):
+    """nic_rom=False: no iPXE option ROM, the firmware's own PXE boots."""
+    spec = VmSpec("vm", tmp_path, firmware="uefi", tftp_root=tmp_path, bootfile="bootx64.efi",
+                  boot_order=("net",), nic_rom=False)
+    assert "virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56,bootindex=0,romfile=" in \
+        opt(qemu_argv(spec, tmp_path / "q"), "-device")
+    default = VmSpec("vm", tmp_path, firmware="uefi", boot_order=("net",))
+    assert "virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56,bootindex=0" in \
+        opt(qemu_argv(default, tmp_path / "q"), "-device")
+
+
 def test_cdrom_boot_index(tmp_path):
     argv = qemu_argv(VmSpec("vm", tmp_path, cdrom=tmp_path / "x.iso", boot_order=("cdrom",)),
                      tmp_path / "q")
