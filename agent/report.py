@@ -45,8 +45,13 @@ class Reporter:
         self._url = url.rstrip("/") + "/v1/events"
         self._thread = threading.Thread(target=self._sender, name="reporter", daemon=True)
         self._thread.start()
+        # Events raised before the network was up carry what was known of
+        # the client then: no MAC or address yet, and no host name when it
+        # came later (a USB disk's local.cfg).  They are sent as this
+        # client's, or the monitor could not tell whose early phases they
+        # were; what an event already says stays.
         for ev in self._pending:
-            self._q.put(ev)
+            self._q.put({**self.client, **ev})
         self._pending.clear()
 
     def event(self, kind: str, **data: Any) -> None:

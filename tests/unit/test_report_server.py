@@ -145,12 +145,32 @@ def test_events_wait_for_the_network_then_go_in_order(stub: StubServer) -> None:
     assert {r["headers"]["Content-Type"] for r in stub.requests} == {"application/json"}
     evs = [json.loads(r["body"]) for r in stub.requests]
     assert [e["kind"] for e in evs] == ["hello", "phase", "progress"]
+    # raised before the MAC was known, sent as this client's all the same
     assert evs[0] == {"ts": evs[0]["ts"], "kind": "hello", "hostname": "node07",
-                      "message": "booted"}
+                      "mac": "02:fc:00:00:00:01", "message": "booted"}
     assert evs[1]["mac"] == "02:fc:00:00:00:01" and evs[1]["status"] == "start"
     assert evs[2]["bytes"] == 12_001_000
     assert abs(evs[0]["ts"] - time.time()) < 60
     assert rep.send_errors == 0
+
+
+def test_early_events_are_sent_as_the_client_known_at_connect(stub: StubServer) -> None:
+    """The host name from a USB disk's local.cfg, the MAC and address from
+    the network phase: the hardware phase before them is this client's too
+    (the monitor filed it under no client, and its phases looked missing)."""
+    rep = Reporter(console=io.StringIO())
+    rep.event("phase", phase="hardware", status="done")
+    rep.client.update({"mac": "52:54:00:12:34:56", "ip": "10.0.2.15"})
+    rep.event("phase", phase="network", status="done", ip="10.0.2.16")
+    rep.client["hostname"] = "e2e-usb"
+    rep.connect(stub.url)
+    rep.event("phase", phase="monitor", status="done")
+    rep.flush(timeout=10)
+    evs = [json.loads(r["body"]) for r in stub.requests]
+    assert [(e["phase"], e["hostname"], e["mac"]) for e in evs] == [
+        ("hardware", "e2e-usb", "52:54:00:12:34:56"), ("network", "e2e-usb", "52:54:00:12:34:56"),
+        ("monitor", "e2e-usb", "52:54:00:12:34:56")]
+    assert [e["ip"] for e in evs] == ["10.0.2.15", "10.0.2.16", "10.0.2.15"]  # its own stays
 
 
 def test_a_failed_post_is_retried(stub: StubServer, sleeps: list[float]) -> None:
