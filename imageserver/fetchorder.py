@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterable
 from pathlib import Path
 
 from agent.plan import NOT_DEFERRED, deferred_path_ok
@@ -58,19 +57,30 @@ def _real_dirs(tree: Path, pattern: str) -> list[str]:
     return found
 
 
-def _linked_out(tree: Path, dirs: Iterable[str]) -> set[str]:
-    """The directories holding a file hard-linked to one outside all of `dirs`."""
-    # inode -> (links seen inside, links it has, directories seen in)
-    links: dict[tuple[int, int], tuple[int, int, frozenset[str]]] = {}
-    for d in dirs:
-        for top, _, files in os.walk(tree / d):
-            for f in files:
+def _links(tree: Path, dirs: list[str]) -> list[tuple[frozenset[str], bool]]:
+    """For every inode with several names in the tree: the deferred
+    directories holding one, and whether one lies outside all of them.
+    Names outside the tree (an earlier version's hard links in the image
+    store) are no concern: rsync sees only the tree."""
+    holders: dict[tuple[int, int], set[str]] = {}
+    outside: set[tuple[int, int]] = set()
+    for top, _, files in os.walk(tree):
+        rel = os.path.relpath(top, tree)
+        rel = "" if rel == "." else rel
+        owner = next((d for d in dirs if rel == d or rel.startswith(d + "/")), None)
+        for f in files:
+            try:
                 st = os.lstat(os.path.join(top, f))
-                if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
-                    key = (st.st_dev, st.st_ino)
-                    seen, _, where = links.get(key, (0, 0, frozenset()))
-                    links[key] = (seen + 1, st.st_nlink, where | {d})
-    return {d for seen, nlink, where in links.values() if seen < nlink for d in where}
+            except OSError:
+                continue
+            if st.st_nlink < 2:
+                continue
+            key = (st.st_dev, st.st_ino)
+            if owner is None:
+                outside.add(key)
+            else:
+                holders.setdefault(key, set()).add(owner)
+    return [(frozenset(ds), key in outside) for key, ds in holders.items()]
 
 
 def deferred(tree: Path) -> tuple[str, ...]:
@@ -79,9 +89,12 @@ def deferred(tree: Path) -> tuple[str, ...]:
     with the first run)."""
     dirs = [p for pattern in CANDIDATES for p in _real_dirs(tree, pattern)
             if deferred_path_ok(p) and p.split("/", 1)[0] not in NOT_DEFERRED]
+    links = _links(tree, dirs)
+    kept = set(dirs)
     while True:
-        crossing = _linked_out(tree, dirs)
-        if not crossing:
-            return tuple(dirs)
-        # Dropping one may leave its partners' links crossing: look again.
-        dirs = [d for d in dirs if d not in crossing]
+        # A name fetched in the first run (outside, or in a directory
+        # dropped already) takes every deferred directory linked to it along.
+        drop = {d for ds, out in links if out or not ds <= kept for d in ds & kept}
+        if not drop:
+            return tuple(d for d in dirs if d in kept)
+        kept -= drop

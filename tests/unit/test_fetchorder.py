@@ -113,3 +113,21 @@ def test_only_names_the_agent_takes_are_offered(tmp_path: Path) -> None:
     assert "usr/lib/modules/6.1.0-9-amd64/kernel" in got
     assert not any("custom" in d for d in got)  # it comes with the first run
     _plan(list(got))  # and the agent takes every one offered
+
+
+def test_links_to_other_versions_in_the_store_do_not_count(tmp_path: Path) -> None:
+    """The image store keeps versions as hard-linked trees: every unchanged
+    file has a name in the previous version too, which rsync never sees."""
+    tree = debian_tree(tmp_path / "v2")
+    older = tmp_path / "v1"
+    older.mkdir()
+    os.link(tree / "usr/share/doc/bash/copyright", older / "copyright")
+    os.link(tree / "usr/bin/bash", older / "bash")
+    assert "usr/share/doc" in deferred(tree)
+    # A chain: doc linked to man, man to the first run: both come first.
+    os.link(tree / "usr/share/doc/bash/copyright", tree / "usr/share/man/man1/c")
+    (tree / "usr/share/man/man1/x").write_text("x")
+    os.link(tree / "usr/share/man/man1/x", tree / "usr/bin/x")
+    got = deferred(tree)
+    assert "usr/share/doc" not in got and "usr/share/man" not in got
+    assert "var/lib/apt/lists" in got
