@@ -18,6 +18,7 @@ rsync keeps hard links only within one run.
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 from pathlib import Path
@@ -81,6 +82,21 @@ def _links(tree: Path, dirs: list[str]) -> list[tuple[frozenset[str], bool]]:
             else:
                 holders.setdefault(key, set()).add(owner)
     return [(frozenset(ds), key in outside) for key, ds in holders.items()]
+
+
+def deferred_of_version(tree: Path) -> tuple[str, ...]:
+    """deferred() of a stored version's tree, which never changes once
+    recorded: computed once per tree, not per client asking (it walks the
+    whole image).  A tree made anew under the same path (an image deleted
+    and made again) is a new directory: its inode and ctime tell."""
+    real = os.path.realpath(tree)
+    st = os.stat(real)
+    return _deferred_once(real, st.st_ino, st.st_ctime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _deferred_once(real: str, ino: int, ctime_ns: int) -> tuple[str, ...]:
+    return deferred(Path(real))
 
 
 def deferred(tree: Path) -> tuple[str, ...]:

@@ -112,7 +112,8 @@ def resolve(state: StateRoot, q: ClientQuery, policy: ServerPolicy,
             "transfer_bytes": usage.transfer if usage else None,
             "usage": usage.by_dir if usage else {},
             # What the agent may fetch while it configures (imageserver.fetchorder).
-            "deferred": list(fetchorder.deferred(store.tree(ref))),
+            "deferred": list(fetchorder.deferred(store.tree(ref)) if version is None
+                             else fetchorder.deferred_of_version(store.tree(ref))),
         },
         "layout": layout,
         "overrides": [],

@@ -131,3 +131,21 @@ def test_links_to_other_versions_in_the_store_do_not_count(tmp_path: Path) -> No
     got = deferred(tree)
     assert "usr/share/doc" not in got and "usr/share/man" not in got
     assert "var/lib/apt/lists" in got
+
+
+def test_a_stored_version_is_walked_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from imageserver import fetchorder
+
+    tree = debian_tree(tmp_path / "v1")
+    walks: list[Path] = []
+    real = fetchorder.deferred
+    monkeypatch.setattr(fetchorder, "deferred", lambda t: walks.append(t) or real(t))
+    first = fetchorder.deferred_of_version(tree)
+    assert fetchorder.deferred_of_version(tree) == first and len(walks) == 1
+    # The same path made anew (an image deleted and bootstrapped again).
+    import shutil
+
+    shutil.rmtree(tree)
+    (tree / "etc").mkdir(parents=True)
+    os.utime(tree, ns=(1, 1))
+    assert fetchorder.deferred_of_version(tree) == () and len(walks) == 2
