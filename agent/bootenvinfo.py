@@ -11,11 +11,9 @@ is touched, instead of a bare "mdadm is missing".
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,6 @@ from sysclone.errors import ConfigError
 log = logging.getLogger(__name__)
 
 PATH = Path("/etc/sysclone/bootenv.json")
-MODULES_DIR = Path("/lib/modules")
 
 # The tool group (bootenv.tools) each tool the plan checks belongs to.
 TOOL_GROUP = {"mdadm": "raid", "lvm": "lvm", "cryptsetup": "crypt", "mke2fs": "ext4",
@@ -71,35 +68,3 @@ class BootenvInfo:
                else f"rebuild it with --tools including {group}")
         return ConfigError(f"this boot environment has no {tool}, so it {what}: {why}; {fix}")
 
-
-def module_name(path_or_name: str) -> str:
-    """A module's name as modprobe knows it: raid456 for
-    kernel/drivers/md/raid456.ko.xz, dm_mod for dm-mod."""
-    base = path_or_name.rsplit("/", 1)[-1]
-    base = base.split(".ko", 1)[0]
-    return base.replace("-", "_")
-
-
-def kernel_modules(modules_dir: Path) -> frozenset[str] | None:
-    """Every module a kernel's module tree has, loadable (modules.dep) or
-    built in (modules.builtin); None when the tree has no modules.dep."""
-    try:
-        dep = (modules_dir / "modules.dep").read_text()
-    except OSError:
-        return None
-    names = {module_name(line.split(":", 1)[0]) for line in dep.splitlines() if ":" in line}
-    with contextlib.suppress(OSError):
-        names |= {module_name(line) for line in
-                  (modules_dir / "modules.builtin").read_text().split()}
-    return frozenset(names)
-
-
-def running_kernel_has(modules_dir: Path = MODULES_DIR) -> Callable[[str], bool]:
-    """Whether the running kernel can have a module: what the plan asks of
-    the boot environment it runs in.  Where the running kernel has no
-    module tree (a host running `layout plan` without --bootenv), nothing
-    is refused."""
-    names = kernel_modules(modules_dir / os.uname().release)
-    if names is None:
-        return lambda _name: True
-    return lambda name: module_name(name) in names

@@ -26,7 +26,6 @@ from typing import Any
 from agent import disks as disklib
 from agent import hardware, network
 from agent.blockdev.assemble import assemble
-from agent.bootenvinfo import running_kernel_has
 from agent.chroot import chroot_target
 from agent.configure import bootloader as bootlib
 from agent.configure import grubprobe, selinux, system
@@ -311,9 +310,13 @@ def validate_plan(s: Session, instr: dict[str, Any], server: ImageServer,
         s.reporter.client["hostname"] = hostname
         all_disks = disklib.list_disks()
         targets = install_targets(all_disks, s.params.disks)
-        plan = make_plan(instructions=instr, server=server.host, hostname=hostname,
-                         targets=list(targets.disks), fw=firmware(), ram_bytes=_ram_bytes(),
-                         choices=targets.choices, have_module=running_kernel_has())
+        # The boot environment's own modules, as the hardware phase loads
+        # them (libkmod: modules.dep and the built-in ones).
+        with Kmod() as kmod:
+            plan = make_plan(instructions=instr, server=server.host, hostname=hostname,
+                             targets=list(targets.disks), fw=firmware(),
+                             ram_bytes=_ram_bytes(), choices=targets.choices,
+                             have_module=lambda m: bool(kmod.lookup(m)))
         if s.params.rsync_port != 873:
             # Asked for explicitly on the command line: it wins over the server's word.
             plan = replace(plan, image=replace(plan.image, rsync_port=s.params.rsync_port))

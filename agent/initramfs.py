@@ -78,8 +78,9 @@ class Listing:
 
 
 def module_name(filename: str) -> str:
-    """ext4.ko.zst -> ext4, dm-crypt.ko -> dm_crypt (kmod's canonical form)."""
-    return filename.split(".ko", 1)[0].replace("-", "_")
+    """ext4.ko.zst -> ext4, kernel/drivers/md/dm-crypt.ko -> dm_crypt, dm-mod
+    -> dm_mod (kmod's canonical form)."""
+    return filename.rsplit("/", 1)[-1].split(".ko", 1)[0].replace("-", "_")
 
 
 Decompress = Callable[[str], list[str]]

@@ -108,7 +108,8 @@ def _tools(bootenv: Path | None, state: StateRoot
     has (None when there is no manifest to say)."""
     import json
 
-    from agent.bootenvinfo import BootenvInfo, module_name
+    from agent.bootenvinfo import BootenvInfo
+    from agent.initramfs import module_name
     from bootenv import tools
 
     manifest = (bootenv or state.bootenvs / "standard") / "manifest.json"
@@ -134,8 +135,8 @@ def _tools(bootenv: Path | None, state: StateRoot
 
 
 def cmd_layout_plan(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
-    from agent.bootenvinfo import module_name
     from agent.disks import NoProbe
+    from agent.initramfs import module_name
     from agent.planner import make_plan
 
     path = Path(a.file)

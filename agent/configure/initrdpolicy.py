@@ -124,8 +124,7 @@ def builtin_modules(root: Path, kver: str) -> frozenset[str]:
     for base in ("lib/modules", "usr/lib/modules"):
         p = root / base / kver / "modules.builtin"
         if p.is_file():
-            return frozenset(module_name(line.rsplit("/", 1)[-1])
-                             for line in p.read_text().split() if line)
+            return frozenset(module_name(line) for line in p.read_text().split() if line)
     return frozenset()
 
 

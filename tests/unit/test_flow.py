@@ -177,14 +177,27 @@ def machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 
 
 class FakeKmod:
+    """The boot environment's libkmod: no driver for the captured VM's
+    modaliases (nothing is loaded), and the storage modules the standard
+    boot environment carries, asked for by name."""
+
+    MODULES = frozenset({"md_mod", "raid0", "raid1", "raid10", "raid456", "dm_mod",
+                         "dm_crypt", "ext4", "xfs", "btrfs", "vfat"})
+
     def lookup(self, alias: str) -> list[str]:
-        return []
+        return [alias] if alias in self.MODULES else []
 
     def load(self, name: str, options: str | None = None) -> None:
         pass
 
     def close(self) -> None:
         pass
+
+    def __enter__(self) -> FakeKmod:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def commands_run(m: Machine) -> set[str]:

@@ -158,27 +158,12 @@ def test_a_raid_level_whose_module_the_kernel_lacks_is_refused() -> None:
     assert {a.level for a in p.arrays} == {"raid1"}
 
 
-def test_the_running_kernels_modules_are_read_from_its_tree(tmp_path: Path) -> None:
-    from agent.bootenvinfo import kernel_modules, module_name, running_kernel_has
+def test_module_names_from_paths_and_names() -> None:
+    from agent.initramfs import module_name
 
     assert module_name("kernel/drivers/md/raid456.ko.xz") == "raid456"
     assert module_name("dm-mod") == "dm_mod"
-    tree = tmp_path / "6.1.0-x"
-    tree.mkdir()
-    assert kernel_modules(tree) is None  # no modules.dep: nothing known
-    (tree / "modules.dep").write_text(
-        "kernel/drivers/md/raid1.ko.xz: kernel/drivers/md/md-mod.ko.xz\n"
-        "kernel/drivers/md/md-mod.ko.xz:\n")
-    (tree / "modules.builtin").write_text("kernel/fs/ext4/ext4.ko\n")
-    assert kernel_modules(tree) == {"raid1", "md_mod", "ext4"}
-    import os
-
-    release = tmp_path / os.uname().release
-    release.mkdir()
-    assert running_kernel_has(tmp_path)("raid456")  # an empty tree refuses nothing
-    (release / "modules.dep").write_text("kernel/drivers/md/raid1.ko.xz:\n")
-    has = running_kernel_has(tmp_path)
-    assert has("raid1") and not has("raid456")
+    assert module_name("dm-crypt.ko.zst") == "dm_crypt"
 
 
 def test_layout_plan_checks_the_raid_level_against_the_manifest(
