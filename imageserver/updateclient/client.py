@@ -625,8 +625,9 @@ def take_rollback_point(root: str, plan: Plan, image: str) -> RollbackPoint:
     point.saved = _existing(root, changing + point.boot_before)
     one_fs = _same_filesystem(root, point.saved + point.created)
     need = sum(_size(os.path.join(root, p)) for p in point.saved)
-    origin = lvm_origin(root) if one_fs and not _is_btrfs_subvolume(root) else None
-    if _is_btrfs_subvolume(root) and one_fs:
+    subvolume = one_fs and _is_btrfs_subvolume(root)
+    origin = lvm_origin(root) if one_fs and not subvolume else None
+    if subvolume:
         run(["btrfs", "subvolume", "snapshot", "-r", root, os.path.join(directory, "snapshot")])
         point.method = "btrfs"
     elif origin is not None and origin.vg_free >= snapshot_bytes(plan, need):
