@@ -426,11 +426,10 @@ def pull_image(s: Session, plan: InstallPlan, root: Path) -> int:
     """The image but what the server lets come last (image.deferred);
     returns the bytes in use on the target before it started."""
     with s.steps.phase("fetch"):
-        mounts = [root / (f.mountpoint or "/").lstrip("/") for f in plan.mounts]
-        start = used_bytes(mounts)
+        used = _used_on_target(plan, root)
+        start = used()
         res = pull_except(plan.image.url, root, plan.image.deferred,
-                          on_progress=_progress(s, plan, "fetch", 0),
-                          measure=lambda: used_bytes(mounts))
+                          on_progress=_progress(s, plan, "fetch", 0), measure=used)
         rest = f", {len(plan.image.deferred)} directories to follow" \
             if plan.image.deferred else ""
         s.reporter.say(f"{res.bytes / 2**20:,.0f} MiB in {res.seconds:.1f}s{rest}")
@@ -444,13 +443,18 @@ def pull_rest(s: Session, plan: InstallPlan, root: Path, start: int) -> None:
         if not plan.image.deferred:
             s.reporter.say("nothing deferred: the image is all there")
             return
-        mounts = [root / (f.mountpoint or "/").lstrip("/") for f in plan.mounts]
-        done = used_bytes(mounts) - start
+        used = _used_on_target(plan, root)
         res = pull_only(plan.image.url, root, plan.image.deferred,
-                        on_progress=_progress(s, plan, "fetch-rest", done),
-                        measure=lambda: used_bytes(mounts))
+                        on_progress=_progress(s, plan, "fetch-rest", used() - start),
+                        measure=used)
         s.reporter.say(f"{', '.join('/' + d for d in plan.image.deferred)}: "
                        f"{res.bytes / 2**20:,.0f} MiB in {res.seconds:.1f}s")
+
+
+def _used_on_target(plan: InstallPlan, root: Path) -> Callable[[], int]:
+    """The bytes in use on the new filesystems, as they fill."""
+    mounts = [root / (f.mountpoint or "/").lstrip("/") for f in plan.mounts]
+    return lambda: used_bytes(mounts)
 
 
 def _progress(s: Session, plan: InstallPlan, phase: str, before: int
