@@ -161,10 +161,16 @@ def _build(state: StateRoot, req: InitrdRequest, tree: Path, layers: list[Path],
                 if dest.is_symlink():
                     dest.unlink()
                 dest.write_text(text)
+            tool = InitramfsTools() if req.tool == "initramfs-tools" else Dracut()
+            # The client's files decide as much as the image's: a host-only
+            # configuration needs the client's hardware.
+            if not tool.builds_generic(merged):
+                raise ConfigError(f"the {req.tool} configuration of {req.module} with this "
+                                  "client's files does not build a generic initrd",
+                                  hint="build it on the client")
             if req.tool == "initramfs-tools":
                 _no_resume_guess(merged)
             stack.enter_context(chroot_target(merged, efi=False))
-            tool = InitramfsTools() if req.tool == "initramfs-tools" else Dracut()
             tool.regenerate(merged, [req.kver])
         return _collect(upper, req.kver)
     finally:

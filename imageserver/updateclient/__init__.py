@@ -14,7 +14,9 @@ the image version and its rsync module (the current version unless
 NAME@N is asked; without a name, the image the client last installed or
 updated to, then the server's default image), the overrides an install
 would get, and the files its install wrote (fstab, host name, network
-configuration...), which an update leaves alone.
+configuration...), which an update leaves alone, and the paths initrd
+tools read (when a kernel changes, the client sends its own copies of
+those it keeps, and the server builds its initrd: POST /v1/initrd).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from agent.configure.initrd import INITRD_INPUTS
 from agent.params.kinds import is_hostname
 from imageserver.instructions import ClientQuery, ServerPolicy, resolve
 from imageserver.monitor import client_id
@@ -93,4 +96,8 @@ def answer(state: StateRoot, policy: ServerPolicy, store: ImageStore,
     return {"version": 1, "hostname": hostname,
             "image": {k: img[k] for k in ("name", "version", "module", "rsync_port")},
             "overrides": list(instr.get("overrides") or ()),
-            "written": install_written(events)}
+            "written": install_written(events),
+            # What initrd tools read: the client sends its own copies of
+            # these (those it keeps out of updates) when the server builds
+            # its initrd.
+            "initrd_inputs": list(INITRD_INPUTS)}

@@ -24,8 +24,11 @@ An update, step by step:
              the delta basis); if the server goes away here, nothing of
              the system has changed
   apply      the staged files into place, and the deletions: local only
-  boot       when a kernel changed: initrds made with the system's own tool,
-             the boot loader's configuration rewritten
+  boot       when a kernel changed: initrds made with the system's own tool
+             (a generic initramfs-tools one by the image server, natively,
+             from the image and this machine's own initrd files; on this
+             machine when the server cannot, or with --local-initrd), the
+             boot loader's configuration rewritten
   check      health: every kernel has an initrd, the boot loader names it,
              no systemd unit failed that had not, and the configured
              commands pass; a failure puts the rollback point back
@@ -237,6 +240,18 @@ class Server:
             except ValueError:
                 msg, hint = f"HTTP {status} for {path}", ""
             raise UpdateError(f"image server: {msg}", hint)
+        return body
+
+    def post(self, path: str, obj: dict, timeout: float = 60) -> bytes:
+        """POST `obj` as JSON; the answer's body, or the server's error."""
+        status, body = self.request("POST", path, json.dumps(obj).encode(), timeout=timeout)
+        if status != 200:
+            try:
+                err = json.loads(body)
+                msg = err.get("message") or f"HTTP {status}"
+            except ValueError:
+                msg = f"HTTP {status} for {path}"
+            raise UpdateError(f"image server: {msg}")
         return body
 
     def get_json(self, path: str, query: dict | None = None) -> dict:
@@ -805,9 +820,138 @@ def initrd_paths(root: str, kver: str) -> list:
             ("initrd.img-{}", "initramfs-{}.img", "initrd-{}", "initramfs-{}")]
 
 
-def refresh_boot(root: str, before: dict) -> list:
-    """Initrds for the kernels that changed, none left for the kernels
-    that went, and the boot loader's configuration; what was done."""
+# ------------------------------------------------------- server-built initrd ---
+
+# What a server-built initrd may bring back, as the agent takes it
+# (agent.configure.initrd.RESULT_DIRS).
+INITRD_RESULT_DIRS = ("boot/", "var/lib/initramfs-tools/")
+MAX_INITRD_FILES = 64
+MAX_INITRD_FILE_BYTES = 256 * 1024
+
+
+def _pattern_matches(pattern: str, rel: str) -> bool:
+    """Whether an rsync exclude pattern may cover `rel` (relative to /) or
+    one of its parents.  A close reading of rsync's rules, erring towards
+    "covers": a file wrongly taken for the machine's own is only sent to
+    the server along with the rest."""
+    import fnmatch
+
+    pat = re.sub(r"\\(.)", r"[\1]", pattern).rstrip("/")  # \* is a literal *
+    for suffix in ("/***", "/**", "/*"):
+        pat = pat.removesuffix(suffix)
+    parts = rel.split("/")
+    candidates = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    if pat.startswith("/"):
+        return any(fnmatch.fnmatchcase(c, pat[1:]) for c in candidates)
+    if "/" not in pat:
+        return any(fnmatch.fnmatchcase(p, pat) for p in parts)
+    return any(fnmatch.fnmatchcase(c, pat) or fnmatch.fnmatchcase(c, "*/" + pat)
+               for c in candidates)
+
+
+def initrd_files(root: str, inputs: list, excludes: list) -> dict | None:
+    """rel -> text of the files the initrd tool reads (`inputs`: paths and
+    directories ending in /, relative to /) that this machine keeps as its
+    own -- every file an exclude pattern covers (the install wrote it, or
+    the admin protects it): the server overlays them on the image, whose
+    copy is what the update synced everywhere else.  None when they cannot
+    be sent (too many, too big, not text): then the initrd is built here."""
+    if not inputs:
+        return None
+    found = []
+    for entry in inputs:
+        top = os.path.join(root, entry.rstrip("/"))
+        if entry.endswith("/") and os.path.isdir(top) and not os.path.islink(top):
+            for dirpath, dirs, names in os.walk(top):
+                dirs.sort()
+                found += [os.path.relpath(os.path.join(dirpath, n), root) for n in sorted(names)]
+        elif os.path.lexists(top):
+            found.append(entry)
+    files: dict = {}
+    for rel in found:
+        if not any(_pattern_matches(p, rel) for p in excludes):
+            continue
+        path = os.path.join(root, rel)
+        if os.path.islink(path) or not os.path.isfile(path):
+            return None
+        if os.path.getsize(path) > MAX_INITRD_FILE_BYTES or len(files) >= MAX_INITRD_FILES:
+            return None
+        try:
+            with open(path, encoding="utf-8") as f:
+                files[rel] = f.read()
+        except (OSError, UnicodeDecodeError):
+            return None
+    return files
+
+
+@dataclass(frozen=True)
+class ServerInitrd:
+    """The image server builds a generic initrd (initramfs-tools with
+    MODULES=most) for this machine with the image's own tool, natively:
+    what update-initramfs would make here, without minutes of forks on a
+    small or emulated machine.  It refuses a configuration that is not
+    generic; then, or when it cannot be reached, the initrd is built here."""
+
+    server: Server
+    module: str  # NAME@N: the version the machine was just brought to
+    overrides: tuple
+    files: dict  # rel -> text: the machine's own initrd inputs
+
+    def build(self, root: str, kver: str) -> list | None:
+        """The files written (relative), or None: build it here instead."""
+        body = {"module": self.module, "kver": kver, "tool": "initramfs-tools",
+                "files": self.files, "overrides": list(self.overrides)}
+        try:
+            data = self.server.post("/v1/initrd", body, timeout=1800)
+            return unpack_initrd(data, root, kver)
+        except UpdateError as e:
+            say(f"boot: the image server did not build the initrd for {kver} ({e}); "
+                "building it here")
+            return None
+
+
+def unpack_initrd(data: bytes, root: str, kver: str) -> list:
+    """Write a server-built initrd's files into the system.  Only regular
+    files for this kernel under /boot and initramfs-tools' records are
+    taken: the answer comes over the network."""
+    import io
+    import tarfile
+
+    written = []
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+            members = tar.getmembers()
+            for m in members:
+                parts = m.name.split("/")
+                if (not m.isreg() or m.name.startswith("/") or ".." in parts
+                        or not m.name.startswith(INITRD_RESULT_DIRS) or kver not in m.name):
+                    raise UpdateError(f"the image server's initrd holds an unexpected entry "
+                                      f"{m.name!r}")
+            for m in members:
+                src = tar.extractfile(m)
+                if src is None:  # not a regular file after all
+                    raise UpdateError(f"the image server's initrd entry {m.name!r} is unreadable")
+                dest = os.path.join(root, m.name)
+                os.makedirs(os.path.dirname(dest), exist_ok=True)
+                tmp = os.path.join(os.path.dirname(dest), f".{os.path.basename(dest)}.sysclone")
+                with open(tmp, "wb") as out:
+                    shutil.copyfileobj(src, out)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.chmod(tmp, m.mode & 0o7777)
+                os.replace(tmp, dest)
+                written.append(m.name)
+    except tarfile.TarError as e:
+        raise UpdateError(f"the image server's initrd is not a tar archive: {e}") from None
+    if not any(w.startswith("boot/") for w in written):
+        raise UpdateError(f"the image server sent no initrd for {kver}")
+    return written
+
+
+def refresh_boot(root: str, before: dict, remote: ServerInitrd | None = None) -> list:
+    """Initrds for the kernels that changed (initramfs-tools' built by the
+    image server when `remote` is given and it can), none left for the
+    kernels that went, and the boot loader's configuration; what was done."""
     after = kernels(root)
     done = []
     for kver in before:
@@ -819,6 +963,10 @@ def refresh_boot(root: str, before: dict) -> list:
     changed = [k for k, v in after.items() if before.get(k) != v]
     with system_mounts(root):
         for kver in changed:
+            if _have(root, "update-initramfs") and remote is not None \
+                    and remote.build(root, kver) is not None:
+                done.append(f"initrd for {kver} built by the image server")
+                continue
             if _have(root, "update-initramfs"):
                 exists = os.path.exists(os.path.join(root, f"boot/initrd.img-{kver}"))
                 run(in_root(root, ["update-initramfs", "-u" if exists else "-c", "-k", kver]),
@@ -830,7 +978,7 @@ def refresh_boot(root: str, before: dict) -> list:
             else:
                 raise UpdateError(f"kernel {kver} changed, and this machine has no initrd tool "
                                   "(update-initramfs, dracut, mkinitcpio)")
-            done.append(f"initrd for {kver}")
+            done.append(f"initrd for {kver} built on this machine")
         if _have(root, "update-grub"):
             run(in_root(root, ["update-grub"]), timeout=600)
             done.append("update-grub")
@@ -1023,9 +1171,16 @@ def update(a: argparse.Namespace) -> dict:
             say(f"warning: /{p} holds files this machine keeps (excluded); left in place")
         # boot
         if kernels(root) != kernels_before:
+            remote = None
+            files = initrd_files(root, list(answer.get("initrd_inputs") or ()), excludes)
+            if a.local_initrd:
+                say("boot: initrds are built on this machine (--local-initrd)")
+            elif files is not None:
+                remote = ServerInitrd(server, version, tuple(answer.get("overrides") or ()),
+                                      files)
             try:
                 with dir_times_kept(root, ["boot"]):
-                    steps = refresh_boot(root, kernels_before)
+                    steps = refresh_boot(root, kernels_before, remote)
                 for step in steps:
                     say(f"boot: {step}")
             except UpdateError as e:
@@ -1313,6 +1468,11 @@ def add_arguments(ap: argparse.ArgumentParser, root_flag: str = "--root") -> Non
     ap.add_argument("--no-health-check", action="store_true",
                     help="skip the health check (the update is not rolled back)")
     ap.add_argument("--bwlimit", type=int, metavar="KBPS", help="rsync's bandwidth limit")
+    ap.add_argument("--local-initrd", action="store_true",
+                    help="when a kernel changed, build its initrd on this machine even where "
+                         "the image server could (initramfs-tools with MODULES=most: the "
+                         "server builds it natively, from the image and this machine's own "
+                         "initrd files)")
     ap.add_argument("--hostname", help="this machine's name for the server (default: its own)")
     ap.add_argument(root_flag, dest="system_root", default="/",
                     help="the system to update (default: /)")
@@ -1350,6 +1510,8 @@ def check_args(a: argparse.Namespace) -> str:
         return "--bwlimit must be positive"
     if sum(map(bool, (a.rollback, a.autoinstall, a.dry_run))) > 1:
         return "--rollback, --autoinstall and --dry-run go alone"
+    if a.local_initrd and (a.rollback or a.autoinstall or a.dry_run):
+        return "--local-initrd goes with an update (it builds the new kernel's initrd)"
     if (a.kexec or a.append or a.no_reboot) and not a.autoinstall:
         return "--kexec, --append and --no-reboot go with --autoinstall"
     for w in a.append:

@@ -412,6 +412,9 @@ def test_b_update_rollback_and_failed_health_check(lab: Lab, nxt: Next, installe
         assert result["image"] == f"{SSH_IMAGE}@{nxt.version}" and result["kernel_changed"], \
             result
         assert result["created"] and result["changed"] and result["deleted"], result
+        # The generic kernel's initrd came from the image server (natively),
+        # not from minutes of update-initramfs under emulation.
+        assert f"initrd for {next_kernel} built by the image server" in r.stdout, r.stdout
         with timed("compare NEXT"):
             assert differences(lab, nxt.version, written) == {}
         assert own_files(lab) == own

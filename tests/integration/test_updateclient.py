@@ -52,6 +52,11 @@ UPDATE_INITRAMFS = """#!/bin/sh
 # stands for initramfs-tools: -c|-u -k KVER
 while [ $# -gt 0 ]; do [ "$1" = -k ] && k=$2; shift; done
 echo "initrd of $k, built on this machine" > /boot/initrd.img-$k
+# what it read of the system: the fstab, and the settings it kept
+for f in /etc/fstab /etc/initramfs-tools/conf.d/*; do
+    [ -f "$f" ] && while IFS= read -r line; do echo "$line"; done < "$f"
+done >> /boot/initrd.img-$k
+true
 """
 UPDATE_GRUB = """#!/bin/sh
 : > /boot/grub/grub.cfg
@@ -204,7 +209,11 @@ def test_update_then_rollback(lab: Lab) -> None:
     r = lab.update("--image", "web@2", check=True)
     result = json.loads(r.stdout.splitlines()[-1])
     assert result["image"] == "web@2" and result["kernel_changed"]
-    assert "boot: initrd for 2.0-test" in r.stdout and "boot: update-grub" in r.stdout
+    # The image server built it (initramfs-tools, MODULES=most by default),
+    # from version 2 and the machine's own fstab, which the install wrote.
+    assert "boot: initrd for 2.0-test built by the image server" in r.stdout, r.stdout
+    assert "boot: update-grub" in r.stdout
+    assert "UUID=local" in (lab.client / f"boot/initrd.img-{NEW}").read_text()
     # file by file, version 2, but what the machine keeps
     assert lab.differences(2) == {}
     lab.assert_local_files_untouched()
@@ -227,6 +236,25 @@ def test_update_then_rollback(lab: Lab) -> None:
                                                       f"initrd /boot/initrd.img-{OLD}\n")
     r = lab.update("--rollback")
     assert r.returncode == 1 and "rolled back already" in r.stderr
+
+
+def test_the_initrd_is_built_here_when_asked_or_when_not_generic(lab: Lab) -> None:
+    """--local-initrd builds it on the machine; and a MODULES=dep setting
+    the machine keeps as its own (excluded from updates) makes the server
+    refuse, and the machine build it."""
+    r = lab.update("--image", "web@2", "--local-initrd", check=True)
+    assert "boot: initrd for 2.0-test built on this machine" in r.stdout, r.stdout
+    assert "UUID=local" in (lab.client / f"boot/initrd.img-{NEW}").read_text()
+    lab.update("--rollback", check=True)
+
+    conf = lab.client / "etc/initramfs-tools/conf.d/local"
+    conf.parent.mkdir(parents=True)
+    conf.write_text("MODULES=dep\n")
+    r = lab.update("--image", "web@2", "--exclude", "/etc/initramfs-tools/conf.d/local",
+                   check=True)
+    assert "does not build a generic initrd" in r.stdout, r.stdout
+    assert "boot: initrd for 2.0-test built on this machine" in r.stdout, r.stdout
+    assert "MODULES=dep" in (lab.client / f"boot/initrd.img-{NEW}").read_text()
 
 
 def test_a_failed_health_check_rolls_back(lab: Lab) -> None:

@@ -203,6 +203,8 @@ def args(*argv: str) -> argparse.Namespace:
     (["--kexec"], "go with --autoinstall"),
     (["--autoinstall", "--append", "a b"], "one word each"),
     (["--bwlimit", "-1"], "must be positive"),
+    (["--rollback", "--local-initrd"], "--local-initrd goes with an update"),
+    (["--dry-run", "--local-initrd"], "--local-initrd goes with an update"),
 ])
 def test_bad_arguments(argv, problem):
     assert problem in client.check_args(args(*argv))
@@ -220,3 +222,103 @@ def test_the_script_is_python_3_9():
 
     source = client.__file__
     ast.parse(Path(source).read_text(), feature_version=(3, 9))
+
+
+INPUTS = ["etc/fstab", "etc/crypttab", "etc/mdadm/", "etc/initramfs-tools/", "etc/modprobe.d/"]
+
+
+@pytest.mark.parametrize(("pattern", "rel", "covers"), [
+    ("/etc/fstab", "etc/fstab", True),
+    ("/etc/fstab", "etc/fstab.d/x", False),
+    ("/etc/initramfs-tools/conf.d/**", "etc/initramfs-tools/conf.d/resume", True),
+    ("/etc/initramfs-tools/", "etc/initramfs-tools/modules", True),  # a parent
+    ("/etc/modprobe.d/*.conf", "etc/modprobe.d/blacklist.conf", True),
+    ("/etc/modprobe.d/*.conf", "etc/modprobe.d/x.local", False),
+    ("/var/log/**", "etc/fstab", False),
+    ("*.conf", "etc/modprobe.d/a.conf", True),  # a bare name matches at any depth
+    ("modprobe.d", "etc/modprobe.d/a.conf", True),
+    ("etc/mdadm/mdadm.conf", "etc/mdadm/mdadm.conf", True),
+    ("/etc/we\\*rd", "etc/we*rd", True),  # an escaped, literal *
+    ("/etc/we\\*rd", "etc/wexrd", False),
+])
+def test_what_an_exclude_pattern_covers(pattern, rel, covers):
+    assert client._pattern_matches(pattern, rel) is covers
+
+
+def _tree(root: Path, files: dict[str, str]) -> Path:
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return root
+
+
+def test_the_initrd_files_a_machine_keeps_are_sent(tmp_path):
+    root = _tree(tmp_path, {"etc/fstab": "UUID=a / ext4\n", "etc/mdadm/mdadm.conf": "ARRAY\n",
+                            "etc/initramfs-tools/initramfs.conf": "MODULES=most\n",
+                            "etc/initramfs-tools/conf.d/resume": "RESUME=UUID=b\n",
+                            "etc/motd": "hello\n"})
+    excludes = ["/etc/fstab", "/etc/mdadm/mdadm.conf", "/etc/initramfs-tools/conf.d/resume",
+                "/var/log/**"]
+    assert client.initrd_files(str(root), INPUTS, excludes) == {
+        "etc/fstab": "UUID=a / ext4\n", "etc/mdadm/mdadm.conf": "ARRAY\n",
+        "etc/initramfs-tools/conf.d/resume": "RESUME=UUID=b\n"}
+    # Synced files are the image's: nothing to send.
+    assert client.initrd_files(str(root), INPUTS, ["/var/log/**"]) == {}
+    # An older server names no inputs: built here.
+    assert client.initrd_files(str(root), [], excludes) is None
+
+
+@pytest.mark.parametrize("trouble", ["binary", "big", "symlink", "many"])
+def test_initrd_files_that_cannot_be_sent_mean_building_here(tmp_path, trouble):
+    root = _tree(tmp_path, {"etc/fstab": "x\n"})
+    d = root / "etc/modprobe.d"
+    d.mkdir(parents=True)
+    if trouble == "binary":
+        (d / "a.conf").write_bytes(b"\xff\xfe")
+    elif trouble == "big":
+        (d / "a.conf").write_text("x" * (client.MAX_INITRD_FILE_BYTES + 1))
+    elif trouble == "symlink":
+        (d / "a.conf").symlink_to("/etc/fstab")
+    else:
+        for i in range(client.MAX_INITRD_FILES + 1):
+            (d / f"{i}.conf").write_text("options x\n")
+    assert client.initrd_files(str(root), INPUTS, ["/etc/modprobe.d/**"]) is None
+
+
+def _tar(members: list[tuple[str, bytes | None]]) -> bytes:
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            if data is None:
+                info.type, info.linkname = tarfile.SYMTYPE, "/etc/shadow"
+            else:
+                info.size, info.mode = len(data), 0o600
+            tar.addfile(info, io.BytesIO(data or b""))
+    return buf.getvalue()
+
+
+def test_a_server_built_initrd_is_unpacked(tmp_path):
+    data = _tar([("boot/initrd.img-6.1.0-9-amd64", b"initrd"),
+                 ("var/lib/initramfs-tools/6.1.0-9-amd64", b"sha1\n")])
+    written = client.unpack_initrd(data, str(tmp_path), "6.1.0-9-amd64")
+    assert written == ["boot/initrd.img-6.1.0-9-amd64", "var/lib/initramfs-tools/6.1.0-9-amd64"]
+    initrd = tmp_path / "boot/initrd.img-6.1.0-9-amd64"
+    assert initrd.read_bytes() == b"initrd" and initrd.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in (tmp_path / "boot").iterdir()] == [initrd.name]  # no temp left
+
+
+@pytest.mark.parametrize("members", [
+    [("boot/initrd.img-6.1.0-9-amd64", b"x"), ("etc/shadow", b"x")],
+    [("boot/initrd.img-6.1.0-9-amd64", b"x"), ("boot/../etc/6.1.0-9-amd64", b"x")],
+    [("boot/initrd.img-6.1.0-9-amd64", None)],
+    [("boot/initrd.img-5.10.0-1-amd64", b"x")],
+    [("var/lib/initramfs-tools/6.1.0-9-amd64", b"x")],
+])
+def test_a_server_built_initrd_with_unexpected_entries_is_refused(tmp_path, members):
+    with pytest.raises(client.UpdateError, match=r"unexpected entry|sent no initrd"):
+        client.unpack_initrd(_tar(members), str(tmp_path), "6.1.0-9-amd64")
+    assert not (tmp_path / "etc").exists()
