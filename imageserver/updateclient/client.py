@@ -49,18 +49,17 @@ import fcntl
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
 import time
-import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 
-# glob, hashlib, shlex and tempfile are imported where they are used: a
-# no-op update is mostly this script's start, measured against plain rsync.
+# glob, hashlib, shlex, shutil and tempfile are imported where they are used,
+# and neither urllib.parse nor the idna codec is needed: a no-op update is
+# mostly this script's start and one rsync, measured against plain rsync.
 
 ENV = {"LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": "/root",
        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
@@ -204,7 +203,10 @@ class Server:
         if body is not None:
             head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
         try:
-            with socket.create_connection((self.host, self.port), timeout=timeout) as s:
+            # An ASCII name as bytes: no idna codec (and stringprep) to import.
+            host = self.host.encode() if self.host.isascii() else self.host
+            # (typeshed says str; getaddrinfo takes bytes too)
+            with socket.create_connection((host, self.port), timeout=timeout) as s:  # type: ignore[arg-type]
                 s.sendall(head.encode() + b"\r\n" + (body or b""))
                 chunks = []
                 while True:
@@ -230,8 +232,7 @@ class Server:
         return status, content
 
     def get(self, path: str, query: dict | None = None, timeout: float = 60) -> bytes:
-        q = "?" + urllib.parse.urlencode({k: v for k, v in (query or {}).items() if v}) \
-            if query else ""
+        q = "?" + _urlencode({k: v for k, v in (query or {}).items() if v}) if query else ""
         status, body = self.request("GET", path + q, timeout=timeout)
         if status != 200:
             try:
@@ -272,6 +273,17 @@ class Server:
         if status != 200:
             print(f"updateclient: warning: could not report to the monitor: {why}",
                   file=sys.stderr)
+
+
+_URL_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~")
+
+
+def _urlencode(query: dict) -> str:
+    """application/x-www-form-urlencoded, as urllib.parse.urlencode writes it."""
+    def quote(text: str) -> str:
+        return "".join(chr(b) if b in _URL_SAFE else "+" if b == 0x20 else f"%{b:02X}"
+                       for b in str(text).encode())
+    return "&".join(f"{quote(k)}={quote(v)}" for k, v in query.items())
 
 
 def rsync_url(server: Server, port: int, module: str) -> str:
@@ -629,6 +641,7 @@ def take_rollback_point(root: str, plan: Plan, image: str) -> RollbackPoint:
     path concerned (free and instant); an LVM snapshot when it is a plain
     logical volume whose group has the copy-on-write room for the update;
     else copies of those files."""
+    import shutil
     directory = os.path.join(root, STATE_DIR, "rollback")
     drop_rollback_point(directory)
     os.makedirs(directory, mode=0o700)
@@ -669,6 +682,7 @@ def _size(path: str) -> int:
 
 
 def drop_rollback_point(directory: str) -> None:
+    import shutil
     snap = os.path.join(directory, "snapshot")
     try:
         point: RollbackPoint | None = RollbackPoint.load(directory)
@@ -728,6 +742,7 @@ def remove_paths(root: str, paths: list) -> list:
 def restore(root: str, point: RollbackPoint) -> None:
     """Put the rollback point back: what the update created goes, the
     saved files come back (boot state included)."""
+    import shutil
     created = list(point.created)
     if point.kernel_changed:
         before = set(point.boot_before)
@@ -752,6 +767,7 @@ def restore(root: str, point: RollbackPoint) -> None:
 def fetch(url: str, root: str, stage: str, paths: list, excludes: list, wire: Wire,
           bwlimit: int | None = None) -> None:
     """The changed files into `stage`, the old ones as delta basis."""
+    import shutil
     if os.path.lexists(stage):
         shutil.rmtree(stage)
     os.makedirs(stage, mode=0o700)
@@ -915,6 +931,7 @@ def unpack_initrd(data: bytes, root: str, kver: str) -> list:
     files for this kernel under /boot and initramfs-tools' records are
     taken: the answer comes over the network."""
     import io
+    import shutil
     import tarfile
 
     written = []
@@ -1148,6 +1165,8 @@ def update(a: argparse.Namespace) -> dict:
         # keep
         point = take_rollback_point(root, plan, version)
         say(f"rollback point taken ({point.method}, {len(point.saved)} paths)")
+        import shutil
+
         # fetch: the machine is untouched until every file has arrived
         stage = os.path.join(state, "stage")
         try:
