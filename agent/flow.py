@@ -38,11 +38,13 @@ from agent.configure.footprint import best
 from agent.configure.fstab import write_fstab
 from agent.configure.mdadmconf import write_mdadm_conf
 from agent.fetch import (
+    FetchResult,
     Progress,
     image_paths,
     pull,
     pull_except,
     pull_only,
+    pull_sparse,
     rsync_url,
     used_bytes,
 )
@@ -423,16 +425,25 @@ def mount_target(s: Session, plan: InstallPlan, stack: ExitStack) -> tuple[Path,
 
 
 def pull_image(s: Session, plan: InstallPlan, root: Path) -> int:
-    """The image but what the server lets come last (image.deferred);
-    returns the bytes in use on the target before it started."""
+    """The image but what the server lets come last (image.deferred): the
+    bulk without rsync -S, then the sparse files (image.sparse, those in
+    deferred directories too) in a run of their own with it, before
+    anything reads them; returns the bytes in use on the target before it
+    started."""
+    img = plan.image
     with s.steps.phase("fetch"):
         used = _used_on_target(plan, root)
         start = used()
-        res = pull_except(plan.image.url, root, plan.image.deferred,
+        res = pull_except(img.url, root, img.deferred, img.sparse,
                           on_progress=_progress(s, plan, "fetch", 0), measure=used)
-        rest = f", {len(plan.image.deferred)} directories to follow" \
-            if plan.image.deferred else ""
-        s.reporter.say(f"{res.bytes / 2**20:,.0f} MiB in {res.seconds:.1f}s{rest}")
+        if img.sparse:
+            holes = pull_sparse(img.url, root, img.sparse, measure=used,
+                                on_progress=_progress(s, plan, "fetch", used() - start))
+            res = FetchResult(res.bytes + holes.bytes, res.seconds + holes.seconds)
+        sparse = "every file checked for holes" if img.sparse is None \
+            else f"{len(img.sparse)} sparse files apart" if img.sparse else "no sparse files"
+        rest = f", {len(img.deferred)} directories to follow" if img.deferred else ""
+        s.reporter.say(f"{res.bytes / 2**20:,.0f} MiB in {res.seconds:.1f}s ({sparse}){rest}")
         return start
 
 
@@ -444,7 +455,7 @@ def pull_rest(s: Session, plan: InstallPlan, root: Path, start: int) -> None:
             s.reporter.say("nothing deferred: the image is all there")
             return
         used = _used_on_target(plan, root)
-        res = pull_only(plan.image.url, root, plan.image.deferred,
+        res = pull_only(plan.image.url, root, plan.image.deferred, plan.image.sparse,
                         on_progress=_progress(s, plan, "fetch-rest", used() - start),
                         measure=used)
         s.reporter.say(f"{', '.join('/' + d for d in plan.image.deferred)}: "

@@ -58,6 +58,13 @@ NOT_DEFERRED = frozenset({"dev", "proc", "sys", "run", "tmp", "boot", "efi", "et
 _DEFERRED_PATH = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*(/[A-Za-z0-9_][A-Za-z0-9_.+-]*)*")
 
 
+# image.sparse (imageserver.sparsefiles): the image's sparse files, by the
+# same rule, at most SPARSE_MAX of them; SPARSE_ALL (or no word, from an
+# older server) means every file is fetched with rsync -S.
+SPARSE_MAX = 1000
+SPARSE_ALL = "all"
+
+
 def deferred_path_ok(path: str) -> bool:
     """A relative path of plain names: no `.`/`..`, no leading `-`, nothing
     rsync's filter rules or a shell would read as more than a path."""
@@ -78,6 +85,9 @@ class ImageRef:
     version: int | None = None  # the image store's version this install gets
     # Directories the server lets the install fetch last (imageserver.fetchorder).
     deferred: tuple[str, ...] = ()
+    # The image's sparse files (imageserver.sparsefiles), the only ones
+    # fetched with rsync -S; None: not known, every file is.
+    sparse: tuple[str, ...] | None = None
 
     @property
     def url(self) -> str:

@@ -26,6 +26,8 @@ from agent.plan import (
     IMAGE_GROWTH,
     MKFS_TOOLS,
     NOT_DEFERRED,
+    SPARSE_ALL,
+    SPARSE_MAX,
     DiskPlan,
     FsPlan,
     ImageRef,
@@ -256,7 +258,8 @@ def make_plan(*, instructions: dict[str, Any], server: str, hostname: str,
                      rsync_port=int(img.get("rsync_port") or 873), bytes=img.get("bytes"),
                      files=img.get("files"), usage=dict(img.get("usage") or {}),
                      transfer_bytes=img.get("transfer_bytes"), version=img.get("version"),
-                     deferred=_deferred(img.get("deferred")))
+                     deferred=_deferred(img.get("deferred")),
+                     sparse=_sparse(img.get("sparse")))
     if not targets:
         raise ConfigError("no disk to install on")
     layout, layout_name = load_layout(instructions.get("layout"), targets[0], fw, ram_bytes)
@@ -399,6 +402,22 @@ def _deferred(value: Any) -> tuple[str, ...]:
             # the bootloader writes /boot: never through those.
             raise ConfigError(f"the server's instructions: image.deferred entry {p!r} is under "
                               f"/{p.split('/', 1)[0]}, which the install needs before the rest")
+    return tuple(value)
+
+
+def _sparse(value: Any) -> tuple[str, ...] | None:
+    """The instructions' image.sparse: relative paths of the image's sparse
+    files, each becoming an rsync exclude and a source path; None for "all"
+    and for an older server that does not say: every file comes with -S."""
+    if value is None or value == SPARSE_ALL:
+        return None
+    if not isinstance(value, list) or len(value) > SPARSE_MAX:
+        raise ConfigError(f"the server's instructions: image.sparse is neither a list of at "
+                          f"most {SPARSE_MAX} paths nor {SPARSE_ALL!r}")
+    for p in value:
+        if not isinstance(p, str) or not deferred_path_ok(p):
+            raise ConfigError(f"the server's instructions: image.sparse entry {p!r} is not a "
+                              "relative file path inside the image")
     return tuple(value)
 
 

@@ -95,7 +95,7 @@ def resolve(state: StateRoot, q: ClientQuery, policy: ServerPolicy,
     usage = info.usage
     # Pre/post-install scripts and the network configuration, chosen by the
     # same names (imageserver.clientfiles); groups come with cluster.xml.
-    from imageserver import clientfiles, fetchorder
+    from imageserver import clientfiles, fetchorder, sparsefiles
 
     groups: tuple[str, ...] = ()
     scripts = clientfiles.scripts_for(state.scripts, q.hostname, groups, image, q.script)
@@ -114,6 +114,10 @@ def resolve(state: StateRoot, q: ClientQuery, policy: ServerPolicy,
             # What the agent may fetch while it configures (imageserver.fetchorder).
             "deferred": list(fetchorder.deferred(store.tree(ref)) if version is None
                              else fetchorder.deferred_of_version(store.tree(ref))),
+            # The only files the agent fetches with rsync -S, or "all"
+            # (imageserver.sparsefiles).
+            "sparse": (sparsefiles.sparse_files(store.tree(ref)) if version is None
+                       else sparsefiles.sparse_of_version(store.tree(ref))).instructions(),
         },
         "layout": layout,
         "overrides": [],

@@ -17,7 +17,7 @@ import pytest
 from agent import disks
 from agent.configure.fstab import write_fstab
 from agent.configure.system import set_hostname
-from agent.fetch import pull_except, pull_only
+from agent.fetch import pull_except, pull_only, pull_sparse
 from agent.filesystems import make_filesystems, mount_all
 from agent.partition import partition
 from agent.planner import make_plan
@@ -103,14 +103,18 @@ def test_install_onto_loop_disk(state: StateRoot, served, loopdev, tmp_path: Pat
                                    "var/lib/apt/lists")
     with ExitStack() as stack:
         mount_all(plan.mounts, root, stack)
-        # The two runs the agent makes (agent.flow: fetch, then fetch-rest).
-        pull_except(plan.image.url, root, plan.image.deferred)
+        # The runs the agent makes (agent.flow: fetch, its sparse files
+        # apart, then fetch-rest).
+        assert plan.image.sparse == ("var/sparse",)
+        pull_except(plan.image.url, root, plan.image.deferred, plan.image.sparse)
+        assert not (root / "var/sparse").exists()
+        pull_sparse(plan.image.url, root, plan.image.sparse)
         assert not (root / "usr/share/doc").exists()
         assert not (root / "usr/lib/modules/6.1.0-9-amd64/kernel").exists()
         assert (root / "usr/lib/modules/6.1.0-9-amd64/modules.builtin").is_file()
         assert os.stat(root / "var/cache/apt/tool.bin").st_ino == \
             os.stat(root / "usr/bin/tool").st_ino
-        pull_only(plan.image.url, root, plan.image.deferred)
+        pull_only(plan.image.url, root, plan.image.deferred, plan.image.sparse)
         assert os.stat(root / "usr/share/doc/tool/copyright").st_ino == \
             os.stat(root / "usr/share/doc/tool/COPYING").st_ino
         written = write_fstab(plan.filesystems, root) + set_hostname(root, "node7", "lab")

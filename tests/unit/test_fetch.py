@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent import fetch
-from agent.fetch import RSYNC_FLAGS, FetchError, Progress, pull, rsync_url
+from agent.fetch import RSYNC_FLAGS, SPARSE_FLAGS, FetchError, Progress, pull, rsync_url
 from sysclone.errors import SyscloneError
 from tests.conftest import FakeCommands, FakeResult
 from tests.unit.agentfakes import sample
@@ -133,9 +133,86 @@ def test_pull_failure_without_output(fake_commands: FakeCommands, tmp_path: Path
 
 
 def test_rsync_keeps_what_an_image_needs() -> None:
-    # Hard links, ACLs, xattrs (file capabilities, SELinux labels), sparse
-    # files, and numeric ids (the boot environment has no passwd to map names).
-    assert RSYNC_FLAGS == ("-aHAXS", "--numeric-ids", "--stats")
+    # Hard links, ACLs, xattrs (file capabilities, SELinux labels), numeric
+    # ids (the boot environment has no passwd to map names); sparse files
+    # (-S) in their own run, or everywhere when nobody said which.
+    assert RSYNC_FLAGS == ("-aHAX", "--numeric-ids", "--stats")
+    assert SPARSE_FLAGS == ("-aHAXS", "--numeric-ids", "--stats")
+
+
+# -- the runs' command lines ------------------------------------------------------------------
+
+DEFERRED = ("usr/share/doc", "usr/lib/firmware")
+SPARSE = ("var/log/lastlog", "usr/share/doc/big/holes.img", "var/lib/vm.raw")
+
+
+def test_the_bulk_comes_without_holes_but_the_sparse_files() -> None:
+    assert fetch.all_but(DEFERRED, SPARSE).argv(URL, "/sysroot") == [
+        "rsync", "-aHAX", "--numeric-ids", "--stats",
+        "--exclude=/usr/share/doc/", "--exclude=/usr/lib/firmware/",
+        "--exclude=/var/log/lastlog", "--exclude=/usr/share/doc/big/holes.img",
+        "--exclude=/var/lib/vm.raw", URL, "/sysroot/"]
+    # An image with no sparse file at all: nothing to exclude, no -S.
+    assert fetch.all_but((), ()).argv(URL, "/sysroot") == [
+        "rsync", "-aHAX", "--numeric-ids", "--stats", URL, "/sysroot/"]
+
+
+def test_not_knowing_which_are_sparse_keeps_holes_everywhere() -> None:
+    # An older server, or one that said "all": as before.
+    assert fetch.all_but(DEFERRED, None).argv(URL, "/sysroot") == [
+        "rsync", "-aHAXS", "--numeric-ids", "--stats",
+        "--exclude=/usr/share/doc/", "--exclude=/usr/lib/firmware/", URL, "/sysroot/"]
+    assert fetch.only(URL, DEFERRED, None).argv(URL, "/sysroot") == [
+        "rsync", "-aHAXS", "--numeric-ids", "--stats", "--relative",
+        "rsync://10.0.0.2:873/rocky9/./usr/share/doc/", "::rocky9/./usr/lib/firmware/",
+        "/sysroot/"]
+
+
+def test_the_rest_leaves_out_the_sparse_files_in_it() -> None:
+    # They came with the sparse run already: never twice.
+    assert fetch.only(URL, DEFERRED, SPARSE).argv(URL, "/sysroot") == [
+        "rsync", "-aHAX", "--numeric-ids", "--stats", "--relative",
+        "--exclude=/usr/share/doc/big/holes.img",
+        "rsync://10.0.0.2:873/rocky9/./usr/share/doc/", "::rocky9/./usr/lib/firmware/",
+        "/sysroot/"]
+    # A name that only starts like a deferred directory is not in it.
+    assert "--exclude=/usr/share/docs/x" not in fetch.only(URL, DEFERRED, ["usr/share/docs/x"]
+                                                           ).options
+
+
+def test_the_sparse_files_come_with_holes_each_in_its_place() -> None:
+    assert fetch.sparse_only(URL, SPARSE).argv(URL, "/sysroot") == [
+        "rsync", "-aHAXS", "--numeric-ids", "--stats", "--relative",
+        "rsync://10.0.0.2:873/rocky9/./var/log/lastlog",
+        "::rocky9/./usr/share/doc/big/holes.img", "::rocky9/./var/lib/vm.raw", "/sysroot/"]
+
+
+@pytest.mark.parametrize(("path", "pattern"), [
+    ("var/log/lastlog", "var/log/lastlog"),
+    # Without a wildcard rsync takes a backslash as it is.
+    ("a\\b", "a\\b"),
+    ("disk[1].img", "disk\\[1].img"),
+    ("x*y?z\\", "x\\*y\\?z\\\\"),
+])
+def test_an_exclude_matches_only_its_own_name(path: str, pattern: str) -> None:
+    assert fetch.filter_literal(path) == pattern
+
+
+def test_pull_sparse_runs_its_own_command_line(fake_commands: FakeCommands,
+                                               tmp_path: Path) -> None:
+    fake_commands.add(["rsync"], FakeResult(stdout=sample("rsync-stats.txt")))
+    fetch.pull_sparse(URL, tmp_path, ["var/log/lastlog"], measure=GrowingDisk())
+    fetch.pull_except(URL, tmp_path, ["usr/share/doc"], ["var/log/lastlog"],
+                      measure=GrowingDisk())
+    fetch.pull_only(URL, tmp_path, ["usr/share/doc"], ["var/log/lastlog"],
+                    measure=GrowingDisk())
+    assert fake_commands.calls == [
+        ["rsync", *SPARSE_FLAGS, "--relative", "rsync://10.0.0.2:873/rocky9/./var/log/lastlog",
+         f"{tmp_path}/"],
+        ["rsync", *RSYNC_FLAGS, "--exclude=/usr/share/doc/", "--exclude=/var/log/lastlog", URL,
+         f"{tmp_path}/"],
+        ["rsync", *RSYNC_FLAGS, "--relative", "rsync://10.0.0.2:873/rocky9/./usr/share/doc/",
+         f"{tmp_path}/"]]
 
 
 # -- image_paths: which paths an image has, in one listing ------------------------------------

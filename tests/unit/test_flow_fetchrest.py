@@ -1,7 +1,9 @@
 """The tail of the install (agent.flow._configure_while_fetching): the rest
 of the image arrives while the system is configured, and what must wait
 does.  The phases' own work is replaced by recorders; the ordering, the
-phase runner and the failure reporting run for real."""
+phase runner and the failure reporting run for real.  And the rsync runs
+of fetch and fetch-rest, by their argv: the bulk without -S, the sparse
+files in a run of their own with it."""
 
 from __future__ import annotations
 
@@ -12,9 +14,12 @@ from typing import Any
 import pytest
 
 from agent import flow
+from agent.disks import Disk, NoProbe
 from agent.phases import InstallFailed, Steps
+from agent.planner import make_plan
 from sysclone.errors import SyscloneError
-from tests.conftest import FakeCommands
+from tests.conftest import FakeCommands, FakeResult
+from tests.unit.agentfakes import sample
 from tests.unit.test_flow import Recorder
 
 
@@ -132,3 +137,68 @@ def test_new_host_keys_beside_the_rest(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert not (root / "etc/ssh/ssh_host_ed25519_key").exists()  # the old key is gone
     assert s.written == ["/etc/ssh/ssh_host_ed25519_key"]
     assert "host-keys" in rep.phases("done") and "grub.cfg" in tail.log
+
+
+# -- fetch and fetch-rest: which rsync runs, with -S or without ------------------------------
+
+URL = "rsync://10.0.0.2:873/deb12/"
+DEFERRED = ["usr/share/doc", "usr/lib/firmware"]
+
+
+def fetch_all(fake_commands: FakeCommands, tmp_path: Path, sparse: object
+              ) -> tuple[list[list[str]], Recorder]:
+    """The fetch phase, then fetch-rest, as install() runs them, for an
+    image whose instructions say `sparse` (absent when None)."""
+    img: dict[str, object] = {"name": "deb12", "deferred": DEFERRED}
+    if sparse is not None:
+        img["sparse"] = sparse
+    plan = make_plan(instructions={"image": img}, server="10.0.0.2", hostname="n1",
+                     targets=[Disk("vda", 20 << 30)], fw="bios", ram_bytes=1 << 30,
+                     have_tool=lambda t: True, probe=NoProbe())
+    fake_commands.add(["rsync"], FakeResult(stdout=sample("rsync-stats.txt")))
+    rep = Recorder([])
+    s = flow.Session([], None, rep, Steps(rep))  # type: ignore[arg-type]
+    start = flow.pull_image(s, plan, tmp_path)
+    flow.pull_rest(s, plan, tmp_path, start)
+    assert rep.phases("done") == ["fetch", "fetch-rest"]
+    return [[a.replace(f"{tmp_path}/", "/sysroot/") for a in argv]
+            for argv in fake_commands.calls], rep
+
+
+def test_the_bulk_without_holes_then_the_sparse_files_with(fake_commands: FakeCommands,
+                                                            tmp_path: Path) -> None:
+    runs, rep = fetch_all(fake_commands, tmp_path,
+                          ["usr/share/doc/qemu/test.img", "var/log/lastlog"])
+    assert runs == [
+        ["rsync", "-aHAX", "--numeric-ids", "--stats", "--exclude=/usr/share/doc/",
+         "--exclude=/usr/lib/firmware/", "--exclude=/usr/share/doc/qemu/test.img",
+         "--exclude=/var/log/lastlog", URL, "/sysroot/"],
+        # Within the fetch phase, before anything reads /var/log; the one in
+        # a deferred directory comes here too, and not again.
+        ["rsync", "-aHAXS", "--numeric-ids", "--stats", "--relative",
+         f"{URL}./usr/share/doc/qemu/test.img", "::deb12/./var/log/lastlog", "/sysroot/"],
+        ["rsync", "-aHAX", "--numeric-ids", "--stats", "--relative",
+         "--exclude=/usr/share/doc/qemu/test.img", f"{URL}./usr/share/doc/",
+         "::deb12/./usr/lib/firmware/", "/sysroot/"]]
+    # rsync's --stats count of both runs (the sample's, twice).
+    assert any(line.startswith("6 MiB in ") and "(2 sparse files apart), 2 directories to "
+               "follow" in line for line in rep.lines), rep.lines
+
+
+def test_an_image_without_sparse_files_has_no_run_for_them(fake_commands: FakeCommands,
+                                                           tmp_path: Path) -> None:
+    runs, rep = fetch_all(fake_commands, tmp_path, [])
+    assert [r[:2] for r in runs] == [["rsync", "-aHAX"], ["rsync", "-aHAX"]]
+    assert any("(no sparse files)" in line for line in rep.lines)
+
+
+@pytest.mark.parametrize("sparse", [None, "all"])  # an older server; one that could not say
+def test_holes_everywhere_when_the_server_does_not_say_which(
+        fake_commands: FakeCommands, tmp_path: Path, sparse: object) -> None:
+    runs, rep = fetch_all(fake_commands, tmp_path, sparse)
+    assert runs == [
+        ["rsync", "-aHAXS", "--numeric-ids", "--stats", "--exclude=/usr/share/doc/",
+         "--exclude=/usr/lib/firmware/", URL, "/sysroot/"],
+        ["rsync", "-aHAXS", "--numeric-ids", "--stats", "--relative", f"{URL}./usr/share/doc/",
+         "::deb12/./usr/lib/firmware/", "/sysroot/"]]
+    assert any("(every file checked for holes)" in line for line in rep.lines)
