@@ -17,8 +17,10 @@ run, printed with its target and PASS/MISS:
             busybox initramfs, same kernel and VM                 <= 1.5
   install   the agent's whole install vs a raw `rsync -aHAX` of the same
             image in the same VM                                  <= 1.5
-  transfer  the agent's fetch phases (fetch + fetch-rest: its two rsync
-            runs) vs its rsync command line run bare, once
+  transfer  the agent's fetch phases (fetch + fetch-rest: its rsync runs)
+            vs its rsync command lines for the whole image run bare, one
+            after the other: the bulk without -S, the sparse files the
+            server names with it (bench.install.agent_rsyncs)
             (speed: bare time / fetch time)                       >= 0.9
   overhead  the agent from network up vs a scripted install (sfdisk, mkfs,
             rsync, grub-install, update-grub) from network up     <= 1.2
@@ -85,7 +87,7 @@ TARGETS = {
     "size": Target("initrd / Debian initramfs-tools", 1.0),
     "boot": Target("agent ready / busybox userspace", 1.5),
     "install": Target("install / raw rsync -aHAX", 1.5),
-    "transfer": Target("raw same rsync / fetch phase", 0.9, higher_is_better=True),
+    "transfer": Target("the same rsyncs bare / fetch phases", 0.9, higher_is_better=True),
     "overhead": Target("install from network up / scripted install", 1.2),
     "uyok": Target("UYOK-loaded initrd / Debian initramfs-tools, same kernel", 0.8),
     "uyok-drivers": Target("UYOK-loaded module+firmware bytes / standard's", 0.25),
@@ -245,8 +247,8 @@ def bench_boot(bootenv: Path, runs: int, res: Results) -> None:
 
 
 def _fetch_seconds(r: Any) -> float:
-    """The agent's transfer: its two rsync runs (fetch, then fetch-rest
-    beside the configuration) one after the other."""
+    """The agent's transfer: its rsync runs (fetch: the bulk, then the
+    sparse files; fetch-rest beside the configuration) one after the other."""
     return float(r.timings["fetch"] + r.timings.get("fetch-rest", 0.0))
 
 

@@ -27,7 +27,8 @@ echo {BASELINE_MARKER}
 /bin/busybox poweroff -f
 """
 
-# Kernel command line: bench.mode=rsync|scripted bench.url=rsync://... bench.swap=MiB
+# Kernel command line: bench.mode=rsync|rsync-agent-flags|scripted bench.url=rsync://...
+# bench.swap=MiB
 SCRIPT_INIT = f"""#!/bin/sh
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 [ -c /dev/tty ] || mount -t devtmpfs devtmpfs /dev
@@ -63,11 +64,14 @@ rsync)
     sync
     ;;
 rsync-agent-flags)
-    # The same rsync command line the agent runs, bare.
+    # The same rsync command lines the agent runs (the bulk, then its
+    # sparse files apart), bare, one after the other: the bench writes them
+    # on the second disk (bench.install.agent_rsyncs), padded with NULs.
+    tr -d '\\000' < /dev/vdb > /tmp/rsyncs.sh || fail "no command lines on /dev/vdb"
     mkfs.ext4 -F -q "$disk" || fail mkfs
     mount "$disk" /sysroot || fail mount
     read r0 rest < /proc/uptime
-    rsync -aHAXS --numeric-ids --stats "$url/" /sysroot/ >/dev/null || fail rsync
+    . /tmp/rsyncs.sh
     read r1 rest < /proc/uptime
     sync
     ;;

@@ -3,7 +3,10 @@ work done without it, in the same VM (same kernel, CPU, memory, disk,
 network), in the same run:
 
   raw rsync    `rsync -aHAX` of the image onto a fresh ext4 (the limit)
-  same rsync   the agent's own rsync command line, bare (transfer ratio)
+  same rsync   the agent's own rsync command lines for the whole image, bare,
+               one after the other: the bulk without -S, then the image's
+               sparse files with it (or one -S run of everything when the
+               server names none) (transfer ratio)
   scripted     sfdisk, mkfs, rsync -aHAX, grub-install, update-grub: what
                an admin types by hand (sysclone's own overhead)
 
@@ -14,6 +17,7 @@ The baselines boot environments whose /init is a shell script
 from __future__ import annotations
 
 import re
+import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +82,42 @@ def run_agent(state: StateRoot, bootenv: Path, image: str, memory: int = 512) ->
                       {k: initrd.get(k) for k in ("action", "reasons")}, vm_s)
 
 
+def agent_rsyncs(url: str, sparse: tuple[str, ...] | None, target: str = "/sysroot"
+                 ) -> list[list[str]]:
+    """The rsync command lines the agent runs for the whole image at `url`,
+    built by agent.fetch as the agent's are, one after the other: the
+    bulk, without -S when the server named the sparse files (`sparse`),
+    then those with -S.  The agent leaves its deferred directories out of
+    the bulk and fetches them beside the configuration: here they come
+    with the bulk, as one transfer."""
+    from agent import fetch
+
+    runs = [fetch.all_but((), sparse)] + ([fetch.sparse_only(url, sparse)] if sparse else [])
+    return [r.argv(url, target) for r in runs]
+
+
+def rsyncs_disk(path: Path, argvs: list[list[str]]) -> Path:
+    """`argvs` as shell lines on a small raw disk, padded with NULs (the
+    baseline's /init strips them): too long for a kernel command line."""
+    text = "".join(f"{shlex.join(a)} >/dev/null || fail rsync\n" for a in argvs).encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(text + b"\0" * (-len(text) % 512))
+    return path
+
+
+def _agent_rsyncs(state: StateRoot, image: str, rsync_port: int) -> list[list[str]]:
+    """agent_rsyncs() of what the server's instructions say of `image`."""
+    from agent.fetch import rsync_url
+    from agent.plan import SPARSE_ALL
+    from imageserver.instructions import ClientQuery, ServerPolicy, resolve
+
+    img = resolve(state, ClientQuery("bench-node", None, image),
+                  ServerPolicy(rsync_port=rsync_port))["image"]
+    sparse = img.get("sparse")
+    return agent_rsyncs(rsync_url("10.0.2.2", rsync_port, img["module"]),
+                        None if sparse in (None, SPARSE_ALL) else tuple(sparse))
+
+
 def run_baseline(state: StateRoot, bootenv: Path, image: str, mode: str,
                  memory: int = 512) -> BaselineRun:
     from agent.plan import default_swap_mib
@@ -86,11 +126,16 @@ def run_baseline(state: StateRoot, bootenv: Path, image: str, mode: str,
     cfg = ServeConfig(rsync_port=free_port(), http_port=free_port(), default_image=image)
     disk = blank_disk(state.vms / f"bench-{mode}.img", DISK_BYTES)
     swap = default_swap_mib(DISK_BYTES, memory << 20)
+    more: tuple[Path, ...] = ()
+    if mode == "rsync-agent-flags":
+        more = (rsyncs_disk(state.vms / f"bench-{mode}.rsyncs.img",
+                            _agent_rsyncs(state, image, cfg.rsync_port)),)
     with serving(state, cfg):
         url = f"rsync://10.0.2.2:{cfg.rsync_port}/{image}"
         append = (f"console=ttyS0,115200 panic=5 mitigations=off bench.mode={mode} "
                   f"bench.url={url} bench.swap={swap}")
-        spec = pxe_vm(state, f"bench-{mode}", bootenv, disk, append, memory_mib=memory)
+        spec = pxe_vm(state, f"bench-{mode}", bootenv, disk, append, memory_mib=memory,
+                      more_disks=more)
         with Vm(spec) as vm:
             _, line = vm.wait_for(BENCH_DONE, TIMEOUT, fail=BENCH_FAILED, partial=False)
             vm.wait_exit(120)
