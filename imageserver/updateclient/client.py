@@ -14,7 +14,8 @@ An update, step by step:
   ask        the server names the image version (NAME@N: the current one, or
              the one asked), its overrides and the files the install wrote
   compare    rsync's itemized dry run against it: only what differs moves;
-             excluded paths are never touched (defaults below, then
+             excluded paths are never touched (defaults below, this
+             script's own file when it runs from one, then
              /etc/sysclone/updateclient.exclude, then --exclude)
   keep       a rollback point: a btrfs snapshot when / is a btrfs subvolume,
              an LVM snapshot when / is a plain logical volume (ext4 or xfs)
@@ -425,10 +426,31 @@ def excludes_for(root: str, written: list, extra: list, extra_files: list) -> li
     out += list(extra)
     if root == "/":
         out += [_literal(m.rstrip("/")) + "/**" for m in skipped_mounts()]
+    mine = own_script(root)
+    if mine:  # the copy being run: --rollback needs it later
+        out.append(_literal(mine))
     for p in out:
         if "\n" in p or "\r" in p:
             raise UpdateError(f"exclude pattern {p!r} has a line break")
     return list(dict.fromkeys(out))
+
+
+# The file this script runs from, when it runs as one (python3
+# updateclient.py), not imported by sysclone nor read from a pipe.
+SCRIPT_FILE: str | None = None
+
+
+def own_script(root: str) -> str | None:
+    """The running script's path in the system being updated ("/root/
+    updateclient.py"), if it lies there: an update must not delete the
+    copy a later --rollback runs from."""
+    if not SCRIPT_FILE:
+        return None
+    top = os.path.realpath(root)
+    path = os.path.realpath(SCRIPT_FILE)
+    if path == top or not path.startswith(top.rstrip("/") + "/"):
+        return None
+    return "/" + os.path.relpath(path, top)
 
 
 def _literal(path: str) -> str:
@@ -1572,4 +1594,6 @@ def run_parsed(a: argparse.Namespace, network: dict | None = None) -> int:
 
 
 if __name__ == "__main__":
+    if os.path.isfile(__file__):
+        SCRIPT_FILE = os.path.abspath(__file__)
     sys.exit(main())

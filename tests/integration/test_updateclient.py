@@ -238,6 +238,22 @@ def test_update_then_rollback(lab: Lab) -> None:
     assert r.returncode == 1 and "rolled back already" in r.stderr
 
 
+def test_the_script_run_from_the_machine_survives_the_update(lab: Lab) -> None:
+    """`python3 /root/updateclient.py`: the update would delete that file
+    (no image has it); it keeps it, and --rollback runs from it."""
+    mine = lab.client / "root/updateclient.py"
+    mine.parent.mkdir(exist_ok=True)
+    shutil.copy2(SCRIPT, mine)
+    base = [PYTHON, str(mine), "--server", "127.0.0.1", "--port", str(lab.server.api.port),
+            "--root", str(lab.client), "--hostname", "client1", "--no-report"]
+    r = subprocess.run([*base, "--image", "web@2"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert mine.read_bytes() == SCRIPT.read_bytes()
+    r = subprocess.run([*base, "--rollback"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert mine.is_file()
+
+
 def test_the_initrd_is_built_here_when_asked_or_when_not_generic(lab: Lab) -> None:
     """--local-initrd builds it on the machine; and a MODULES=dep setting
     the machine keeps as its own (excluded from updates) makes the server

@@ -322,3 +322,16 @@ def test_a_server_built_initrd_with_unexpected_entries_is_refused(tmp_path, memb
     with pytest.raises(client.UpdateError, match=r"unexpected entry|sent no initrd"):
         client.unpack_initrd(_tar(members), str(tmp_path), "6.1.0-9-amd64")
     assert not (tmp_path / "etc").exists()
+
+
+def test_the_running_script_keeps_itself(tmp_path, monkeypatch):
+    """Run from a file inside the system being updated, the script excludes
+    its own copy (a later --rollback runs it); imported or piped, nothing."""
+    (tmp_path / "root").mkdir()
+    script = tmp_path / "root/update*client.py"
+    script.write_text("")
+    assert client.own_script(str(tmp_path)) is None
+    monkeypatch.setattr(client, "SCRIPT_FILE", str(script))
+    assert client.own_script(str(tmp_path)) == "/root/update*client.py"
+    assert client.own_script(str(tmp_path / "root/elsewhere")) is None
+    assert "/root/update\\*client.py" in client.excludes_for(str(tmp_path), [], [], [])
