@@ -168,6 +168,11 @@ class Stage1:
 
 
 HOT_DIR = "s1"
+# The bytecode the agent's start reads before its ready marker (python -X
+# importtime in the VM: the rest of the standard library is frozen into
+# the interpreter), relative to the frozen layout's /usr/lib/pythonX.Y.
+PYTHON_STARTUP = ("encodings/__init__.pyc", "encodings/aliases.pyc", "encodings/utf_8.pyc",
+                  "__future__.pyc", "agent/__init__.pyc", "agent/markers.pyc", "agent/main.pyc")
 
 
 def _hot_entries(st: Staging, hot: list[str]) -> list[str]:

@@ -64,9 +64,20 @@ def test_initrd_contents(two_builds, tmp_path: Path) -> None:
     assert (stage1 / "init").read_text().startswith("#!/usr/bin/busybox sh")
     assert sorted(p.name.split("-", 1)[1] for p in (stage1 / "stage1").iterdir()) == \
         ["loop.ko", "overlay.ko", "squashfs.ko"]
-    # Only busybox (and its libraries) is hot: stage 1 runs nothing else.
+    # Hot: busybox, which stage 1 runs, the interpreter and the bytecode
+    # the agent's start reads (bootenv.squash.PYTHON_STARTUP); the rest of
+    # the agent stays in the squashfs, each file once.
+    hot = stage1 / "s1/usr/lib/python3.11"
     assert (stage1 / "s1/usr/bin/busybox").is_file()
-    assert not (stage1 / "s1/usr/bin/python3.11").exists()
+    assert (stage1 / "s1/usr/bin/python3.11").is_file()
+    assert sorted(p.relative_to(hot).as_posix() for p in hot.rglob("*.pyc")) == sorted(
+        ("encodings/__init__.pyc", "encodings/aliases.pyc", "encodings/utf_8.pyc",
+         "__future__.pyc", "agent/__init__.pyc", "agent/markers.pyc", "agent/main.pyc"))
+    listing = subprocess.run(["unsquashfs", "-l", str(tmp_path / "first/sysclone.sqsh")],
+                             capture_output=True, text=True, check=True).stdout
+    squashed = {ln.removeprefix("squashfs-root") for ln in listing.splitlines()}
+    assert "/usr/lib/python3.11/agent/flow.pyc" in squashed
+    assert not squashed & {"/usr/lib/python3.11/agent/main.pyc", "/usr/bin/python3.11"}
     alias = (root / f"usr/lib/modules/{kver}/modules.alias").read_text()
     assert " virtio_net" in alias and " virtio_blk" in alias
     assert any(p.name == "virtio_net.ko" for p in root.rglob("virtio_net.ko"))
