@@ -148,6 +148,7 @@ def machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(flow, "RUN_DIR", tmp_path / "run")
     monkeypatch.setattr(flow, "LOCAL_CFG", m.local_cfg)
     monkeypatch.setattr(flow, "TARGET", tmp_path / "sysroot")
+    monkeypatch.setattr(flow, "UDEV_CONTROL", tmp_path / "run/udev/control")
     monkeypatch.setattr(network, "SYSFS", sysfs)
     monkeypatch.setattr(network, "RESOLV_CONF", m.resolv_conf)
     # Hardware: the fake sysfs, and no module to load.
@@ -236,6 +237,23 @@ def test_dry_run_prints_the_plan_and_touches_nothing(machine: Machine, dhcp: Fak
     plan = next(e[2]["plan"] for e in machine.log if e[:2] == ("event", "plan"))
     assert plan["hostname"] == "node1"
     assert machine.post_action() == "reboot"
+
+
+@pytest.mark.parametrize("udev_runs", [False, True])
+def test_udev_is_started_once_and_settled_only_while_it_runs(machine: Machine, dhcp: FakeDhcp,
+                                                             udev_runs: bool) -> None:
+    """In the boot environment udevd starts after the drivers are loaded:
+    no settle before (nothing to wait for, a fork each).  A system that runs
+    udev already (reinstalling itself) settles between coldplug passes."""
+    if udev_runs:
+        flow.UDEV_CONTROL.parent.mkdir(parents=True)
+        flow.UDEV_CONTROL.touch()
+    rc, rep = machine.install("IMAGESERVER=10.0.2.2 si.dry-run")
+    assert rc == 0, rep.lines
+    udev = [a[:2] for a in machine.ran() if a[0] in ("udevadm", "/usr/lib/systemd/systemd-udevd")]
+    assert udev == ([["udevadm", "settle"]] if udev_runs else
+                    [["/usr/lib/systemd/systemd-udevd", "--daemon"], ["udevadm", "trigger"],
+                     ["udevadm", "settle"]])
 
 
 def test_plan_only_is_a_dry_run_too(machine: Machine, dhcp: FakeDhcp) -> None:
