@@ -18,12 +18,12 @@ rsync keeps hard links only within one run.
 
 from __future__ import annotations
 
-import functools
 import os
 import stat
 from pathlib import Path
 
 from agent.plan import NOT_DEFERRED, deferred_path_ok
+from imageserver.treecache import once_per_tree
 
 # Relative to the image's root; `*` is a kernel version directory.
 CANDIDATES = (
@@ -84,19 +84,13 @@ def _links(tree: Path, dirs: list[str]) -> list[tuple[frozenset[str], bool]]:
     return [(frozenset(ds), key in outside) for key, ds in holders.items()]
 
 
-def deferred_of_version(tree: Path) -> tuple[str, ...]:
-    """deferred() of a stored version's tree, which never changes once
-    recorded: computed once per tree, not per client asking (it walks the
-    whole image).  A tree made anew under the same path (an image deleted
-    and made again) is a new directory: its inode and ctime tell."""
-    real = os.path.realpath(tree)
-    st = os.stat(real)
-    return _deferred_once(real, st.st_ino, st.st_ctime_ns)
+def _walk(tree: Path) -> tuple[str, ...]:
+    return deferred(tree)  # looked up when called: tests count the walks
 
 
-@functools.lru_cache(maxsize=256)
-def _deferred_once(real: str, ino: int, ctime_ns: int) -> tuple[str, ...]:
-    return deferred(Path(real))
+# deferred() of a stored version's tree: it walks the whole image, once per
+# tree rather than per client asking (imageserver.treecache).
+deferred_of_version = once_per_tree(_walk)
 
 
 def deferred(tree: Path) -> tuple[str, ...]:

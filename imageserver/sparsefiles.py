@@ -28,7 +28,6 @@ could not carry them safely:
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import stat
@@ -36,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.plan import SPARSE_ALL, SPARSE_MAX, deferred_path_ok
+from imageserver.treecache import once_per_tree
 
 log = logging.getLogger(__name__)
 
@@ -86,19 +86,13 @@ def sparse_files(tree: Path, limit: int = SPARSE_MAX) -> SparseFiles:
     return SparseFiles(tuple(sorted(found)))
 
 
-def sparse_of_version(tree: Path) -> SparseFiles:
-    """sparse_files() of a stored version's tree, which never changes once
-    recorded: walked once per tree, not per client asking.  A tree made
-    anew under the same path (an image deleted and made again) is a new
-    directory: its inode and ctime tell."""
-    real = os.path.realpath(tree)
-    st = os.stat(real)
-    return _once(real, st.st_ino, st.st_ctime_ns)
-
-
-@functools.lru_cache(maxsize=256)
-def _once(real: str, ino: int, ctime_ns: int) -> SparseFiles:
-    found = sparse_files(Path(real))
+def _walk_and_say(tree: Path) -> SparseFiles:
+    found = sparse_files(tree)
     if found.fallback:
-        log.info("%s: every file of an install comes with rsync -S: %s", real, found.fallback)
+        log.info("%s: every file of an install comes with rsync -S: %s", tree, found.fallback)
     return found
+
+
+# sparse_files() of a stored version's tree, once per tree rather than per
+# client asking (imageserver.treecache).
+sparse_of_version = once_per_tree(_walk_and_say)
