@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import disks as disklib
-from agent import hardware, network
+from agent import hardware, initramfs, network
 from agent.blockdev.assemble import assemble
 from agent.chroot import chroot_target
 from agent.configure import bootloader as bootlib
@@ -48,7 +48,7 @@ from agent.fetch import (
     rsync_url,
     used_bytes,
 )
-from agent.filesystems import SwapOn, make_filesystems, mount_all, use_swap
+from agent.filesystems import SwapOn, make_filesystems, mount_all, mount_fstype, use_swap
 from agent.kmod import Kmod
 from agent.logsetup import LogTargets
 from agent.params import (
@@ -72,7 +72,7 @@ from agent.phases import PARAMS_STEP, InstallFailed, Steps, break_names, canonic
 from agent.plan import InstallPlan, firmware
 from agent.planner import make_plan
 from agent.report import DONE_MARKER, FAILED_MARKER, Reporter
-from agent.server import ImageServer
+from agent.server import INITRD_LISTING, ImageServer
 from agent.storage.defaults import SOURCE as DEFAULT_LAYOUT
 from agent.targets import install_targets
 from sysclone.errors import ConfigError, SyscloneError
@@ -202,6 +202,14 @@ def _leave_medium(s: Session) -> None:
     s.medium = None
 
 
+# What the install asks udev for: block devices (/dev/disk/by-*, md, dm,
+# btrfs: the boot environment's rules are for those) and the buses disks and
+# NICs hang off, whose records the inventory reads.  Not the rest -- ACPI,
+# platform, tty, cpu, memory: hundreds of events on a server, each one
+# udevd's workers process before `settle` returns, slowly under emulation.
+UDEV_SUBSYSTEMS = ("block", "net", "pci", "scsi", "nvme", "usb", "virtio")
+
+
 def _start_udev() -> None:
     """udev maintains /dev/disk/by-* and device properties (pyudev, blkid)."""
     if UDEV_CONTROL.exists():
@@ -209,7 +217,8 @@ def _start_udev() -> None:
     # --daemon forks; the parent returns once udevd listens.
     run(["/usr/lib/systemd/systemd-udevd", "--daemon", "--resolve-names=never"],
         capture=False)
-    run(["udevadm", "trigger", "--action=add"], check=False)
+    run(["udevadm", "trigger", "--action=add",
+         *(f"--subsystem-match={m}" for m in UDEV_SUBSYSTEMS)], check=False)
     run(["udevadm", "settle", "--timeout=10"], check=False)
 
 
@@ -420,8 +429,39 @@ def format_filesystems(s: Session, plan: InstallPlan) -> None:
         make_filesystems(plan.filesystems)
 
 
-def mount_target(s: Session, plan: InstallPlan, stack: ExitStack) -> tuple[Path, SwapOn]:
+def preload_filesystems(plan: InstallPlan) -> threading.Thread:
+    """Load the plan's filesystem drivers in the background.  mount asks the
+    kernel for a driver it lacks, and the kernel runs modprobe for it while
+    the mount waits: about a second for ext4 (with jbd2, mbcache) under
+    emulation.  Loaded here, beside partitioning and mkfs, which wait on
+    their own commands, by the aliases the kernel itself would ask for
+    (fs-ext4).  mount_target waits for it; a driver that fails to load here
+    is left to mount, which then says what is wrong."""
+    aliases = sorted({f"fs-{mount_fstype(f.fs)}" for f in plan.filesystems
+                      if f.mountpoint and f.fs != "swap"})
+
+    def work() -> None:
+        kmod = Kmod()  # libkmod contexts are not shared between threads
+        try:
+            for alias in aliases:
+                try:
+                    for m in kmod.lookup(alias):
+                        kmod.load(m)
+                except SyscloneError as e:
+                    log.info("loading the driver for %s ahead: %s", alias, e.message)
+        finally:
+            kmod.close()
+
+    t = threading.Thread(target=work, name="fs-drivers", daemon=True)
+    t.start()
+    return t
+
+
+def mount_target(s: Session, plan: InstallPlan, stack: ExitStack,
+                 drivers: threading.Thread | None = None) -> tuple[Path, SwapOn]:
     with s.steps.phase("mount"):
+        if drivers is not None:
+            drivers.join()
         TARGET.mkdir(exist_ok=True)
         mount_all(plan.mounts, TARGET, stack)
         swap = use_swap(plan.filesystems, stack)
@@ -658,7 +698,8 @@ def initrd(s: Session, plan: InstallPlan, server: ImageServer, root: Path,
             s.reporter.say("no initrd tool or no kernel in the image: nothing to do")
             return
         s.written += tool.require(root, features)
-        facts = [_initrd_facts(tool, root, k) for k in kvers] \
+        listed = _server_listings(plan, server) if s.params.initrd == "auto" else {}
+        facts = [_initrd_facts(tool, root, k, listed) for k in kvers] \
             if s.params.initrd == "auto" else []
         decision = policy.decide(str(s.params.initrd), tool.name, facts, needs)
         where = "server" if decision.regenerate and tool.builds_generic(root) else "client"
@@ -719,14 +760,47 @@ def _storage_needs(plan: InstallPlan) -> policy.StorageNeeds:
                                 must)
 
 
-def _initrd_facts(tool: initrdlib.InitrdTool, root: Path, kver: str) -> policy.InitrdFacts:
+def _server_listings(plan: InstallPlan, server: ImageServer) -> dict[str, Any]:
+    """The image's initrds as the image server listed them, natively, once
+    per version (imageserver.initrdlisting): reading one here is seconds of
+    decompression under emulation, on update-grub's path.  {} when the
+    server cannot say: each initrd is then read here."""
+    try:
+        got = server.get(INITRD_LISTING, {"module": plan.image.module}, attempts=1).get("initrds")
+    except SyscloneError as e:
+        log.info("initrd listings from the image server: %s", e.message)
+        return {}
+    return got if isinstance(got, dict) else {}
+
+
+def _listed(listed: dict[str, Any], root: Path, path: Path) -> initramfs.Listing | None:
+    """The server's listing of `path`, if it is of this very file: same
+    path, size and mtime (an override may have replaced it)."""
+    entry = listed.get(path.relative_to(root).as_posix())
+    try:
+        st = path.stat()
+        if not isinstance(entry, dict) or entry.get("size") != st.st_size or \
+                entry.get("mtime") != st.st_mtime_ns // 1_000_000_000:
+            return None
+        return initramfs.Listing.from_dict(entry["listing"])
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+        log.info("the server's listing of %s is not usable: %s", path, e)
+        return None
+
+
+def _initrd_facts(tool: initrdlib.InitrdTool, root: Path, kver: str,
+                  listed: dict[str, Any]) -> policy.InitrdFacts:
     path = tool.initrd_path(root, kver)
     listing, problem = None, None
     if path is not None:
-        try:
-            listing = initrdlib.list_initrd(root, path)
-        except SyscloneError as e:
-            problem = f"{path.name} cannot be read: {e.message}"
+        listing = _listed(listed, root, path)
+        if listing is not None:
+            log.debug("%s: listed by the image server", path)
+        else:
+            try:
+                listing = initrdlib.list_initrd(root, path)
+            except SyscloneError as e:
+                problem = f"{path.name} cannot be read: {e.message}"
     return policy.InitrdFacts(kver, path, listing, policy.builtin_modules(root, kver), problem)
 
 
@@ -793,11 +867,12 @@ def install(s: Session, plan_only: bool) -> InstallPlan | None:
         return plan
     scripts = scriptlib.from_instructions(instr)
     netcfg = pre_install(s, plan, instr, net, scripts["pre-install"])
+    drivers = preload_filesystems(plan)
     partition_disks(s, plan)
     assemble_storage(s, plan)
     format_filesystems(s, plan)
     with ExitStack() as mounts:
-        root, swap = mount_target(s, plan, mounts)
+        root, swap = mount_target(s, plan, mounts, drivers)
         start = pull_image(s, plan, root)
         if plan.overrides:  # they go on top of the whole image
             pull_rest(s, plan, root, start)

@@ -17,7 +17,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from sysclone.errors import SyscloneError
 
@@ -66,6 +66,21 @@ class Listing:
     def text(self, path: str) -> str | None:
         data = self.contents.get(path.lstrip("/"))
         return None if data is None else data.decode(errors="replace")
+
+    def to_dict(self) -> dict[str, Any]:
+        """For JSON (the image server lists initrds for its clients:
+        imageserver.initrdlisting); contents as hex, they are a few small
+        configuration files."""
+        return {"files": self.files, "segments": self.segments,
+                "contents": {p: d.hex() for p, d in self.contents.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Listing:
+        """The inverse of to_dict(); ValueError/TypeError/KeyError on a
+        malformed one."""
+        files = {str(p): int(m) for p, m in dict(d["files"]).items()}
+        contents = {str(p): bytes.fromhex(h) for p, h in dict(d["contents"]).items()}
+        return cls(files, contents, [str(x) for x in d["segments"]])
 
     def module_names(self) -> set[str]:
         """Kernel modules present (any compression), by canonical name."""

@@ -16,6 +16,9 @@ from sysclone.errors import SyscloneError
 
 log = logging.getLogger(__name__)
 
+# The image's initrds as the server lists them (imageserver.initrdlisting).
+INITRD_LISTING = "/v1/initrd-listing"
+
 
 class ServerError(SyscloneError):
     pass

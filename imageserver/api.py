@@ -7,6 +7,7 @@
     GET  /v1/luks-key?hostname=&image=&volume=   -> {"key": base64} (imageserver.lukskeys)
     POST /v1/events                                      <- JSON event
     POST /v1/initrd                                      <- JSON request, -> tar
+    GET  /v1/initrd-listing?module=NAME@N   the image's initrds, listed (initrdlisting)
     GET  /v1/clients                                     -> monitor snapshot
     GET  /v1/health                                      -> "ok"
     GET  /v1/client/prepare.py        the golden-client script (curl ... | python3 - prepare)
@@ -32,7 +33,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from imageserver import clientinventory, downloads, prepare, updateclient
+from imageserver import clientinventory, downloads, initrdlisting, prepare, updateclient
 from imageserver.instructions import ClientQuery, ServerPolicy, resolve
 from imageserver.monitor import Monitor
 from imageserver.store import ImageStore, UsageCache
@@ -140,6 +141,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(HTTPStatus.NOT_FOUND, e.to_dict())
         elif downloads.is_download(url.path):
             self._download(url.path, body=True)
+        elif url.path == initrdlisting.PATH:
+            try:
+                self._send(200, initrdlisting.answer(self.server.state, q))
+            except SyscloneError as e:
+                self._send(HTTPStatus.NOT_FOUND, e.to_dict())
         elif url.path == "/v1/luks-key":
             from imageserver import lukskeys
 

@@ -11,7 +11,7 @@ import base64
 import hashlib
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -223,3 +223,35 @@ def test_post_install_runs_chrooted_last(tmp_path: Path, fake_commands: FakeComm
     s2, rep2 = session()
     flow.post_install(s2, plan(), NET, root, ())
     assert "no post-install scripts for this client" in rep2.lines
+
+
+# -- filesystem drivers, loaded ahead of mount ---------------------------------------------
+
+class RecordingKmod:
+    calls: ClassVar[list[str]] = []
+
+    def lookup(self, alias: str) -> list[str]:
+        self.calls.append(f"lookup {alias}")
+        return {"fs-ext4": ["ext4"], "fs-vfat": ["vfat"]}.get(alias, [])
+
+    def load(self, name: str, options: str | None = None) -> None:
+        self.calls.append(f"load {name}")
+        if name == "ext4":
+            raise flow.SyscloneError("module ext4 is not in this boot environment")
+
+    def close(self) -> None:
+        self.calls.append("close")
+
+
+def test_the_plans_filesystem_drivers_load_ahead_by_the_kernels_aliases(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    RecordingKmod.calls = []
+    monkeypatch.setattr(flow, "Kmod", RecordingKmod)
+    p = plan(filesystems=(SimpleNamespace(mountpoint="/", fs="ext4"),
+                          SimpleNamespace(mountpoint="/boot/efi", fs="fat32"),
+                          SimpleNamespace(mountpoint=None, fs="swap")))
+    flow.preload_filesystems(p).join(10)
+    # A driver that does not load is left to mount, which says why; the
+    # others still load.
+    assert RecordingKmod.calls == ["lookup fs-ext4", "load ext4", "lookup fs-vfat",
+                                   "load vfat", "close"]
