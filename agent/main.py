@@ -12,11 +12,13 @@ in /run/sysclone/post-action for /init to carry out.
 
 from __future__ import annotations
 
-# Only sys at module level: the ready marker is printed before the rest of
-# the agent (argparse, logging...) is even imported.
+# Only sys and time at module level (both built into the interpreter): the
+# install's clock starts before the rest of the agent is imported, which
+# under emulation takes seconds (the ready marker comes after it).
 import sys
+import time
 
-from agent.markers import READY_MARKER
+STARTED = time.monotonic()
 
 RUN_DIR = "/run/sysclone"
 
@@ -41,35 +43,38 @@ def _setup_logging(debug: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args_in = sys.argv[1:] if argv is None else argv
-    if not args_in or args_in[0] == "run":
-        # The marker the boot benchmark times: the runtime is up and the
-        # agent's code runs.  Printed before anything else is imported.
-        print(f"sysclone: {READY_MARKER}", flush=True)
-    import argparse
     from pathlib import Path
 
-    ap = argparse.ArgumentParser(prog="sysclone-agent", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", nargs="?", default="run",
-                    choices=("run", "plan", "phases", "params", "selftest"))
-    ap.add_argument("--cmdline", default="/proc/cmdline",
-                    help="read install parameters from this file instead")
-    args = ap.parse_args(argv)
+    if args_in in ([], ["run"]):
+        # How /init starts it: no argparse to import (a cold import of it
+        # is a good part of a second under emulation).
+        command, cmdline = "run", "/proc/cmdline"
+    else:
+        import argparse
 
-    if args.command == "phases":
+        ap = argparse.ArgumentParser(prog="sysclone-agent", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+        ap.add_argument("command", nargs="?", default="run",
+                        choices=("run", "plan", "phases", "params", "selftest"))
+        ap.add_argument("--cmdline", default="/proc/cmdline",
+                        help="read install parameters from this file instead")
+        args = ap.parse_args(args_in)
+        command, cmdline = args.command, args.cmdline
+
+    if command == "phases":
         from agent.phases import PHASES
 
         for p in PHASES:
             aliases = f"  (SystemImager: {', '.join(p.si_names)})" if p.si_names else ""
             print(f"{p.name:<13} {p.title}{aliases}")
         return 0
-    if args.command == "params":
+    if command == "params":
         from agent.params import render_docs
 
         print(render_docs("text"))
         return 0
 
-    if args.command == "selftest":
+    if command == "selftest":
         return selftest()
 
     from agent.report import Reporter
@@ -84,11 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from agent.params import read_cmdline
 
-        debug = bool(read_cmdline(args.cmdline).value("si.debug", False))
+        debug = bool(read_cmdline(cmdline).value("si.debug", False))
     except Exception:  # a bad cmdline is reported properly inside the flow
         pass
     _setup_logging(debug)
-    return run_install(reporter, Path(args.cmdline), plan_only=args.command == "plan")
+    # The ready marker follows once the parameters are read (agent.flow).
+    return run_install(reporter, Path(cmdline), plan_only=command == "plan", started=STARTED)
 
 
 def exit_now(rc: int) -> None:

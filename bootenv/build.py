@@ -67,7 +67,7 @@ class BuildSpec:
     # (drivers.usable_tools); off when the tool groups were named.
     tools_follow_drivers: bool = False
     compression: str = "zstd"
-    squashfs_block: str = squash.SQUASHFS_BLOCK
+    squashfs: squash.Packing = squash.STANDARD_PACKING
     local_cfg: Path | None = None  # embedded as /local.cfg
     source_date_epoch: int = 1700000000
     # squashfs: a compressed root read on demand behind a tiny stage 1 (see
@@ -310,7 +310,7 @@ def build(spec: BuildSpec, agent: FrozenAgent, out_dir: Path,
             say(f"squashfs and stage 1 ({spec.compression})")
             stage1 = squash.Stage1(support, spec.modules_dir, spec.source_date_epoch,
                                    lambda raw, out: _compress(raw, out, spec.compression),
-                                   spec.squashfs_block)
+                                   spec.squashfs)
             packed = squash.pack(st, stage1, work, initrd,
                                  hot=_hot_files(st, agent) if spec.hot_python
                                  else ["/usr/bin/busybox"])
@@ -335,8 +335,9 @@ def build(spec: BuildSpec, agent: FrozenAgent, out_dir: Path,
             "initrd": {"sha256": _sha256(initrd), "size": initrd.stat().st_size,
                        "uncompressed_size": cpio_size, "compression": spec.compression,
                        "packing": packing, "files": files,
-                       **({"squashfs_block": spec.squashfs_block} if packing == "squashfs"
-                          else {})},
+                       **({"squashfs_block": spec.squashfs.block,
+                           "squashfs_compression": spec.squashfs.compressor}
+                          if packing == "squashfs" else {})},
             "contents": sizes,
             "modules": drivers.manifest(db, chosen),
             "firmware": drivers.firmware_manifest(chosen),

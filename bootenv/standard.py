@@ -58,22 +58,26 @@ def recorded_modules(state: StateRoot, tree: KernelTree) -> str:
 
 
 def compact(request: drivers.DriverRequest, tree: KernelTree, compression: str | None
-            ) -> tuple[str, str]:
-    """Compression of stage 1 and squashfs block size.  UYOK `loaded` is
-    the flavor built to be small (its own target: 0.8 of the image's own
-    initrd), where the agent and its tools are nearly all the bytes: 1 MiB
-    squashfs blocks and, when the kernel's configuration says it
-    decompresses xz with the x86 filter (CONFIG_RD_XZ, CONFIG_XZ_DEC_X86),
+            ) -> tuple[str, squash.Packing]:
+    """Compression of stage 1 and how the squashfs is packed.  UYOK
+    `loaded` is the flavor built to be small (its own target: 0.8 of the
+    image's own initrd), where the agent and its tools are nearly all the
+    bytes: squash.COMPACT_PACKING and, when the kernel's configuration says
+    it decompresses xz with the x86 filter (CONFIG_RD_XZ, CONFIG_XZ_DEC_X86),
     xz for stage 1 (1.40 -> 1.27 MB measured, for a fraction of a second
-    more of decompression under emulation).  The others keep zstd and
-    512 KiB blocks, and --compression always wins."""
+    more of decompression under emulation).  The others keep zstd for stage
+    1 and squash.STANDARD_PACKING -- unless the kernel's configuration is
+    unknown or its squashfs lacks zstd (CONFIG_SQUASHFS_ZSTD): xz then, as
+    every squashfs with xz reads it.  --compression always wins for stage 1."""
+    config = tree.config
+    lines = set(config.read_text().splitlines()) if config is not None else set()
     if request.how != "loaded":
-        return compression or "zstd", squash.SQUASHFS_BLOCK
+        packing = squash.STANDARD_PACKING if "CONFIG_SQUASHFS_ZSTD=y" in lines \
+            else squash.COMPACT_PACKING
+        return compression or "zstd", packing
     if compression is None:
-        config = tree.config
-        lines = set(config.read_text().splitlines()) if config is not None else set()
         compression = "xz" if {"CONFIG_RD_XZ=y", "CONFIG_XZ_DEC_X86=y"} <= lines else "zstd"
-    return compression, squash.SQUASHFS_BLOCK_COMPACT
+    return compression, squash.COMPACT_PACKING
 
 
 def driver_request(state: StateRoot, tree: KernelTree, modules_arg: str | None,
@@ -115,7 +119,7 @@ def build_bootenv(state: StateRoot, ui: Ui, *, output: Path | None = None,
     with ui.step("freeze the agent"):
         agent = freeze_agent(state, use_cache=use_cache)
     follow = tool_groups is None
-    compression, block = compact(request, tree, compression)
+    compression, squashfs = compact(request, tree, compression)
     tool_groups = tool_groups or tools.DEFAULT_TOOLS
     spec = BuildSpec(
         kernel_image=tree.vmlinuz, modules_dir=tree.modules_dir, kver=tree.kver,
@@ -123,7 +127,7 @@ def build_bootenv(state: StateRoot, ui: Ui, *, output: Path | None = None,
         drivers=request,
         firmware_dir=tree.firmware_dir if tree.firmware_dir.is_dir() else None,
         tool_groups=tool_groups, tools_follow_drivers=follow,
-        compression=compression, squashfs_block=block, hot_python=request.how != "loaded",
+        compression=compression, squashfs=squashfs, hot_python=request.how != "loaded",
         local_cfg=local_cfg, packing=packing,
         init_script=init_script,
         kernel_info={"name": tree.name, "flavor": tree.flavor, "origin": tree.origin,

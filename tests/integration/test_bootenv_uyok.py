@@ -102,6 +102,7 @@ def test_loaded_carries_the_clients_modules_and_no_more(builds, tmp_path) -> Non
     # The compact packing: 1 MiB blocks (unsquashfs reads them back), stage 1 in
     # xz (the cloud kernel has CONFIG_RD_XZ and the x86 filter).
     assert m["initrd"]["compression"] == "xz" and m["initrd"]["squashfs_block"] == "1M"
+    assert m["initrd"]["squashfs_compression"] == "xz"
     stat = subprocess.run(["unsquashfs", "-s", str(tmp_path / "first" / "sysclone.sqsh")],
                           capture_output=True, text=True, check=True).stdout
     assert "Block size 1048576" in stat and "Compression xz" in stat
@@ -123,7 +124,8 @@ def test_add_modules_brings_an_idle_stack_back(builds, tmp_path) -> None:
     assert "/usr/sbin/lvm" in m["tools"]
     std = _manifest(builds["standard"])
     assert all(s["can"] for s in std["storage"].values()), std["storage"]
-    assert std["initrd"]["compression"] == "zstd" and std["initrd"]["squashfs_block"] == "512K"
+    assert std["initrd"]["compression"] == "zstd" and std["initrd"]["squashfs_block"] == "1M"
+    assert std["initrd"]["squashfs_compression"] == "zstd"
 
 
 def test_loaded_is_a_fraction_of_the_standard_flavor(builds) -> None:

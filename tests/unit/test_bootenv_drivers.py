@@ -338,8 +338,9 @@ def test_storage_stacks_say_why_and_how_to_rebuild(cloud):
 
 
 def test_the_compact_packing_of_uyok_loaded(tmp_path):
-    """UYOK loaded: 1 MiB squashfs blocks, and xz for stage 1 only where the
-    kernel's configuration says it can unpack it; --compression wins."""
+    """UYOK loaded: the compact squashfs (xz, 1 MiB blocks), and xz for
+    stage 1 only where the kernel's configuration says it can unpack it;
+    --compression wins."""
     from types import SimpleNamespace
 
     from bootenv import squash
@@ -348,11 +349,30 @@ def test_the_compact_packing_of_uyok_loaded(tmp_path):
     config = tmp_path / "config"
     tree: Any = SimpleNamespace(config=config)
     loaded = DriverRequest.parse("loaded", loaded=["virtio_blk"])
-    config.write_text("CONFIG_RD_ZSTD=y\nCONFIG_RD_XZ=y\nCONFIG_XZ_DEC_X86=y\n")
-    assert compact(loaded, tree, None) == ("xz", squash.SQUASHFS_BLOCK_COMPACT)
-    assert compact(loaded, tree, "zstd") == ("zstd", squash.SQUASHFS_BLOCK_COMPACT)
+    config.write_text("CONFIG_RD_ZSTD=y\nCONFIG_RD_XZ=y\nCONFIG_XZ_DEC_X86=y\n"
+                      "CONFIG_SQUASHFS_ZSTD=y\n")
+    assert compact(loaded, tree, None) == ("xz", squash.COMPACT_PACKING)
+    assert compact(loaded, tree, "zstd") == ("zstd", squash.COMPACT_PACKING)
     config.write_text("CONFIG_RD_ZSTD=y\n# CONFIG_RD_XZ is not set\nCONFIG_XZ_DEC_X86=y\n")
-    assert compact(loaded, tree, None) == ("zstd", squash.SQUASHFS_BLOCK_COMPACT)
+    assert compact(loaded, tree, None) == ("zstd", squash.COMPACT_PACKING)
     assert compact(loaded, SimpleNamespace(config=None), None)[0] == "zstd"  # type: ignore[arg-type]
-    assert compact(DriverRequest(), tree, None) == ("zstd", squash.SQUASHFS_BLOCK)
-    assert compact(DriverRequest(), tree, "xz") == ("xz", squash.SQUASHFS_BLOCK)
+
+
+def test_the_standard_squashfs_is_zstd_where_the_kernel_reads_it(tmp_path):
+    """The others: the fast squashfs (zstd) when the kernel's squashfs has
+    zstd, else -- or when its configuration is unknown -- xz."""
+    from types import SimpleNamespace
+
+    from bootenv import squash
+    from bootenv.standard import compact
+
+    config = tmp_path / "config"
+    tree: Any = SimpleNamespace(config=config)
+    config.write_text("CONFIG_SQUASHFS_XZ=y\nCONFIG_SQUASHFS_ZSTD=y\n")
+    assert squash.STANDARD_PACKING.compressor == "zstd"
+    assert compact(DriverRequest(), tree, None) == ("zstd", squash.STANDARD_PACKING)
+    assert compact(DriverRequest(), tree, "xz") == ("xz", squash.STANDARD_PACKING)
+    config.write_text("CONFIG_SQUASHFS_XZ=y\n# CONFIG_SQUASHFS_ZSTD is not set\n")
+    assert compact(DriverRequest(), tree, None) == ("zstd", squash.COMPACT_PACKING)
+    no_config: Any = SimpleNamespace(config=None)
+    assert compact(DriverRequest(), no_config, None) == ("zstd", squash.COMPACT_PACKING)

@@ -20,6 +20,7 @@ import io
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ from agent import disks as disklib
 from agent import flow, hardware, inventory, network
 from agent.disks import Disk
 from agent.planner import make_plan
-from agent.report import DONE_MARKER, FAILED_MARKER, Reporter
+from agent.report import DONE_MARKER, FAILED_MARKER, READY_MARKER, Reporter
 from tests.conftest import FakeCommands, FakeResult, rsync_listing
 from tests.unit.agentfakes import FakeSysfs, sample
 from tests.unit.netfakes import FakeDhcp, FakeNetlink, refuse_dhcp
@@ -512,6 +513,20 @@ def test_refused_before_any_phase(machine: Machine, cmdline: str, message: str) 
     assert rep.lines[-1].startswith(f"{FAILED_MARKER}: bad install parameters: {message}")
     assert rep.phases() == [] and machine.ran() == []
     assert machine.post_action() == "shell"
+    assert READY_MARKER not in rep.lines  # never ready with parameters it refuses
+
+
+def test_ready_once_imported_with_its_parameters_before_the_first_phase(
+        machine: Machine, dhcp: FakeDhcp) -> None:
+    """The ready marker (what the boot benchmark times) means the agent can
+    work: imported, parameters read; the install's clock started earlier."""
+    machine.cmdline.write_text("IMAGESERVER=10.0.2.2 si.dry-run\n")
+    rep = Recorder(machine.log)
+    assert flow.run_install(rep, machine.cmdline, started=time.monotonic() - 100) == 0
+    said = [e[1] for e in machine.log if e[0] == "say"]
+    assert said[:2] == [READY_MARKER, "[hardware] load drivers for the devices found"]
+    done = next(e[2] for e in machine.log if e[:2] == ("event", "done"))
+    assert done["seconds"] >= 100  # counted from the agent's start, imports included
 
 
 def test_refused_in_local_cfg(machine: Machine) -> None:
