@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import disks as disklib
-from agent import hardware, initramfs, network
+from agent import drivers, hardware, initramfs, network
 from agent.blockdev.assemble import assemble
 from agent.chroot import chroot_target
 from agent.configure import bootloader as bootlib
@@ -85,7 +85,6 @@ TARGET = Path("/sysroot")
 LOCAL_CFG = Path("/local.cfg")
 MEMINFO = Path("/proc/meminfo")
 DHCP_TIMEOUT = 60.0
-UDEV_CONTROL = Path("/run/udev/control")  # udevd's socket: there while it runs
 
 
 # Install parameters the agent has used by the time the server's
@@ -112,6 +111,7 @@ class Session:
     resolved: Resolved | None = None
     logs: LogTargets = field(default_factory=LogTargets)
     medium: Medium | None = None  # a sysclone USB disk's SYSCLONECFG partition, mounted
+    early_drivers: drivers.Early | None = None  # the hardware phase's work, started early
 
     def add_layer(self, layer: Layer) -> None:
         """A new source of parameters (DHCP, the server's instructions):
@@ -152,24 +152,8 @@ class Session:
 
 def detect_hardware(s: Session) -> hardware.HardwareReport:
     with s.steps.phase("hardware"):
-        kmod = Kmod()
-        try:
-            # Between passes, udev settles -- when it runs already (a
-            # reinstall from a running system); in the boot environment it
-            # starts below, and each udevadm run is ~0.3 s under emulation.
-            udev_runs = UDEV_CONTROL.exists()
-            report = hardware.coldplug(
-                kmod.lookup, kmod.load,
-                settle=(lambda: run(["udevadm", "settle", "--timeout=10"], check=False))
-                if udev_runs else None)
-            # The DHCP client's raw socket.  Filesystem drivers are not loaded
-            # here: mount asks the kernel, which loads what each filesystem
-            # needs through modprobe (xfs alone is 4 MB to verify and load,
-            # a second under emulation, and most installs never use it).
-            hardware.load_named(kmod.load, ("af_packet",), report)
-        finally:
-            kmod.close()
-        _start_udev()
+        # Started by agent.main before the agent was imported, or here.
+        report = s.early_drivers.result() if s.early_drivers else drivers.load_drivers()
         mods = report.modules()
         s.reporter.say(f"{len(report.pci)} PCI devices, loaded: {', '.join(mods) or 'none'}")
         return report
@@ -200,26 +184,6 @@ def _leave_medium(s: Session) -> None:
         s.reporter.say(f"log kept on the boot medium as {LOGS_DIR}/{kept.name}")
     s.medium.close()
     s.medium = None
-
-
-# What the install asks udev for: block devices (/dev/disk/by-*, md, dm,
-# btrfs: the boot environment's rules are for those) and the buses disks and
-# NICs hang off, whose records the inventory reads.  Not the rest -- ACPI,
-# platform, tty, cpu, memory: hundreds of events on a server, each one
-# udevd's workers process before `settle` returns, slowly under emulation.
-UDEV_SUBSYSTEMS = ("block", "net", "pci", "scsi", "nvme", "usb", "virtio")
-
-
-def _start_udev() -> None:
-    """udev maintains /dev/disk/by-* and device properties (pyudev, blkid)."""
-    if UDEV_CONTROL.exists():
-        return
-    # --daemon forks; the parent returns once udevd listens.
-    run(["/usr/lib/systemd/systemd-udevd", "--daemon", "--resolve-names=never"],
-        capture=False)
-    run(["udevadm", "trigger", "--action=add",
-         *(f"--subsystem-match={m}" for m in UDEV_SUBSYSTEMS)], check=False)
-    run(["udevadm", "settle", "--timeout=10"], check=False)
 
 
 def bring_up_network(s: Session) -> network.NetConfig:
@@ -950,10 +914,11 @@ def _write_post_action(action: str) -> None:
 
 
 def run_install(reporter: Reporter, cmdline: Path, plan_only: bool = False,
-                started: float | None = None) -> int:
+                started: float | None = None, early: drivers.Early | None = None) -> int:
     """Run the whole install; the exit status and post-action say how it
     went.  `started`: when the agent's process started (agent.main), so
-    that the install's time counts its imports too."""
+    that the install's time counts its imports too; `early`: the hardware
+    phase's work, started then (agent.drivers)."""
     _write_post_action("shell")
     if started is None:
         started = time.monotonic()
@@ -967,7 +932,8 @@ def run_install(reporter: Reporter, cmdline: Path, plan_only: bool = False,
     params = resolved.params
     steps = Steps(reporter, breaks=frozenset(canonical(b) for b in params.breaks),
                   shell=_shell, meminfo=MEMINFO)
-    s = Session(layers, params, reporter, steps, cmdline, resolved=resolved, logs=logs)
+    s = Session(layers, params, reporter, steps, cmdline, resolved=resolved, logs=logs,
+                early_drivers=early)
     if params.hostname:
         reporter.client["hostname"] = params.hostname
     # What the boot benchmark times: the agent is imported, has its

@@ -17,13 +17,19 @@ from __future__ import annotations
 # under emulation takes seconds (the ready marker comes after it).
 import sys
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import logging
 
 STARTED = time.monotonic()
 
 RUN_DIR = "/run/sysclone"
 
 
-def _setup_logging(debug: bool) -> None:
+def _setup_logging() -> logging.Handler:
+    """The log file, and the console at WARNING; returns the console's
+    handler (si.debug lowers its level once the parameters are read)."""
     import logging
     from pathlib import Path
 
@@ -36,9 +42,10 @@ def _setup_logging(debug: bool) -> None:
     fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(fh)
     ch = logging.StreamHandler(sys.stdout)
-    ch.setLevel(logging.DEBUG if debug else logging.WARNING)
+    ch.setLevel(logging.WARNING)
     ch.setFormatter(logging.Formatter("sysclone: %(levelname)s: %(message)s"))
     root.addHandler(ch)
+    return ch
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,6 +84,18 @@ def main(argv: list[str] | None = None) -> int:
     if command == "selftest":
         return selftest()
 
+    console = _setup_logging()  # before the early start: it logs too
+    early = None
+    if command == "run":
+        # The drivers load while the rest of the agent is imported (agent.drivers).
+        from agent import drivers
+
+        try:
+            text = Path(cmdline).read_text(errors="replace")
+        except OSError:  # reported properly inside the flow
+            text = "break"
+        if drivers.may_start_early(text, Path("/local.cfg")):
+            early = drivers.Early()
     from agent.report import Reporter
 
     reporter = Reporter()
@@ -85,16 +104,16 @@ def main(argv: list[str] | None = None) -> int:
     install_find_library()
     from agent.flow import run_install
 
-    debug = False
     try:
         from agent.params import read_cmdline
 
-        debug = bool(read_cmdline(cmdline).value("si.debug", False))
+        if read_cmdline(cmdline).value("si.debug", False):
+            console.setLevel(0)  # logging.DEBUG (logging is imported by now)
     except Exception:  # a bad cmdline is reported properly inside the flow
         pass
-    _setup_logging(debug)
     # The ready marker follows once the parameters are read (agent.flow).
-    return run_install(reporter, Path(cmdline), plan_only=command == "plan", started=STARTED)
+    return run_install(reporter, Path(cmdline), plan_only=command == "plan", started=STARTED,
+                       early=early)
 
 
 def exit_now(rc: int) -> None:
