@@ -1,19 +1,14 @@
 """The hardware phase's work: load the drivers of the devices found, then
-start udev -- and the same work started before the rest of the agent is
-imported.
+start udev.
 
-In the boot environment the agent's imports (agent.flow and what it
-needs: a few hundred modules read from the squashfs) take seconds under
-emulation, nearly all Python on one CPU, while loading the drivers is
-mostly the kernel's work (libkmod's calls release the interpreter lock)
-and udev's.  So agent.main starts `Early` first, when nothing can ask to
-stop before the drivers load, and the hardware phase then only waits for
-its result: the two overlap on the machine's two CPUs.
+Started before the agent's imports, in a thread of its own, it saved
+nothing measurable under emulation (2 vCPUs, TCG): the imports, the
+coldplug's sysfs walk and, after it, the network phase's import of
+pyroute2 all want the one interpreter lock, so the phase runs in order.
 """
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 from agent import hardware
@@ -63,34 +58,3 @@ def start_udev() -> None:
     run(["udevadm", "trigger", "--action=add",
          *(f"--subsystem-match={m}" for m in UDEV_SUBSYSTEMS)], check=False)
     run(["udevadm", "settle", "--timeout=10"], check=False)
-
-
-def may_start_early(cmdline: str, local_cfg: Path) -> bool:
-    """Whether the drivers may load before the parameters are read: not
-    when anything could ask to stop before they do -- a break on the kernel
-    command line (si.break, SI_BREAK, in any spelling) or a local.cfg in
-    the boot environment (which may hold one)."""
-    return "break" not in cmdline.lower() and not local_cfg.exists()
-
-
-class Early:
-    """load_drivers() in a thread of its own, started at once."""
-
-    def __init__(self) -> None:
-        self._report: hardware.HardwareReport | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._work, name="drivers", daemon=True)
-        self._thread.start()
-
-    def _work(self) -> None:
-        try:
-            self._report = load_drivers()
-        except BaseException as e:  # raised again in the hardware phase, reported there
-            self._error = e
-
-    def result(self) -> hardware.HardwareReport:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        assert self._report is not None
-        return self._report

@@ -111,7 +111,6 @@ class Session:
     resolved: Resolved | None = None
     logs: LogTargets = field(default_factory=LogTargets)
     medium: Medium | None = None  # a sysclone USB disk's SYSCLONECFG partition, mounted
-    early_drivers: drivers.Early | None = None  # the hardware phase's work, started early
 
     def add_layer(self, layer: Layer) -> None:
         """A new source of parameters (DHCP, the server's instructions):
@@ -152,8 +151,7 @@ class Session:
 
 def detect_hardware(s: Session) -> hardware.HardwareReport:
     with s.steps.phase("hardware"):
-        # Started by agent.main before the agent was imported, or here.
-        report = s.early_drivers.result() if s.early_drivers else drivers.load_drivers()
+        report = drivers.load_drivers()
         mods = report.modules()
         s.reporter.say(f"{len(report.pci)} PCI devices, loaded: {', '.join(mods) or 'none'}")
         return report
@@ -914,11 +912,10 @@ def _write_post_action(action: str) -> None:
 
 
 def run_install(reporter: Reporter, cmdline: Path, plan_only: bool = False,
-                started: float | None = None, early: drivers.Early | None = None) -> int:
+                started: float | None = None) -> int:
     """Run the whole install; the exit status and post-action say how it
     went.  `started`: when the agent's process started (agent.main), so
-    that the install's time counts its imports too; `early`: the hardware
-    phase's work, started then (agent.drivers)."""
+    that the install's time counts its imports too."""
     _write_post_action("shell")
     if started is None:
         started = time.monotonic()
@@ -932,8 +929,7 @@ def run_install(reporter: Reporter, cmdline: Path, plan_only: bool = False,
     params = resolved.params
     steps = Steps(reporter, breaks=frozenset(canonical(b) for b in params.breaks),
                   shell=_shell, meminfo=MEMINFO)
-    s = Session(layers, params, reporter, steps, cmdline, resolved=resolved, logs=logs,
-                early_drivers=early)
+    s = Session(layers, params, reporter, steps, cmdline, resolved=resolved, logs=logs)
     if params.hostname:
         reporter.client["hostname"] = params.hostname
     # What the boot benchmark times: the agent is imported, has its

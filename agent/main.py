@@ -84,18 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     if command == "selftest":
         return selftest()
 
-    console = _setup_logging()  # before the early start: it logs too
-    early = None
-    if command == "run":
-        # The drivers load while the rest of the agent is imported (agent.drivers).
-        from agent import drivers
-
-        try:
-            text = Path(cmdline).read_text(errors="replace")
-        except OSError:  # reported properly inside the flow
-            text = "break"
-        if drivers.may_start_early(text, Path("/local.cfg")):
-            early = drivers.Early()
+    console = _setup_logging()
     from agent.report import Reporter
 
     reporter = Reporter()
@@ -112,8 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception:  # a bad cmdline is reported properly inside the flow
         pass
     # The ready marker follows once the parameters are read (agent.flow).
-    return run_install(reporter, Path(cmdline), plan_only=command == "plan", started=STARTED,
-                       early=early)
+    return run_install(reporter, Path(cmdline), plan_only=command == "plan", started=STARTED)
 
 
 def exit_now(rc: int) -> None:

@@ -31,7 +31,6 @@ import pytest
 from agent import disks as disklib
 from agent import drivers, flow, hardware, inventory, network
 from agent.disks import Disk
-from agent.kmod import KmodError
 from agent.planner import make_plan
 from agent.report import DONE_MARKER, FAILED_MARKER, READY_MARKER, Reporter
 from tests.conftest import FakeCommands, FakeResult, rsync_listing
@@ -547,35 +546,3 @@ def test_debug_and_term_are_followed(machine: Machine, dhcp: FakeDhcp) -> None:
     assert "TERM=vt220" in rep.lines
     # The break shell gets it through sysclone.run's environment.
     assert os.environ["TERM"] == "vt220"
-
-
-# -- the hardware phase's work, started before the imports (agent.drivers) ------------------
-
-def test_the_hardware_phase_uses_the_early_result(machine: Machine, dhcp: FakeDhcp,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    early = drivers.Early()  # the fake sysfs and Kmod of the machine fixture
-    report = early.result()
-    monkeypatch.setattr(drivers, "load_drivers", lambda: pytest.fail("loaded twice"))
-    machine.cmdline.write_text("IMAGESERVER=10.0.2.2 si.dry-run\n")
-    rep = Recorder(machine.log)
-    assert flow.run_install(rep, machine.cmdline, early=early) == 0
-    assert f"{len(report.pci)} PCI devices, loaded: none" in rep.lines
-    udev = [a[:2] for a in machine.ran() if a[0] in ("udevadm", "/usr/lib/systemd/systemd-udevd")]
-    assert udev == [["/usr/lib/systemd/systemd-udevd", "--daemon"], ["udevadm", "trigger"],
-                    ["udevadm", "settle"]]  # once, by the early start
-
-
-def test_an_early_failure_fails_the_hardware_phase(machine: Machine, dhcp: FakeDhcp,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken() -> Any:
-        raise KmodError("libkmod.so.2 cannot be loaded")
-
-    monkeypatch.setattr(drivers, "load_drivers", broken)
-    early = drivers.Early()
-    machine.cmdline.write_text("IMAGESERVER=10.0.2.2\n")
-    rep = Recorder(machine.log)
-    assert flow.run_install(rep, machine.cmdline, early=early) == 1
-    failed = [e[2] for e in machine.log if e[:2] == ("event", "failed")]
-    assert [(f["phase"], f["message"]) for f in failed] == [
-        ("hardware", "libkmod.so.2 cannot be loaded")]
-    assert rep.lines[-1] == f"{FAILED_MARKER}: [hardware] libkmod.so.2 cannot be loaded"
