@@ -13,10 +13,12 @@ run, printed with its target and PASS/MISS:
               UYOK-loaded boot environment / standard, unpacked   <  1.0
   build     boot environment build from scratch, and whether a second
             build is byte-identical                               identical
-  boot      VM start to "agent ready" vs VM start to userspace with a bare
+  boot      VM start to "agent ready" (imported, parameters read, its
+            first phase starting) vs VM start to userspace with a bare
             busybox initramfs, same kernel and VM                 <= 1.5
-  install   the agent's whole install vs a raw `rsync -aHAX` of the same
-            image in the same VM                                  <= 1.5
+  install   the agent's whole install, from its process's start (imports
+            included) vs a raw `rsync -aHAX` of the same image in the
+            same VM                                               <= 1.5
   transfer  the agent's fetch phases (fetch + fetch-rest: its rsync runs)
             vs its rsync command lines for the whole image run bare, one
             after the other: the bulk without -S, the sparse files the

@@ -25,6 +25,13 @@ echo 4 > /proc/sys/kernel/printk
 # install ends; an installer gains nothing from huge pages.
 [ -w /proc/sys/vm/compaction_proactiveness ] && echo 0 > /proc/sys/vm/compaction_proactiveness
 
+# Read the agent's Python (its bytecode and extension modules) ahead, in
+# the background: the squashfs decompresses it on the second CPU while the
+# interpreter starts and imports on the first, which then finds it in the
+# page cache.  /init to the agent's imports done: 9.4 s -> 6.9 s (mean of
+# two, TCG, 2 vCPUs).
+find /usr/lib/python3* -type f -exec cat {} + >/dev/null 2>&1 &
+
 exec_agent() {
     /usr/bin/python3 -I -S -c 'from agent.main import exit_now, main; exit_now(main())' "$@"
 }
