@@ -4,7 +4,6 @@ address by DHCP (pyroute2's client) or from static install parameters.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import time
@@ -162,6 +161,10 @@ def static_config(nic: Nic, address: str, netmask: str | None, gateway: str | No
 def dhcp(nic: Nic, timeout: float, hostname: str | None = None) -> NetConfig:
     """Get a lease with pyroute2's DHCP client and configure it; the address
     is kept (no RELEASE) for the rest of the install."""
+    # Imported here: a static-address install never needs asyncio (a fifth
+    # of the agent's imports before its first phase, natively).
+    import asyncio
+
     try:
         cfg = asyncio.run(_dhcp(nic, timeout, hostname))
     except TimeoutError:

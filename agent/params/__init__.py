@@ -18,7 +18,8 @@ into a named `Layer`; `resolve()` merges them by precedence into a typed
 Nothing is read at import; all of it is standard library only.
 """
 
-from agent.params.docs import render_docs
+from typing import Literal
+
 from agent.params.kinds import HostPort, IPAddress, Kind, Shape
 from agent.params.layers import (
     Layer,
@@ -45,6 +46,15 @@ from agent.params.table import (
     PostAction,
     param,
 )
+
+
+def render_docs(fmt: Literal["markdown", "text"] = "markdown", *, width: int = 79) -> str:
+    """agent.params.docs.render_docs, imported when asked for: an install
+    never renders the parameters' reference."""
+    from agent.params.docs import render_docs as render
+
+    return render(fmt, width=width)
+
 
 __all__ = [
     "BY_NAME",

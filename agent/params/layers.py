@@ -13,7 +13,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from difflib import get_close_matches
 from enum import IntEnum
 from pathlib import Path
 from types import MappingProxyType
@@ -188,6 +187,8 @@ class _Builder:
                               hint="the agent reads no sysclone.* parameters; install "
                                    "parameters are si.* ('sysclone params' lists them)",
                               key=key, source=where)
+        from difflib import get_close_matches  # only for a name it does not know
+
         close = get_close_matches(key, list(known), n=1, cutoff=0.75)
         if strict:
             raise ConfigError(f"{key}: unknown install parameter ({where})",

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
-from difflib import get_close_matches
 from types import MappingProxyType
 from typing import Any
 
@@ -319,6 +318,8 @@ def _check_breaks(settings: tuple[Setting, ...], extra: Collection[str]) -> None
     for s in settings:
         if s.value in valid:
             continue
+        from difflib import get_close_matches  # only for a value it refuses
+
         close = get_close_matches(s.value, list(valid), n=1)
         raise bad_value(s.key, s.param, s.value, "is not a step of the install", s.where,
                         close[0] if close else None, hint="steps: " + ", ".join(valid))
