@@ -80,6 +80,9 @@ from sysclone.run import interactive, run
 
 log = logging.getLogger(__name__)
 
+# How long the end of an install waits for the inventory to be sent.
+INVENTORY_WAIT = 60.0
+
 RUN_DIR = Path("/run/sysclone")
 TARGET = Path("/sysroot")
 LOCAL_CFG = Path("/local.cfg")
@@ -111,6 +114,7 @@ class Session:
     resolved: Resolved | None = None
     logs: LogTargets = field(default_factory=LogTargets)
     medium: Medium | None = None  # a sysclone USB disk's SYSCLONECFG partition, mounted
+    inventory: threading.Thread | None = None  # sending the inventory (connect_monitor)
 
     def add_layer(self, layer: Layer) -> None:
         """A new source of parameters (DHCP, the server's instructions):
@@ -246,9 +250,30 @@ def connect_monitor(s: Session, hw: hardware.HardwareReport,
             s.reporter.client["hostname"] = s.params.hostname
         s.reporter.connect(url)
         s.reporter.event("hello", message=f"booted, install network {net.address}",
-                         hardware=hw.to_dict(), network=net.to_dict(),
-                         inventory=_inventory(s, net))
+                         hardware=hw.to_dict(), network=net.to_dict())
+        s.inventory = _send_inventory_later(s, net)
         return server
+
+
+def _send_inventory_later(s: Session, net: network.NetConfig) -> threading.Thread:
+    """The machine's inventory for the server, as an event of its own,
+    collected beside the phases that follow: reading it through udev is a
+    second and a half of Python under emulation, which the plan's commands,
+    mkfs and the fetch's rsync leave room for.  The install waits for it
+    before it reports its end (_wait_inventory)."""
+    def work() -> None:
+        inv = _inventory(s, net)
+        if inv is not None:
+            s.reporter.event("inventory", inventory=inv)
+
+    t = threading.Thread(target=work, name="inventory", daemon=True)
+    t.start()
+    return t
+
+
+def _wait_inventory(s: Session) -> None:
+    if s.inventory is not None:
+        s.inventory.join(INVENTORY_WAIT)
 
 
 def _inventory(s: Session, net: network.NetConfig) -> dict[str, Any] | None:
@@ -980,16 +1005,19 @@ def _run(s: Session, plan_only: bool, started: float) -> int:
     except InstallFailed as e:
         phase = e.fields.get("phase", "?")
         reporter.say(f"{FAILED_MARKER}: [{phase}] {e}")
+        _wait_inventory(s)
         reporter.flush()
         return 1
     except SyscloneError as e:  # outside any phase
         reporter.event("failed", phase=None, message=e.message, detail=e.to_dict())
         reporter.say(f"{FAILED_MARKER}: {e}")
+        _wait_inventory(s)
         reporter.flush()
         return 1
     if (plan_only or s.params.dry_run) and s.resolved is not None:
         for line in s.resolved.explain(show_defaults=False).splitlines():
             reporter.say(line)
+    _wait_inventory(s)
     # Wall clock: initrd and bootloader overlap, their times do not add up.
     total = time.monotonic() - started
     image = {"image": plan.image.name, "image_version": plan.image.version} if plan else {}

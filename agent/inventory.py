@@ -1,7 +1,7 @@
 """The machine's inventory: PCI devices, disks, NICs, CPU, memory, firmware
 and DMI, found through udev (pyudev) after `udevadm trigger`.
 
-The agent sends it to the image server in its `hello` event; on any
+The agent sends it to the image server in an `inventory` event; on any
 running Linux system with Python 3.9+ and libudev, `sysclone client
 inventory` prints the same JSON (the image server serves this very file,
 with pyudev, as a zipapp: imageserver/prepare).  So it uses nothing but the

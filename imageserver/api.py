@@ -13,7 +13,7 @@
     GET  /v1/client/prepare.py        the golden-client script (curl ... | python3 - prepare)
     GET  /v1/client/sysclone-client.pyz   the same as a zipapp (python3 FILE prepare ...)
     GET  /v1/client/inventory.pyz     `sysclone client inventory` as a zipapp (python3 FILE)
-    GET  /v1/inventory?client=NAME    the last inventory a client sent (its hello)
+    GET  /v1/inventory?client=NAME    the last inventory a client sent
     GET  /v1/client/updateclient.py   updateclient (curl ... | python3 - --server SERVER)
     GET  /v1/update?hostname=&image=  what updateclient syncs to (imageserver.updateclient)
     GET  /v1/bootenv/FILE             the boot environment, for updateclient --autoinstall
@@ -42,7 +42,7 @@ from sysclone.paths import StateRoot
 
 log = logging.getLogger(__name__)
 
-# A hello carries the machine's inventory: a big server's modaliases,
+# An inventory event carries the machine's inventory: a big server's modaliases,
 # PCI devices and disks run to some hundred kB.
 MAX_EVENT = 1024 * 1024
 MAX_INITRD_REQUEST = 16 * 1024 * 1024

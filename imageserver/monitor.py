@@ -2,10 +2,11 @@
 
 Each client's events are appended to ROOT/log/<client>.jsonl (the install's
 permanent record) and handed to subscribers, such as the console printer of
-`sysclone serve` and `sysclone demo`.  The machine inventory a client's
-`hello` carries (agent.inventory) is also kept on its own, the last one per
-client, in ROOT/log/<client>.inventory.json: `sysclone clients show NAME`
-and `sysclone bootenv check --client NAME` read it.
+`sysclone serve` and `sysclone demo`.  The machine inventory an event
+carries (agent.inventory, in the agent's `inventory` event) is also kept
+on its own, the last one per client, in ROOT/log/<client>.inventory.json:
+`sysclone clients show NAME` and `sysclone bootenv check --client NAME`
+read it.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ with a UYOK `--modules loaded` boot environment built from a captured
 golden VM, installing the same machine it recorded.
 
 Each cell checks, without trusting the agent: the install finished, the
-`hello` inventory names the driver the hardware needs, `bootenv check
+inventory event names the driver the hardware needs, `bootenv check
 --client` agrees before any other boot, and the installed disk boots to a
 login prompt.  The golden image of the SATA and rtl8139 cells carries
 Debian's generic kernel: the demo image's cloud kernel has no ahci module
@@ -98,8 +98,8 @@ def install_and_boot(installer: Installer, cell: Cell, bootenv: Path, hostname: 
     with Vm(spec) as vm:
         vm.wait_for(DONE_MARKER, INSTALL_TIMEOUT, fail=INSTALL_FAILED)
         assert vm.wait_exit(180) == 0
-    hello = next(e for e in installer.events_of(hostname) if e.get("kind") == "hello")
-    inv = hello["inventory"]
+    inv = next(e["inventory"] for e in installer.events_of(hostname)
+               if e.get("kind") == "inventory")
     drivers = {n["driver"] for n in inv["nics"]} | {
         p["driver"] for p in inv["pci"] if p["driver"]} | set(inv["modules"])
     assert cell.nic_driver.replace("_", "-") in {d.replace("_", "-") for d in drivers}, inv

@@ -153,14 +153,14 @@ def test_installed_machine_boots_from_its_own_disk(installer: Installer, install
 def test_inventory_and_bootenv_check_agree(installer: Installer, installed: Path,
                                            vm_bootenv: Path, tmp_path: Path) -> None:
     """The hardware matrix's virtio-blk + virtio-net cell, on this install:
-    the `hello` inventory names the drivers, `bootenv check --client`
+    the inventory the agent sent names the drivers, `bootenv check --client`
     passes on what the monitor kept (for the boot environment it installed
     with and the standard one), and the same machine with a virtio-scsi
     controller added fails the virtio boot environment, naming virtio_scsi
     (the standard one drives it)."""
     state = installer.state
-    hello = next(e for e in installer.events_of(HOSTNAME) if e.get("kind") == "hello")
-    inv = hello["inventory"]
+    inv = next(e["inventory"] for e in installer.events_of(HOSTNAME)
+               if e.get("kind") == "inventory")
     assert "virtio_net" in {n["driver"].replace("-", "_") for n in inv["nics"]}, inv["nics"]
     assert "virtio_blk" in inv["modules"] or any(
         p["driver"] == "virtio_blk" for p in inv["pci"]), inv

@@ -368,10 +368,16 @@ def test_static_network(machine: Machine, monkeypatch: pytest.MonkeyPatch) -> No
     assert hello["network"] == {"iface": "eth0", "mac": MAC, "method": "static",
                                 "address": "10.0.2.50/24", "gateway": "10.0.2.1",
                                 "dns": ["10.0.2.3", "9.9.9.9"], "domain": "lab.example"}
-    # The machine's inventory goes with it, naming the install NIC.
-    assert hello["inventory"]["install_nic"] == MAC
-    assert hello["inventory"]["collector"] == "sysclone-agent"
-    assert any(p["kind"] == "network" for p in hello["inventory"]["pci"])
+    # The machine's inventory follows in an event of its own, collected
+    # beside the next phases, before the install reports done; it names the
+    # install NIC.
+    assert "inventory" not in hello
+    kinds = [e[1] for e in machine.log if e[0] == "event"]
+    assert kinds.index("inventory") < kinds.index("done")
+    inv = next(e[2]["inventory"] for e in machine.log if e[:2] == ("event", "inventory"))
+    assert inv["install_nic"] == MAC
+    assert inv["collector"] == "sysclone-agent"
+    assert any(p["kind"] == "network" for p in inv["pci"])
     assert f"eth0 ({MAC}): 10.0.2.50/24 by static, gateway 10.0.2.1" in rep.lines
 
 
