@@ -258,9 +258,10 @@ def connect_monitor(s: Session, hw: hardware.HardwareReport,
 def _send_inventory_later(s: Session, net: network.NetConfig) -> threading.Thread:
     """The machine's inventory for the server, as an event of its own,
     collected beside the phases that follow: reading it through udev is a
-    second and a half of Python under emulation, which the plan's commands,
-    mkfs and the fetch's rsync leave room for.  The install waits for it
-    before it reports its end (_wait_inventory)."""
+    second and a half of Python under emulation, which the instructions'
+    and the plan's waits and partitioning's commands leave room for.  The
+    install waits for it before mkfs, which a 128 MiB client needs all its
+    memory for, and before it reports its end (_wait_inventory)."""
     def work() -> None:
         inv = _inventory(s, net)
         if inv is not None:
@@ -412,6 +413,7 @@ def assemble_storage(s: Session, plan: InstallPlan) -> None:
 
 
 def format_filesystems(s: Session, plan: InstallPlan) -> None:
+    _wait_inventory(s)
     with s.steps.phase("format"):
         make_filesystems(plan.filesystems)
 

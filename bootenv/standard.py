@@ -65,16 +65,20 @@ def compact(request: drivers.DriverRequest, tree: KernelTree, compression: str |
     bytes: squash.COMPACT_PACKING and, when the kernel's configuration says
     it decompresses xz with the x86 filter (CONFIG_RD_XZ, CONFIG_XZ_DEC_X86),
     xz for stage 1 (1.40 -> 1.27 MB measured, for a fraction of a second
-    more of decompression under emulation).  The others keep zstd for stage
-    1 and squash.STANDARD_PACKING -- unless the kernel's configuration is
-    unknown or its squashfs lacks zstd (CONFIG_SQUASHFS_ZSTD): xz then, as
-    every squashfs with xz reads it.  --compression always wins for stage 1."""
+    more of decompression under emulation).  The standard flavor keeps zstd
+    for stage 1 and squash.STANDARD_PACKING -- unless the kernel's
+    configuration is unknown or its squashfs lacks zstd
+    (CONFIG_SQUASHFS_ZSTD): xz then, as every squashfs with xz reads it.
+    Driver lists and `all` get squash.NARROW_PACKING (small machines).
+    --compression always wins for stage 1."""
     config = tree.config
     lines = set(config.read_text().splitlines()) if config is not None else set()
-    if request.how != "loaded":
+    if request.how == "standard":
         packing = squash.STANDARD_PACKING if "CONFIG_SQUASHFS_ZSTD=y" in lines \
             else squash.COMPACT_PACKING
         return compression or "zstd", packing
+    if request.how != "loaded":
+        return compression or "zstd", squash.NARROW_PACKING
     if compression is None:
         compression = "xz" if {"CONFIG_RD_XZ=y", "CONFIG_XZ_DEC_X86=y"} <= lines else "zstd"
     return compression, squash.COMPACT_PACKING

@@ -359,8 +359,8 @@ def test_the_compact_packing_of_uyok_loaded(tmp_path):
 
 
 def test_the_standard_squashfs_is_zstd_where_the_kernel_reads_it(tmp_path):
-    """The others: the fast squashfs (zstd) when the kernel's squashfs has
-    zstd, else -- or when its configuration is unknown -- xz."""
+    """The standard flavor: the fast squashfs (zstd) when the kernel's
+    squashfs has zstd, else -- or when its configuration is unknown -- xz."""
     from types import SimpleNamespace
 
     from bootenv import squash
@@ -376,3 +376,9 @@ def test_the_standard_squashfs_is_zstd_where_the_kernel_reads_it(tmp_path):
     assert compact(DriverRequest(), tree, None) == ("zstd", squash.COMPACT_PACKING)
     no_config: Any = SimpleNamespace(config=None)
     assert compact(DriverRequest(), no_config, None) == ("zstd", squash.COMPACT_PACKING)
+    # A driver list, or every module: small machines, small blocks.
+    config.write_text("CONFIG_SQUASHFS_XZ=y\nCONFIG_SQUASHFS_ZSTD=y\n")
+    narrow = DriverRequest(how="list", names=("virtio_blk",))
+    assert compact(narrow, tree, None) == ("zstd", squash.NARROW_PACKING)
+    assert compact(DriverRequest(how="all"), tree, None) == ("zstd", squash.NARROW_PACKING)
+    assert squash.Packing("xz", "512K") == squash.NARROW_PACKING
