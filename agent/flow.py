@@ -262,10 +262,14 @@ def _send_inventory_later(s: Session, net: network.NetConfig) -> threading.Threa
     and the plan's waits and partitioning's commands leave room for.  The
     install waits for it before mkfs, which a 128 MiB client needs all its
     memory for, and before it reports its end (_wait_inventory)."""
+    # Under the name the hello gave (the server's instructions may rename the
+    # client meanwhile): the server keeps it where it kept the hello's.
+    who = dict(s.reporter.client)
+
     def work() -> None:
         inv = _inventory(s, net)
         if inv is not None:
-            s.reporter.event("inventory", inventory=inv)
+            s.reporter.event("inventory", inventory=inv, **who)
 
     t = threading.Thread(target=work, name="inventory", daemon=True)
     t.start()

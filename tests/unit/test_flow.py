@@ -374,7 +374,9 @@ def test_static_network(machine: Machine, monkeypatch: pytest.MonkeyPatch) -> No
     assert "inventory" not in hello
     kinds = [e[1] for e in machine.log if e[0] == "event"]
     assert kinds.index("inventory") < kinds.index("done")
-    inv = next(e[2]["inventory"] for e in machine.log if e[:2] == ("event", "inventory"))
+    sent = next(e[2] for e in machine.log if e[:2] == ("event", "inventory"))
+    assert sent["mac"] == MAC  # who sent it, as the hello said
+    inv = sent["inventory"]
     assert inv["install_nic"] == MAC
     assert inv["collector"] == "sysclone-agent"
     assert any(p["kind"] == "network" for p in inv["pci"])

@@ -326,3 +326,18 @@ def test_serving_reports_rsync_failure_instead_of_hanging(state, monkeypatch):
     t.join(10)
     assert not t.is_alive(), "serving() hangs when the rsync daemon fails to start"
     assert [str(e) for e in result] == ["command not found: rsync"]
+
+
+def test_the_agents_inventory_event_is_kept_and_served(api: ApiServer) -> None:
+    """The agent sends its inventory after its hello, in an event of its
+    own: the server keeps the last one per client, prints nothing for it,
+    and GET /v1/inventory answers it."""
+    ev = {"kind": "inventory", "hostname": "inv-node", "mac": "52:54:00:00:00:07",
+          "inventory": {"collector": "sysclone-agent", "pci": [], "install_nic": None}}
+    assert format_event(ev) is None
+    status, _ = post(api, "/v1/events", json.dumps(ev).encode())
+    assert status in (200, 202, 204)
+    status, inv = get(api, "/v1/inventory?client=inv-node")
+    assert status == 200
+    assert inv["collector"] == "sysclone-agent"
+    assert inv["install_nic"] == "52:54:00:00:00:07"  # the sender's MAC when it named none
