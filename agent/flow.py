@@ -451,10 +451,10 @@ def preload_filesystems(plan: InstallPlan) -> threading.Thread:
 
 
 def mount_target(s: Session, plan: InstallPlan, stack: ExitStack,
-                 drivers: threading.Thread | None = None) -> tuple[Path, SwapOn]:
+                 fs_drivers: threading.Thread | None = None) -> tuple[Path, SwapOn]:
     with s.steps.phase("mount"):
-        if drivers is not None:
-            drivers.join()
+        if fs_drivers is not None:
+            fs_drivers.join()
         TARGET.mkdir(exist_ok=True)
         mount_all(plan.mounts, TARGET, stack)
         swap = use_swap(plan.filesystems, stack)
@@ -741,15 +741,16 @@ def _initrd_from_server(s: Session, plan: InstallPlan, server: ImageServer,
 
 def _storage_needs(plan: InstallPlan) -> policy.StorageNeeds:
     root_fs = next((f.fs for f in plan.filesystems if f.mountpoint == "/"), "ext4")
-    drivers: list[str] = []
+    disk_drivers: list[str] = []
     for d in plan.disks:
-        drivers += [m for m in hardware.block_driver_modules(d.disk.name) if m not in drivers]
+        disk_drivers += [m for m in hardware.block_driver_modules(d.disk.name)
+                         if m not in disk_drivers]
     idents = {f.uuid for f in plan.filesystems} | {f.device for f in plan.filesystems} | \
         {a.uuid for a in plan.arrays} | {a.name for a in plan.arrays} | \
         {c.uuid for c in plan.crypts} | {c.path for c in plan.crypts}
     must = ({c.uuid for c in plan.crypts} if "luks" in plan.root_stack else set()) | \
         ({a.uuid for a in plan.arrays} if "md" in plan.root_stack else set())
-    return policy.storage_needs(root_fs, drivers, plan.features, plan.raid_levels, idents,
+    return policy.storage_needs(root_fs, disk_drivers, plan.features, plan.raid_levels, idents,
                                 must)
 
 
@@ -860,12 +861,12 @@ def install(s: Session, plan_only: bool) -> InstallPlan | None:
         return plan
     scripts = scriptlib.from_instructions(instr)
     netcfg = pre_install(s, plan, instr, net, scripts["pre-install"])
-    drivers = preload_filesystems(plan)
+    fs_drivers = preload_filesystems(plan)
     partition_disks(s, plan)
     assemble_storage(s, plan)
     format_filesystems(s, plan)
     with ExitStack() as mounts:
-        root, swap = mount_target(s, plan, mounts, drivers)
+        root, swap = mount_target(s, plan, mounts, fs_drivers)
         start = pull_image(s, plan, root)
         if plan.overrides:  # they go on top of the whole image
             pull_rest(s, plan, root, start)
