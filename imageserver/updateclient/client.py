@@ -98,6 +98,10 @@ DEFAULT_EXCLUDES = (
     ("/etc/sysconfig/network-scripts/ifcfg-*", "the machine's network"),
     ("/etc/initramfs-tools/conf.d/resume", "the install wrote it for this machine's swap"),
     ("/var/lib/dhcp/**", "the machine's leases"),
+    # lvcreate/lvremove (this script's own LVM rollback points too) keep
+    # the group's metadata history here; vgcfgrestore needs it.
+    ("/etc/lvm/backup/**", "the machine's volume group metadata"),
+    ("/etc/lvm/archive/**", "the machine's volume group metadata"),
     ("/boot/efi/**", "the EFI system partition: the boot loader's, not the image's"),
     ("/boot/grub/**", "the boot loader's, refreshed when a kernel changes"),
     ("/boot/grub2/**", "the boot loader's, refreshed when a kernel changes"),
@@ -782,6 +786,10 @@ def restore(root: str, point: RollbackPoint) -> None:
         shutil.rmtree(work, ignore_errors=True)
     point.rolled_back = True
     point.save()
+    if point.method == "lvm" and point.snapshot:
+        # Spent: a snapshot left in place copies every later write to the
+        # volume until it fills up and turns invalid.
+        run(["lvremove", "--yes", point.snapshot], check=False)
 
 
 # ------------------------------------------------------------ fetch, apply ---

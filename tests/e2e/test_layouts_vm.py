@@ -34,10 +34,12 @@ import pytest
 
 from agent.markers import DONE_MARKER
 from ci.qemu import Vm, VmSpec, blank_disk
+from imageserver.names import ImageRef
 from imageserver.serve import free_port
-from sysclone.demo import INSTALL_FAILED
+from imageserver.store import ImageStore
+from sysclone.demo import HOST_FROM_GUEST, INSTALL_FAILED
 from tests.e2e.conftest import Installer, sysclone
-from tests.verify import sh
+from tests.verify import itemized_differences, sh
 
 HERE = Path(__file__).parent
 INSTALL_TIMEOUT = 3000
@@ -46,8 +48,10 @@ LUKS_KEY = "sysclone-e2e-luks-key-0123456789"
 VARIANTS = {
     "golden-nm": ("network-manager", "openssh-server", "mdadm", "cryptsetup-initramfs",
                   "btrfs-progs"),
+    # rsync: machine B is also updated (updateclient needs it, as any
+    # client it updates does).
     "golden-dracut": ("dracut", "systemd-networkd", "systemd-resolved", "lvm2", "xfsprogs",
-                      "openssh-server", "grub-efi-amd64-bin", "efibootmgr"),
+                      "openssh-server", "grub-efi-amd64-bin", "efibootmgr", "rsync"),
     "golden-netplan": ("netplan.io", "systemd-resolved", "openssh-server"),
 }
 
@@ -196,8 +200,63 @@ def test_uefi_lvm_xfs_boots_and_runs_networkd(installer: Installer,
         assert "routable" in ssh(ssh_key, port, "networkctl list --no-legend")
         assert "dracut" in ssh(ssh_key, port, "lsinitrd 2>/dev/null | head -20 || true") or \
             ssh(ssh_key, port, "test -x /usr/bin/dracut && echo yes").strip() == "yes"
+        update_and_roll_back_on_lvm(installer, ssh_key, port)
     built = [e for e in installer.events_of("e2e-uefi") if e.get("kind") == "initrd"]
     assert built and built[0]["tool"] == "dracut", built
+
+
+# What changes on a running machine between two comparisons, and the
+# mounts below / that are not the root volume.
+CHURN = ("/proc", "/sys", "/dev", "/run", "/tmp", "/var/tmp", "/var/log", "/var/cache",
+         "/var/lib/systemd", "/var/lib/private", "/var/lib/sysclone", "/root", "/boot/efi",
+         "/etc/lvm/backup", "/etc/lvm/archive")
+
+
+def vm_differences(installer: Installer, key: Path, port: int, image: str, version: int
+                   ) -> dict[str, str]:
+    """rsync's own itemized comparison of the VM's root with a stored
+    version (size and time, checksums for what differs)."""
+    tree = ImageStore(installer.state).tree(ImageRef(image, version))
+    rsh = (f"ssh -i {key} -p {port} -o BatchMode=yes -o StrictHostKeyChecking=no "
+           "-o UserKnownHostsFile=/dev/null")
+    return itemized_differences(tree, "root@127.0.0.1:", extra=(
+        "-e", rsh, *(f"--exclude={p}" for p in CHURN)))
+
+
+def update_and_roll_back_on_lvm(installer: Installer, key: Path, port: int) -> None:
+    """updateclient on a root that is a logical volume with room left in its
+    group: the rollback point is a real LVM snapshot of the mounted xfs,
+    and --rollback puts the machine back from it, checked against the
+    stored version by rsync, not by updateclient."""
+    image, store = "golden-dracut", ImageStore(installer.state)
+    installed = store.versions.numbers(image)[-1]
+    sysclone(installer.state, "image", "chroot", image, "--", "sh", "-c",
+             "echo 'e2e: the next version' >> /etc/motd && echo new > /etc/e2e-next "
+             "&& rm /etc/issue.net")
+    nxt = store.versions.numbers(image)[-1]
+    assert nxt == installed + 1
+    # Before: what the install itself made differ from the image.
+    before = vm_differences(installer, key, port, image, installed)
+    for p in ("etc/motd", "etc/issue.net", "etc/e2e-next"):
+        assert p not in before, (p, before)
+    http = installer.server.config.http_port
+    ssh(key, port, "python3 -c 'import urllib.request,sys; sys.stdout.buffer.write(urllib."
+                   f"request.urlopen(\"http://{HOST_FROM_GUEST}:{http}/v1/client/"
+                   "updateclient.py\").read())' > /root/updateclient.py")
+    client = f"python3 /root/updateclient.py --server {HOST_FROM_GUEST} --port {http}"
+    out = ssh(key, port, f"{client} --image {image}@{nxt} 2>&1")
+    assert "rollback point taken (lvm," in out, out
+    assert "root-sysclone-rollback" in ssh(key, port, "lvs --noheadings -o lv_name sys"), out
+    # The update: the stored next version, as rsync sees it.
+    after = vm_differences(installer, key, port, image, nxt)
+    assert after == before, (after, before)
+    assert ssh(key, port, "cat /etc/e2e-next").strip() == "new"
+    # Back from the snapshot (mounted read-only, nouuid: it is a second
+    # xfs with the root's UUID), which then goes.
+    out = ssh(key, port, f"{client} --rollback 2>&1")
+    assert f"rolled back the update to {image}@{nxt}" in out, out
+    assert vm_differences(installer, key, port, image, installed) == before
+    assert "rollback" not in ssh(key, port, "lvs --noheadings -o lv_name sys")
 
 
 @pytest.mark.e2e_full
