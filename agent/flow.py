@@ -719,6 +719,13 @@ def initrd(s: Session, plan: InstallPlan, server: ImageServer, root: Path,
         s.reporter.event("initrd-built", where="client", seconds=round(time.monotonic() - t0, 2))
 
 
+def written_paths(written: list[str]) -> list[str]:
+    """What configure wrote, as the done event reports it: absolute paths,
+    each once (the writers return some relative to the root); updateclient
+    keeps them out of every later update."""
+    return sorted({"/" + w.lstrip("/") for w in written})
+
+
 def _initrd_from_server(s: Session, plan: InstallPlan, server: ImageServer,
                         tool: initrdlib.InitrdTool, root: Path, kver: str) -> None:
     """A generic initrd does not depend on this machine: the image server
@@ -1030,7 +1037,7 @@ def _run(s: Session, plan_only: bool, started: float) -> int:
     image = {"image": plan.image.name, "image_version": plan.image.version} if plan else {}
     reporter.event("done", message=f"installed in {total:.0f}s", seconds=round(total, 2),
                    timings={n: round(t, 2) for n, t in steps.timings},
-                   written=s.written, **image)
+                   written=written_paths(s.written), **image)
     reporter.flush()
     reporter.say(f"{DONE_MARKER} in {total:.1f}s: "
                  + ", ".join(f"{n} {t:.1f}s" for n, t in steps.timings))

@@ -70,11 +70,18 @@ def last_image(events: list[dict[str, Any]]) -> str | None:
 
 
 def install_written(events: list[dict[str, Any]]) -> list[str]:
-    """The files the client's last finished install wrote."""
+    """The files the client's last finished install wrote, as absolute
+    paths (agents report some relative to the root: etc/dracut.conf.d/...);
+    nothing with a line break or a `..` component."""
     for ev in reversed(events):
         if ev.get("kind") == "done" and FINISH_PHASE in (ev.get("timings") or {}):
-            return [w for w in ev.get("written") or () if isinstance(w, str)
-                    and w.startswith("/") and "\n" not in w]
+            out = []
+            for w in ev.get("written") or ():
+                if not isinstance(w, str) or not w.strip("/") or "\n" in w or "\r" in w \
+                        or ".." in w.split("/"):
+                    continue
+                out.append("/" + w.lstrip("/"))
+            return list(dict.fromkeys(out))
     return []
 
 

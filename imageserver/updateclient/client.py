@@ -54,9 +54,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections import namedtuple
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
 
 # glob, hashlib, shlex, shutil and tempfile are imported where they are used,
 # and neither urllib.parse nor the idna codec is needed: a no-op update is
@@ -85,6 +85,11 @@ DEFAULT_EXCLUDES = (
     ("/etc/machine-id", "the machine's identity"),
     ("/var/lib/dbus/machine-id", "the machine's identity"),
     ("/var/lib/systemd/random-seed", "the machine's entropy"),
+    ("/var/lib/systemd/timers/", "when this machine's timers last ran"),
+    ("/var/lib/systemd/backlight/", "this machine's hardware state"),
+    ("/var/lib/systemd/rfkill/", "this machine's hardware state"),
+    ("/var/lib/systemd/coredump/", "this machine's crash dumps"),
+    ("/var/lib/systemd/pstore/", "this machine's crash records"),
     ("/etc/fstab", "the install wrote it for this machine's disks"),
     ("/etc/crypttab", "the install wrote it for this machine's disks"),
     ("/etc/mdadm/mdadm.conf", "the install wrote it for this machine's disks"),
@@ -190,10 +195,13 @@ def system_mounts(root: str) -> Iterator[None]:
 
 # ------------------------------------------------------------------ server ---
 
-@dataclass(frozen=True)
-class Server:
+# Value types are named tuples and plain classes, not dataclasses: the
+# dataclasses module (inspect, ast, dis...) and building the classes cost
+# 15-20 ms at every start, a few per cent of a no-op update.
+class Server(namedtuple("Server", "host port", defaults=(DEFAULT_PORT,))):
+    __slots__ = ()
     host: str
-    port: int = DEFAULT_PORT
+    port: int
 
     @property
     def url(self) -> str:
@@ -298,11 +306,11 @@ def rsync_url(server: Server, port: int, module: str) -> str:
 
 # ------------------------------------------------------------------- plan ---
 
-@dataclass(frozen=True)
-class Change:
+class Change(namedtuple("Change", "path item link", defaults=(None,))):
+    __slots__ = ()
     path: str  # relative to the root, no leading slash; "." is the root itself
     item: str  # rsync's itemize string: >f.st......, cd+++++++++, *deleting
-    link: str | None = None  # a hard link's other name (=> ...)
+    link: str | None  # a hard link's other name (=> ...)
 
     @property
     def kind(self) -> str:
@@ -316,10 +324,10 @@ class Change:
 MARKS = {"created": "+", "changed": "*", "deleted": "-"}
 
 
-@dataclass
 class Plan:
-    changes: list
-    transfer_bytes: int = 0
+    def __init__(self, changes: list, transfer_bytes: int = 0) -> None:
+        self.changes = changes
+        self.transfer_bytes = transfer_bytes
 
     def paths(self, *kinds: str) -> list:
         return [c.path for c in self.changes if c.kind in kinds]
@@ -378,12 +386,12 @@ def _number(rx: re.Pattern, text: str) -> int:
     return int(re.sub(r"[,.]", "", m.group(1))) if m else 0
 
 
-@dataclass
 class Wire:
     """Bytes rsync moved over the network, both ways."""
 
-    sent: int = 0
-    received: int = 0
+    def __init__(self) -> None:
+        self.sent = 0
+        self.received = 0
 
     def add(self, stats: str) -> None:
         self.sent += _number(_SENT, stats)
@@ -429,7 +437,10 @@ def excludes_for(root: str, written: list, extra: list, extra_files: list) -> li
             raise UpdateError(f"--exclude-from {f}: no such file")
     out += list(extra)
     if root == "/":
-        out += [_literal(m.rstrip("/")) + "/**" for m in skipped_mounts()]
+        # The mount point too: what shows there is the mounted filesystem's
+        # root (/proc is 0555 and dated from boot), not the image's
+        # directory underneath, whose attributes cannot be set through it.
+        out += [_literal(m.rstrip("/")) for m in skipped_mounts()]
     mine = own_script(root)
     if mine:  # the copy being run: --rollback needs it later
         out.append(_literal(mine))
@@ -483,31 +494,57 @@ def skipped_mounts() -> list:
 
 # --------------------------------------------------------- rollback point ---
 
-@dataclass
 class RollbackPoint:
     """What puts the system back: the saved old files (or a snapshot of the
     whole root), the paths the update created, and what it was."""
 
-    directory: str  # ROOT/var/lib/sysclone/updateclient/rollback
-    method: str = "copy"  # copy | btrfs | lvm
-    saved: list = field(default_factory=list)  # paths that existed and will change
-    created: list = field(default_factory=list)  # paths the update creates
-    boot_before: list = field(default_factory=list)  # boot-state files before
-    kernel_changed: bool = False
-    image: str = ""
-    time: float = 0.0
-    rolled_back: bool = False
-    # lvm: the snapshot volume (VG/LV), its filesystem, and where the
-    # system's root lies inside that filesystem ("" when it is its root)
-    snapshot: str = ""
-    fstype: str = ""
-    prefix: str = ""
+    FIELDS = ("directory", "method", "saved", "created", "boot_before", "kernel_changed",
+              "image", "time", "rolled_back", "snapshot", "fstype", "prefix", "elsewhere")
+
+    def __init__(self, directory: str, method: str = "copy", saved: list | None = None,
+                 created: list | None = None, boot_before: list | None = None,
+                 kernel_changed: bool = False, image: str = "", time: float = 0.0,
+                 rolled_back: bool = False, snapshot: str = "", fstype: str = "",
+                 prefix: str = "", elsewhere: list | None = None) -> None:
+        self.directory = directory  # ROOT/var/lib/sysclone/updateclient/rollback
+        self.method = method  # copy | btrfs | lvm
+        self.saved = saved or []  # paths that existed and will change
+        self.created = created or []  # paths the update creates
+        self.boot_before = boot_before or []  # boot-state files before
+        self.kernel_changed = kernel_changed
+        self.image = image
+        self.time = time
+        self.rolled_back = rolled_back
+        # lvm: the snapshot volume (VG/LV), its filesystem, and where the
+        # system's root lies inside that filesystem ("" when it is its root)
+        self.snapshot = snapshot
+        self.fstype = fstype
+        self.prefix = prefix
+        # btrfs/lvm: the saved paths on other filesystems than the
+        # snapshot's (a separate /boot), kept as copies beside it
+        self.elsewhere = elsewhere or []
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RollbackPoint) and self.__dict__ == other.__dict__
+
+    def __repr__(self) -> str:
+        return f"RollbackPoint({self.__dict__!r})"
 
     @property
     def source(self) -> str:
         if self.method == "copy":
-            return os.path.join(self.directory, "tree")
+            return self.tree
         return os.path.join(self.directory, "snapshot", self.prefix)
+
+    @property
+    def tree(self) -> str:
+        """Where the copies are."""
+        return os.path.join(self.directory, "tree")
+
+    @property
+    def copied(self) -> list:
+        """The saved paths kept as copies in `tree`."""
+        return self.saved if self.method == "copy" else self.elsewhere
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, indent=1, sort_keys=True)
@@ -520,7 +557,7 @@ class RollbackPoint:
                               "one is taken by each update")
         with open(meta) as f:
             data = json.load(f)
-        point = cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        point = cls(**{k: v for k, v in data.items() if k in cls.FIELDS})
         point.directory = directory
         return point
 
@@ -580,15 +617,12 @@ def _is_btrfs_subvolume(root: str) -> bool:
     return p.stdout.strip() == "btrfs"
 
 
-def _same_filesystem(root: str, paths: list) -> bool:
+def _on_root_filesystem(root: str, paths: list) -> list:
+    """Those of `paths` (existing ones) on the filesystem of `root` itself,
+    not on one mounted below it (a separate /boot, a nested btrfs
+    subvolume: each has a device of its own)."""
     dev = os.stat(root).st_dev
-    for p in paths:
-        parent = os.path.join(root, p)
-        while not os.path.lexists(parent):
-            parent = os.path.dirname(parent)
-        if os.lstat(parent).st_dev != dev:
-            return False
-    return True
+    return [p for p in paths if os.lstat(os.path.join(root, p)).st_dev == dev]
 
 
 SYS = "/sys"
@@ -598,8 +632,8 @@ LVM_SNAPSHOT = "{lv}-sysclone-rollback"
 SNAPSHOT_MOUNT = {"ext2/ext3": "ro,noload", "ext4": "ro,noload", "xfs": "ro,nouuid,norecovery"}
 
 
-@dataclass(frozen=True)
-class LvmOrigin:
+class LvmOrigin(namedtuple("LvmOrigin", "vg lv vg_free fstype mountpoint")):
+    __slots__ = ()
     vg: str
     lv: str
     vg_free: int  # bytes
@@ -666,7 +700,8 @@ def take_rollback_point(root: str, plan: Plan, image: str) -> RollbackPoint:
     delete.  A btrfs snapshot when the root is a subvolume holding every
     path concerned (free and instant); an LVM snapshot when it is a plain
     logical volume whose group has the copy-on-write room for the update;
-    else copies of those files."""
+    else copies of those files.  With a snapshot, the paths on another
+    filesystem (a separate /boot) are kept as copies beside it."""
     import shutil
     directory = os.path.join(root, STATE_DIR, "rollback")
     drop_rollback_point(directory)
@@ -677,24 +712,28 @@ def take_rollback_point(root: str, plan: Plan, image: str) -> RollbackPoint:
     if point.kernel_changed:
         point.boot_before = boot_state(root)
     point.saved = _existing(root, changing + point.boot_before)
-    one_fs = _same_filesystem(root, point.saved + point.created)
-    need = sum(_size(os.path.join(root, p)) for p in point.saved)
-    subvolume = one_fs and _is_btrfs_subvolume(root)
-    origin = lvm_origin(root) if one_fs and not subvolume else None
+    here = set(_on_root_filesystem(root, point.saved))
+    elsewhere = [p for p in point.saved if p not in here]
+    need_here = sum(_size(os.path.join(root, p)) for p in here)
+    subvolume = _is_btrfs_subvolume(root)
+    origin = lvm_origin(root) if not subvolume else None
     if subvolume:
         run(["btrfs", "subvolume", "snapshot", "-r", root, os.path.join(directory, "snapshot")])
-        point.method = "btrfs"
-    elif origin is not None and origin.vg_free >= snapshot_bytes(plan, need):
-        _take_lvm_snapshot(root, point, origin, snapshot_bytes(plan, need))
-    else:
-        free = shutil.disk_usage(directory).free
-        if need > free - (64 << 20):
-            shutil.rmtree(directory, ignore_errors=True)
-            raise UpdateError(f"not enough space for the rollback point: {need >> 20} MiB "
-                              f"needed, {free >> 20} MiB free in {directory}",
-                              "free some space; nothing was changed")
-        os.makedirs(point.source)
-        _local_copy(root, point.source, point.saved, directory)
+        point.method, point.elsewhere = "btrfs", elsewhere
+    elif origin is not None and origin.vg_free >= snapshot_bytes(plan, need_here):
+        _take_lvm_snapshot(root, point, origin, snapshot_bytes(plan, need_here))
+        point.elsewhere = elsewhere
+    need = sum(_size(os.path.join(root, p)) for p in point.copied)
+    free = shutil.disk_usage(directory).free
+    if need > free - (64 << 20):
+        point.save()  # what drop_rollback_point needs to remove a snapshot
+        drop_rollback_point(directory)
+        raise UpdateError(f"not enough space for the rollback point: {need >> 20} MiB "
+                          f"needed, {free >> 20} MiB free in {directory}",
+                          "free some space; nothing was changed")
+    if point.copied:
+        os.makedirs(point.tree)
+        _local_copy(root, point.tree, point.copied, directory)
     point.save()
     return point
 
@@ -781,7 +820,12 @@ def restore(root: str, point: RollbackPoint) -> None:
         # is removed.
         with _snapshot_mounted(point):
             remove_paths(root, created)
-            _local_copy(point.source, root, point.saved, work)
+            if point.method != "copy":
+                copied = set(point.copied)
+                _local_copy(point.source, root, [p for p in point.saved if p not in copied],
+                            work)
+            if point.copied:
+                _local_copy(point.tree, root, point.copied, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     point.rolled_back = True
@@ -930,14 +974,14 @@ def initrd_files(root: str, inputs: list, excludes: list) -> dict | None:
     return files
 
 
-@dataclass(frozen=True)
-class ServerInitrd:
+class ServerInitrd(namedtuple("ServerInitrd", "server module overrides files")):
     """The image server builds a generic initrd (initramfs-tools with
     MODULES=most) for this machine with the image's own tool, natively:
     what update-initramfs would make here, without minutes of forks on a
     small or emulated machine.  It refuses a configuration that is not
     generic; then, or when it cannot be reached, the initrd is built here."""
 
+    __slots__ = ()
     server: Server
     module: str  # NAME@N: the version the machine was just brought to
     overrides: tuple

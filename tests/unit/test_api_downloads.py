@@ -110,14 +110,18 @@ def test_update_answer(api):
     (api.state.logs / "node1.jsonl").write_text("\n".join(json.dumps(e) for e in (
         {"kind": "done", "hostname": "node1", "image": "web", "timings": {"plan": 1}},
         {"kind": "done", "hostname": "node1", "image": "web", "timings": {"finish": 1},
-         "written": ["/etc/fstab", "/etc/hostname", "relative", "/etc/x\ny"]},
+         # Agents report some files relative to the root (the initrd
+         # tool's configuration); a line break or a `..` is never a path.
+         "written": ["/etc/fstab", "/etc/hostname", "etc/dracut.conf.d/50-sysclone.conf",
+                     "/etc/x\ny", "/etc/../root/.ssh", "/", "/etc/fstab"]},
     )) + "\n")
     status, _, body = fetch(api, "/v1/update?hostname=node1")
     assert status == 200
     answer = json.loads(body)
     assert answer["image"]["name"] == "web" and answer["image"]["rsync_port"] == 8873
     assert answer["image"]["module"] == "web"  # a plain directory: no versions
-    assert answer["written"] == ["/etc/fstab", "/etc/hostname"]
+    assert answer["written"] == ["/etc/fstab", "/etc/hostname",
+                                 "/etc/dracut.conf.d/50-sysclone.conf"]
     assert answer["overrides"] == []
 
 

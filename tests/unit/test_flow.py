@@ -554,3 +554,11 @@ def test_debug_and_term_are_followed(machine: Machine, dhcp: FakeDhcp) -> None:
     assert "TERM=vt220" in rep.lines
     # The break shell gets it through sysclone.run's environment.
     assert os.environ["TERM"] == "vt220"
+
+
+def test_the_files_configure_wrote_are_reported_as_absolute_paths() -> None:
+    # The initrd tool's configuration comes back relative to the root; an
+    # update keeps only absolute paths out of its way.
+    assert flow.written_paths(["/etc/fstab", "etc/dracut.conf.d/50-sysclone.conf",
+                               "/etc/fstab"]) == \
+        ["/etc/dracut.conf.d/50-sysclone.conf", "/etc/fstab"]

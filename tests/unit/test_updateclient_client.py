@@ -78,12 +78,25 @@ def test_excludes(tmp_path):
     for p in ("/var/log/**", "/home/**", "/etc/ssh/ssh_host_*", "/etc/machine-id",
               "/etc/fstab", "/etc/crypttab", "/etc/hostname", "/boot/efi/**",
               "/etc/network/interfaces.d/enp0s2", "/etc/we\\*rd", "/srv/data/**",
-              "/opt/local/**", "/var/cache/**", "/var/lib/sysclone", "lost+found/"):
+              "/opt/local/**", "/var/cache/**", "/var/lib/sysclone", "lost+found/",
+              "/var/lib/systemd/timers/", "/etc/lvm/backup/**", "/etc/lvm/archive/**"):
         assert p in out
     with pytest.raises(client.UpdateError, match="no such file"):
         client.excludes_for(str(root), [], [], [str(tmp_path / "nope")])
     with pytest.raises(client.UpdateError, match="line break"):
         client.excludes_for(str(root), [], ["a\nb"], [])
+
+
+def test_a_mounted_pseudo_filesystem_is_excluded_with_its_mount_point(monkeypatch):
+    """Updating the running system: /proc's mount point shows the mounted
+    proc's root (0555, dated from boot), not the image's directory under
+    it, so neither is compared; on a real machine each such directory was
+    a change, off the root's filesystem, and made the rollback point
+    copies instead of a snapshot."""
+    monkeypatch.setattr(client, "skipped_mounts", lambda: ["/proc", "/run/user/0", "/we ird*"])
+    out = client.excludes_for("/", [], [], [])
+    assert {"/proc", "/run/user/0", "/we ird\\*"} <= set(out)
+    assert "/proc" not in client.excludes_for("/mnt/other", [], [], [])
 
 
 def boot_tree(root: Path, kvers: tuple[str, ...] = ("6.1.0-9-amd64",), *, initrd: bool = True,

@@ -177,3 +177,36 @@ def test_dropping_the_point_removes_the_snapshot(system: Path,
     client.drop_rollback_point(point.directory)
     assert ["lvremove", "--yes", "vg0/root-sysclone-rollback"] in lvm.calls
     assert not os.path.exists(point.directory)
+
+
+def test_a_separate_boot_is_copied_beside_the_snapshot(system: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """/boot on a filesystem of its own (the usual layout with an LVM root):
+    the root's files are in the snapshot, /boot's are copied; both come
+    back.  Seen on a real volume group: before, any path off the root's
+    filesystem made the whole rollback point copies."""
+    (system / "boot").mkdir()
+    (system / "boot/vmlinuz-6.1").write_bytes(b"old kernel")
+    lvm = FakeLvm()
+    monkeypatch.setattr(client, "run", lvm)
+    monkeypatch.setattr(client, "lvm_origin", lambda root: client.LvmOrigin(
+        "vg0", "root", 20 * GiB, "xfs", str(system)))
+    monkeypatch.setattr(client, "_on_root_filesystem",
+                        lambda root, paths: [p for p in paths if not p.startswith("boot/")])
+    copied: list[tuple[str, str, list[str]]] = []
+    monkeypatch.setattr(client, "_local_copy",
+                        lambda src, dest, paths, work: copied.append((src, dest, list(paths))))
+    plan = Plan([Change("etc/motd", ">f.st......"), Change("boot/vmlinuz-6.1", ">f.st......")],
+                transfer_bytes=10 << 20)
+    point = client.take_rollback_point(str(system), plan, "web@2")
+    assert (point.method, point.elsewhere) == ("lvm", ["boot/vmlinuz-6.1"])
+    # Snapshot room for the root's files only.
+    size = client.snapshot_bytes(plan, len("old\n"))
+    assert ["lvcreate", "--snapshot", "--name", "root-sysclone-rollback", "--size", f"{size}b",
+            "vg0/root"] in lvm.calls
+    assert copied == [(str(system), point.tree, ["boot/vmlinuz-6.1"])]
+    assert client.RollbackPoint.load(point.directory).elsewhere == ["boot/vmlinuz-6.1"]
+    copied.clear()
+    client.restore(str(system), point)
+    assert copied == [(point.source, str(system), ["etc/motd"]),
+                      (point.tree, str(system), ["boot/vmlinuz-6.1"])]
