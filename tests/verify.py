@@ -11,7 +11,7 @@ def sh(*argv: str, check: bool = True) -> str:
     r = subprocess.run(argv, capture_output=True, text=True)
     if check and r.returncode != 0:
         raise AssertionError(f"{' '.join(argv)[:300]} failed ({r.returncode}): "
-                             f"{(r.stderr or r.stdout).strip()[-2000:]}")
+                             f"{r.stdout.strip()[-2000:]}\n{r.stderr.strip()[-2000:]}")
     return r.stdout
 
 

@@ -682,8 +682,10 @@ def snapshot_bytes(plan: Plan, saved: int) -> int:
     """Copy-on-write room for the update: every block written to the
     volume while the snapshot lives is copied first -- the staged files,
     the files they replace, the new ones -- twice over, plus room for the
-    system's own writes until the health check."""
-    return 2 * (plan.transfer_bytes + saved) + (256 << 20)
+    system's own writes until the health check.  Whole MiB: lvcreate
+    refuses a size that is not a multiple of 512 bytes."""
+    mib = 1 << 20
+    return -(-(2 * (plan.transfer_bytes + saved) + 256 * mib) // mib) * mib
 
 
 def _take_lvm_snapshot(root: str, point: RollbackPoint, origin: LvmOrigin, size: int) -> None:

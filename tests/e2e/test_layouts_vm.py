@@ -7,8 +7,11 @@ cover it all:
      NetworkManager.  Boots with both disks, then with either one alone.
   B  UEFI (OVMF, fresh NVRAM), GPT with an ESP, a separate /boot, LVM root
      on xfs; an image with dracut and systemd-networkd.  The NVRAM entry is
-     checked in the firmware's own variable store, then the disk boots again
-     with empty NVRAM through the removable fallback path.
+     checked in the firmware's own variable store; booted, it is updated by
+     updateclient to a newer version with an LVM snapshot of its root as
+     the rollback point (room is left in the group), and rolled back from
+     it; then the disk boots again with empty NVRAM through the removable
+     fallback path.
   C  BIOS, the built-in layout; an image with netplan.
 
 Each image carries sshd and the test's key, made the way an admin would:

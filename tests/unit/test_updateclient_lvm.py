@@ -210,3 +210,11 @@ def test_a_separate_boot_is_copied_beside_the_snapshot(system: Path,
     client.restore(str(system), point)
     assert copied == [(point.source, str(system), ["etc/motd"]),
                       (point.tree, str(system), ["boot/vmlinuz-6.1"])]
+
+
+def test_the_snapshot_size_is_whole_mebibytes() -> None:
+    """lvcreate refuses a size that is not a multiple of 512 bytes (seen
+    on a real volume group: 268436692b)."""
+    plan = Plan([Change("etc/motd", ">f.st......")], transfer_bytes=1001)
+    size = client.snapshot_bytes(plan, 99)
+    assert size % (1 << 20) == 0 and size >= 2 * (1001 + 99) + (256 << 20)
