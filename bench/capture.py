@@ -20,9 +20,10 @@ just before it.
 The golden client is this machine on loopback: a chroot with the host's
 /usr and /etc bound read-only (sshd and rsync run in it), its own /proc,
 /dev and /run, and a realistic tree at /data -- the debootstrapped demo
-image from $SYSCLONE_CACHE if one is cached, else a copy of /usr/share,
-else a generated one.  sshd runs chrooted on a free port with a generated
-host key and client key.  Needs root, rsync and openssh-server.
+image from $SYSCLONE_CACHE if one is cached (else the newest cached
+tree), else a copy of /usr/share, else a generated one.  sshd runs
+chrooted on a free port with a generated host key and client key.
+Needs root, rsync and openssh-server.
 """
 
 from __future__ import annotations
@@ -86,12 +87,33 @@ def _wait_port(port: int, timeout: float = 15.0) -> None:
     raise RuntimeError(f"sshd did not listen on port {port}")
 
 
+def demo_tarball(cache: Path) -> Path | None:
+    """The demo image's cached debootstrap tree if there is one, else the
+    newest cached tree: the same input from run to run, whatever other
+    images (the VM tests' variants) the cache holds too."""
+    from imageserver.bootstrap import BootstrapSpec, debootstrap_version
+    from kernels.aptsources import find_debian_mirror
+    from sysclone.errors import ConfigError
+
+    tarballs = sorted((cache / "debootstrap").glob("*.tar.zst"),
+                      key=lambda p: p.stat().st_mtime)
+    try:
+        spec = BootstrapSpec(mirror=find_debian_mirror().uri)
+        demo = cache / "debootstrap" / (f"{spec.suite}-{spec.arch}-"
+                                        f"{spec.cache_key(debootstrap_version())}.tar.zst")
+    except (ConfigError, OSError):  # no Debian in apt's sources: any cached tree will do
+        demo = None
+    if demo is not None and demo.is_file():
+        return demo
+    return tarballs[-1] if tarballs else None
+
+
 def realistic_tree(dest: Path, cache: Path) -> str:
-    tarballs = sorted((cache / "debootstrap").glob("*.tar.zst"))
-    if tarballs:
+    tarball = demo_tarball(cache)
+    if tarball is not None:
         run(["tar", "--zstd", "--xattrs", "--xattrs-include=*", "--acls", "--numeric-owner",
-             "-xpf", str(tarballs[-1]), "-C", str(dest)])
-        return f"debootstrapped image {tarballs[-1].name}"
+             "-xpf", str(tarball), "-C", str(dest)])
+        return f"debootstrapped image {tarball.name}"
     if Path("/usr/share").is_dir():
         run(["cp", "-a", "/usr/share/.", f"{dest}/"])
         return "a copy of /usr/share"
