@@ -97,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         from agent.params import read_cmdline
 
         if read_cmdline(cmdline).value("si.debug", False):
-            console.setLevel(0)  # logging.DEBUG (logging is imported by now)
+            import logging  # imported by _setup_logging already
+
+            console.setLevel(logging.DEBUG)
     except Exception:  # a bad cmdline is reported properly inside the flow
         pass
     # The ready marker follows once the parameters are read (agent.flow).

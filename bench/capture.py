@@ -99,8 +99,7 @@ def demo_tarball(cache: Path) -> Path | None:
                       key=lambda p: p.stat().st_mtime)
     try:
         spec = BootstrapSpec(mirror=find_debian_mirror().uri)
-        demo = cache / "debootstrap" / (f"{spec.suite}-{spec.arch}-"
-                                        f"{spec.cache_key(debootstrap_version())}.tar.zst")
+        demo = cache / "debootstrap" / spec.tarball_name(spec.cache_key(debootstrap_version()))
     except (ConfigError, OSError):  # no Debian in apt's sources: any cached tree will do
         demo = None
     if demo is not None and demo.is_file():

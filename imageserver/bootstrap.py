@@ -84,6 +84,11 @@ class BootstrapSpec:
         d["prepare"] = PREPARE_VERSION
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:24]
 
+    def tarball_name(self, key: str) -> str:
+        """The cached tree's file name (in the cache's debootstrap/), for
+        the cache key `key`."""
+        return f"{self.suite}-{self.arch}-{key}.tar.zst"
+
 
 def debootstrap_version() -> str:
     out = output(["dpkg-query", "-W", "-f", "${Version}", "debootstrap"], check=False)
@@ -216,7 +221,7 @@ def golden_tree(state: StateRoot, spec: BootstrapSpec, work: Path, *, use_cache:
         raise SyscloneError(f"keyring {spec.keyring} not found",
                             hint="install debian-archive-keyring")
     key = spec.cache_key(debootstrap_version())
-    tarball = state.cache("debootstrap", f"{spec.suite}-{spec.arch}-{key}.tar.zst")
+    tarball = state.cache("debootstrap", spec.tarball_name(key))
     if use_cache and tarball.is_file():
         if on_line:
             on_line(f"I: using cached tree {tarball}")
