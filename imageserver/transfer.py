@@ -18,8 +18,12 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import stat
-from collections.abc import Callable, Sequence
+import subprocess
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,13 +124,40 @@ def unshare_hard_links(tree: Path) -> int:
 _PROGRESS = re.compile(r"^\s*[\d,]+\s+\d+%\s+\S+\s+[\d:]+(\s+\([^)]*\))?")
 
 
+@contextmanager
+def _interrupt_through(proc: subprocess.Popen[str]) -> Iterator[None]:
+    """Ctrl-C while rsync runs goes to rsync, which stops; KeyboardInterrupt
+    is raised once it has, not wherever the main thread happens to be.
+    Raised in the middle of a worker thread's start or a lock's release
+    (on_item hands files to threads), it turned into "RuntimeError: release
+    unlocked lock" and a traceback instead of a clean interruption."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    asked: list[int] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        asked.append(signum)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+
+    signal.signal(signal.SIGINT, forward)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if asked:
+        raise KeyboardInterrupt
+
+
 def run_rsync(argv: list[str], what: str, on_line: Callable[[str], None] | None = None,
               on_item: Callable[[str], bool] | None = None) -> list[str]:
     """Run an rsync and raise CaptureError saying why it failed; returns the
     messages it printed (vanished files and the like).  `on_item` sees each
     line first and says if it was a file name (--out-format), not a message."""
     messages: list[str] = []
-    with spawn(argv) as proc:
+    with spawn(argv) as proc, _interrupt_through(proc):
         assert proc.stdout is not None
         for line in proc.stdout:
             line = line.rstrip("\n")

@@ -5,6 +5,8 @@ CLI's checks before anything runs, and the si_* front ends."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -175,3 +177,23 @@ def test_systemimager_names(fn, argv, expected, monkeypatch, capsys):
     err = capsys.readouterr().err
     if "--update-script" in argv:
         assert "--update-script: ignored (there are no .master scripts" in err
+
+
+def test_ctrl_c_during_rsync_is_raised_once_rsync_has_stopped(fake_commands):
+    """Ctrl-C goes to rsync and KeyboardInterrupt comes after it, never in
+    the middle of what on_item does (handing files to hashing threads: a
+    KeyboardInterrupt inside a thread's start became "RuntimeError: release
+    unlocked lock" and a traceback)."""
+    fake_commands.add(["rsync"], FakeResult(stdout=">f+++++++++ 1 a\n>f+++++++++ 1 b\n"))
+    seen: list[str] = []
+
+    def on_item(line: str) -> bool:
+        seen.append(line)
+        if len(seen) == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # the handler runs before the next line
+        return True
+
+    with pytest.raises(KeyboardInterrupt):
+        run_rsync(["rsync", "x"], "capture", on_item=on_item)
+    assert seen == [">f+++++++++ 1 a", ">f+++++++++ 1 b"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
