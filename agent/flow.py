@@ -7,7 +7,9 @@
 
 Nothing is written to a disk before `plan` has validated the whole plan
 against the server's instructions and this machine's disks.  Each step is a
-function below; `install()` reads top to bottom.
+function below; `install()` reads top to bottom.  The parameters and the
+first phase, hardware, come before it (agent.session): they run while this
+module and the ~80 it imports are still being imported.
 """
 
 from __future__ import annotations
@@ -18,13 +20,13 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
 
 from agent import disks as disklib
-from agent import drivers, hardware, initramfs, network
+from agent import hardware, initramfs, network, session
 from agent.blockdev.assemble import assemble
 from agent.chroot import chroot_target
 from agent.configure import bootloader as bootlib
@@ -50,116 +52,38 @@ from agent.fetch import (
 )
 from agent.filesystems import SwapOn, make_filesystems, mount_all, mount_fstype, use_swap
 from agent.kmod import Kmod
-from agent.logsetup import LogTargets
 from agent.params import (
-    InstallParams,
-    Layer,
-    Resolved,
     Source,
     dhcp_layer,
     local_cfg_skipped,
-    param,
-    read_cmdline,
     read_local_cfg,
-    resolve,
     server_layer,
 )
 from agent.params.medium import LOGS as LOGS_DIR
-from agent.params.medium import Medium, find_medium
+from agent.params.medium import find_medium
 from agent.params.static import static_network
 from agent.partition import partition
-from agent.phases import PARAMS_STEP, InstallFailed, Steps, break_names, canonical
+from agent.phases import InstallFailed
 from agent.plan import InstallPlan, firmware
 from agent.planner import make_plan
-from agent.report import DONE_MARKER, FAILED_MARKER, READY_MARKER, Reporter
+from agent.report import DONE_MARKER, FAILED_MARKER
 from agent.server import INITRD_LISTING, ImageServer
+from agent.session import Session
 from agent.storage.defaults import SOURCE as DEFAULT_LAYOUT
 from agent.targets import install_targets
 from sysclone.errors import ConfigError, SyscloneError
-from sysclone.run import interactive, run
+from sysclone.run import run
 
 log = logging.getLogger(__name__)
 
 # How long the end of an install waits for the inventory to be sent.
 INVENTORY_WAIT = 60.0
 
-RUN_DIR = Path("/run/sysclone")
 TARGET = Path("/sysroot")
-LOCAL_CFG = Path("/local.cfg")
-MEMINFO = Path("/proc/meminfo")
 DHCP_TIMEOUT = 60.0
 
 
-# Install parameters the agent has used by the time the server's
-# instructions arrive: a server config that changes them comes too late for
-# this install, and says so rather than being silently ignored.
-USED_BEFORE_INSTRUCTIONS = (
-    "si.install-iface", "si.ip-address", "si.netmask", "si.network-address", "si.broadcast",
-    "si.gateway", "si.gateway-iface", "si.dns-servers", "si.ether-sleep", "si.image-server",
-    "si.server-port", "si.monitor-server", "si.monitor-port",
-)
-
-
-@dataclass
-class Session:
-    """What the phases share: parameters (re-resolved as layers arrive),
-    the reporter and the phase runner.  Results pass as return values."""
-
-    layers: list[Layer]
-    params: InstallParams
-    reporter: Reporter
-    steps: Steps
-    cmdline: Path = Path("/proc/cmdline")
-    written: list[str] = field(default_factory=list)  # files configure wrote
-    resolved: Resolved | None = None
-    logs: LogTargets = field(default_factory=LogTargets)
-    medium: Medium | None = None  # a sysclone USB disk's SYSCLONECFG partition, mounted
-    inventory: threading.Thread | None = None  # sending the inventory (connect_monitor)
-
-    def add_layer(self, layer: Layer) -> None:
-        """A new source of parameters (DHCP, the server's instructions):
-        re-resolve, refuse what sysclone cannot do, act on what changed and
-        say what comes too late to matter."""
-        self.layers.append(layer)
-        resolved = resolve(self.layers, break_steps=break_names())
-        resolved.require_supported()
-        before = self.resolved.warnings if self.resolved else ()
-        for w in resolved.warnings:
-            if w not in before:
-                self.reporter.say(f"warning: {w}")
-        if layer.source is Source.SERVER:
-            for name in USED_BEFORE_INSTRUCTIONS:
-                field_ = param(name).field
-                if getattr(resolved.params, field_) != getattr(self.params, field_):
-                    self.reporter.say(f"warning: {layer.name}: {name} is used before the "
-                                      "instructions are fetched: it has no effect on this "
-                                      "install")
-        old_breaks = set(self.params.breaks)
-        self.resolved, self.params = resolved, resolved.params
-        for b in self.params.breaks:
-            if b not in old_breaks and self.steps.passed(b):
-                self.reporter.say(f"warning: {layer.name}: si.break={b} comes too late, "
-                                  "that step has passed")
-        self.steps.breaks = frozenset(canonical(b) for b in self.params.breaks)
-        self.follow_params()
-
-    def follow_params(self) -> None:
-        """Logging, syslog and TERM as the parameters now say."""
-        p = self.params
-        for change in self.logs.apply(debug=p.debug, log_server=p.log_server,
-                                      log_server_port=p.log_server_port, term=p.term):
-            self.reporter.say(change)
-
-
 # ---------------------------------------------------------------- phases ---
-
-def detect_hardware(s: Session) -> hardware.HardwareReport:
-    with s.steps.phase("hardware"):
-        report = drivers.load_drivers()
-        mods = report.modules()
-        s.reporter.say(f"{len(report.pci)} PCI devices, loaded: {', '.join(mods) or 'none'}")
-        return report
-
 
 def read_medium(s: Session) -> None:
     """A sysclone USB disk's local.cfg (agent.params.medium): read once the
@@ -181,7 +105,7 @@ def _leave_medium(s: Session) -> None:
     if s.medium is None:
         return
     who = str(s.reporter.client.get("hostname") or s.reporter.client.get("mac") or "client")
-    kept = s.medium.keep_log(RUN_DIR / "agent.log", who)
+    kept = s.medium.keep_log(session.RUN_DIR / "agent.log", who)
     if kept is not None:
         s.reporter.say(f"log kept on the boot medium as {LOGS_DIR}/{kept.name}")
     s.medium.close()
@@ -542,8 +466,8 @@ def pre_install(s: Session, plan: InstallPlan, instr: dict[str, Any],
         if not scripts:
             s.reporter.say("no pre-install scripts for this client")
             return netcfg
-        scriptlib.run_scripts(scripts, RUN_DIR / "scripts/pre-install",
-                              str(RUN_DIR / "scripts/pre-install"),
+        scriptlib.run_scripts(scripts, session.RUN_DIR / "scripts/pre-install",
+                              str(session.RUN_DIR / "scripts/pre-install"),
                               _script_variables(s, plan, net), _script_report(s))
         return netcfg
 
@@ -837,27 +761,9 @@ def install_bootloader(s: Session, plan: InstallPlan, root: Path,
 
 # ------------------------------------------------------------- the flow ---
 
-def _warm_imports() -> None:
-    """Import what the later phases need in the background, while the
-    hardware phase waits on udev and the kernel: a cold import of pyroute2
-    (~250 modules) alone takes seconds under emulation."""
-    def work() -> None:
-        try:
-            from agent import pyroute2_light
-
-            pyroute2_light.import_all()
-            import blkinfo  # noqa: F401
-            import parted  # noqa: F401
-            import pyudev  # noqa: F401
-        except Exception as e:  # the phases import them again, and report failures
-            log.debug("warming imports: %s", e)
-
-    threading.Thread(target=work, name="warm-imports", daemon=True).start()
-
-
-def install(s: Session, plan_only: bool) -> InstallPlan | None:
-    _warm_imports()
-    hw = detect_hardware(s)
+def install(s: Session, plan_only: bool,
+            detected: Callable[[], hardware.HardwareReport]) -> InstallPlan | None:
+    hw = detected()  # the hardware phase: agent.session ran it while this was imported
     read_medium(s)
     net = bring_up_network(s)
     server = connect_monitor(s, hw, net)
@@ -939,83 +845,22 @@ def _configure_while_fetching(s: Session, plan: InstallPlan, net: network.NetCon
     s.steps.concurrently(jobs, also=("initrd",))
 
 
-def _shell(phase: str) -> None:
-    """si.break: a shell on the console; the install goes on when it exits.
-    TERM (si.term) comes through sysclone.run's environment."""
-    interactive(["setsid", "cttyhack", "sh", "-l"], env={"PS1": f"(break before {phase}) # "})
-
-
-def _write_post_action(action: str) -> None:
-    RUN_DIR.mkdir(parents=True, exist_ok=True)
-    (RUN_DIR / "post-action").write_text(action + "\n")
-
-
-def run_install(reporter: Reporter, cmdline: Path, plan_only: bool = False,
-                started: float | None = None) -> int:
-    """Run the whole install; the exit status and post-action say how it
-    went.  `started`: when the agent's process started (agent.main), so
-    that the install's time counts its imports too."""
-    _write_post_action("shell")
-    if started is None:
-        started = time.monotonic()
-    logs = LogTargets()
+def run_session(s: Session, plan_only: bool, started: float,
+                detected: Callable[[], hardware.HardwareReport]) -> int:
+    """Everything after the hardware phase (agent.session.run_install);
+    the exit status and post-action say how it went."""
     try:
-        layers, resolved = _read_parameters(reporter, cmdline, logs)
-    except SyscloneError as e:
-        reporter.say(f"{FAILED_MARKER}: bad install parameters: {e}")
-        logs.close()
-        return 2
-    params = resolved.params
-    steps = Steps(reporter, breaks=frozenset(canonical(b) for b in params.breaks),
-                  shell=_shell, meminfo=MEMINFO)
-    s = Session(layers, params, reporter, steps, cmdline, resolved=resolved, logs=logs)
-    if params.hostname:
-        reporter.client["hostname"] = params.hostname
-    # What the boot benchmark times: the agent is imported, has its
-    # parameters and starts its first phase.
-    reporter.say(READY_MARKER)
-    try:
-        return _run(s, plan_only, started)
+        return _run(s, plan_only, started, detected)
     finally:
         _leave_medium(s)
-        logs.close()
 
 
-def _read_parameters(reporter: Reporter, cmdline: Path, logs: LogTargets
-                     ) -> tuple[list[Layer], Resolved]:
-    """The kernel command line, then local.cfg, resolved and checked: every
-    parameter is acted on or refused here, before any phase runs.
-    si.break=parse-localcfg stops in between, as in SystemImager."""
-    layers = [read_cmdline(cmdline)]
-    early = resolve(layers, break_steps=break_names())
-    if PARAMS_STEP in early.params.breaks:
-        logs.apply(debug=early.params.debug, log_server=None, log_server_port=0,
-                   term=early.params.term)
-        reporter.say(f"breakpoint before {PARAMS_STEP}: exit the shell to continue")
-        _shell(PARAMS_STEP)
-    if LOCAL_CFG.is_file() and not local_cfg_skipped(layers):
-        layers.append(read_local_cfg(LOCAL_CFG))
-    resolved = resolve(layers, break_steps=break_names())
-    resolved.require_supported()
-    static_network(resolved.params, resolved.origin)
-    for w in resolved.warnings:
-        reporter.say(f"warning: {w}")
-    for s in resolved.effective.get("si.break", ()):
-        if s.value == PARAMS_STEP and s.source is not Source.CMDLINE:
-            reporter.say(f"warning: {s.where}: si.break={PARAMS_STEP} comes too late, "
-                         "local.cfg is read already; set it on the kernel command line")
-    p = resolved.params
-    for change in logs.apply(debug=p.debug, log_server=p.log_server,
-                             log_server_port=p.log_server_port, term=p.term):
-        reporter.say(change)
-    return layers, resolved
-
-
-def _run(s: Session, plan_only: bool, started: float) -> int:
+def _run(s: Session, plan_only: bool, started: float,
+         detected: Callable[[], hardware.HardwareReport]) -> int:
     reporter, steps = s.reporter, s.steps
     plan = None
     try:
-        plan = install(s, plan_only)
+        plan = install(s, plan_only, detected)
     except InstallFailed as e:
         phase = e.fields.get("phase", "?")
         reporter.say(f"{FAILED_MARKER}: [{phase}] {e}")
@@ -1041,5 +886,5 @@ def _run(s: Session, plan_only: bool, started: float) -> int:
     reporter.flush()
     reporter.say(f"{DONE_MARKER} in {total:.1f}s: "
                  + ", ".join(f"{n} {t:.1f}s" for n, t in steps.timings))
-    _write_post_action(str(s.params.post_action))
+    session.write_post_action(str(s.params.post_action))
     return 0

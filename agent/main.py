@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     from agent.frozen import install_find_library
 
     install_find_library()
-    from agent.flow import run_install
+    from agent.session import run_install
 
     try:
         from agent.params import read_cmdline
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             console.setLevel(logging.DEBUG)
     except Exception:  # a bad cmdline is reported properly inside the flow
         pass
-    # The ready marker follows once the parameters are read (agent.flow).
+    # The ready marker follows once the parameters are read (agent.session).
     return run_install(reporter, Path(cmdline), plan_only=command == "plan", started=STARTED)
 
 

@@ -63,7 +63,7 @@ PHASES: tuple[Phase, ...] = (
 PARAMS_STEP = "parse-localcfg"
 """SystemImager's first break step: before local.cfg is read, when only the
 kernel command line is known.  It comes before every phase, so the agent
-stops for it itself (agent.flow.run_install), and only the kernel command
+stops for it itself (agent.session.read_parameters), and only the kernel command
 line can ask for it."""
 
 BY_NAME = {p.name: p for p in PHASES}

@@ -13,10 +13,11 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum, StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from agent.storage.diskspec import DiskSpec, parse_disk_spec
+if TYPE_CHECKING:
+    from agent.storage.diskspec import DiskSpec
 
 IPAddress = ipaddress.IPv4Address
 """Addresses in install parameters: the install network is IPv4 only (the
@@ -254,6 +255,10 @@ def parse_disk(raw: str) -> DiskSpec:
     """A disk (sda becomes /dev/sda; /dev/disk/by-id/... links are kept, to
     be resolved on the machine) or a rule (size>=100G+bus=nvme): see
     agent.storage.diskspec."""
+    # Imported only when a disk is named: the storage model is not part of
+    # the agent's start (the ready marker comes before it).
+    from agent.storage.diskspec import parse_disk_spec
+
     try:
         return parse_disk_spec(raw)
     except ValueError as e:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.params.kinds import HostPort, IPAddress, Shape
 from agent.params.layers import Layer, Setting, Source, bad_value, defaults_layer
@@ -27,8 +27,10 @@ from agent.params.table import (
     PostAction,
     param,
 )
-from agent.storage.diskspec import DiskSpec
 from sysclone.errors import ConfigError
+
+if TYPE_CHECKING:
+    from agent.storage.diskspec import DiskSpec
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -29,10 +29,13 @@ from typing import Any
 import pytest
 
 from agent import disks as disklib
-from agent import drivers, flow, hardware, inventory, network
+from agent import drivers, flow, hardware, inventory, network, session
 from agent.disks import Disk
+from agent.logsetup import LogTargets
+from agent.phases import Steps
 from agent.planner import make_plan
 from agent.report import DONE_MARKER, FAILED_MARKER, READY_MARKER, Reporter
+from sysclone.errors import SyscloneError
 from tests.conftest import FakeCommands, FakeResult, rsync_listing
 from tests.unit.agentfakes import FakeSysfs, sample
 from tests.unit.netfakes import FakeDhcp, FakeNetlink, refuse_dhcp
@@ -125,7 +128,7 @@ class Machine:
         self.cmdline.write_text(f"BOOT_IMAGE=kernel initrd=initrd.img {cmdline} "
                                 f"BOOTIF=01-{MAC.replace(':', '-')}\n")
         reporter = Recorder(self.log)
-        return flow.run_install(reporter, self.cmdline), reporter
+        return session.run_install(reporter, self.cmdline), reporter
 
     def post_action(self) -> str:
         return (self.tmp / "run/post-action").read_text().strip()
@@ -146,8 +149,8 @@ def machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     sysfs = tmp_path / "sys"
     FakeSysfs.captured(sysfs)
     # Where the agent keeps state and finds its inputs.
-    monkeypatch.setattr(flow, "RUN_DIR", tmp_path / "run")
-    monkeypatch.setattr(flow, "LOCAL_CFG", m.local_cfg)
+    monkeypatch.setattr(session, "RUN_DIR", tmp_path / "run")
+    monkeypatch.setattr(session, "LOCAL_CFG", m.local_cfg)
     monkeypatch.setattr(flow, "TARGET", tmp_path / "sysroot")
     monkeypatch.setattr(drivers, "UDEV_CONTROL", tmp_path / "run/udev/control")
     monkeypatch.setattr(network, "SYSFS", sysfs)
@@ -266,7 +269,7 @@ def test_udev_is_started_once_and_settled_only_while_it_runs(machine: Machine, d
 def test_plan_only_is_a_dry_run_too(machine: Machine, dhcp: FakeDhcp) -> None:
     machine.cmdline.write_text("IMAGESERVER=10.0.2.2\n")
     rep = Recorder(machine.log)
-    assert flow.run_install(rep, machine.cmdline, plan_only=True) == 0
+    assert session.run_install(rep, machine.cmdline, plan_only=True) == 0
     assert rep.phases("done")[-1] == "plan"
     assert not commands_run(machine) & (WRITERS - {"rsync"})
 
@@ -391,8 +394,8 @@ def test_static_network_reaches_the_installed_systems_config(
     monkeypatch.setattr(flow, "_udev_net_names", lambda ifname: {})
     machine.cmdline.write_text(STATIC)
     rep = Recorder(machine.log)
-    layers, resolved = flow._read_parameters(rep, machine.cmdline, flow.LogTargets())
-    s = flow.Session(layers, resolved.params, rep, flow.Steps(rep), machine.cmdline,
+    layers, resolved = session.read_parameters(rep, machine.cmdline, LogTargets())
+    s = flow.Session(layers, resolved.params, rep, Steps(rep), machine.cmdline,
                      resolved=resolved)
     net = flow.bring_up_network(s)
     root = machine.tmp / "sysroot"
@@ -531,7 +534,7 @@ def test_ready_once_imported_with_its_parameters_before_the_first_phase(
     work: imported, parameters read; the install's clock started earlier."""
     machine.cmdline.write_text("IMAGESERVER=10.0.2.2 si.dry-run\n")
     rep = Recorder(machine.log)
-    assert flow.run_install(rep, machine.cmdline, started=time.monotonic() - 100) == 0
+    assert session.run_install(rep, machine.cmdline, started=time.monotonic() - 100) == 0
     said = [e[1] for e in machine.log if e[0] == "say"]
     assert said[:2] == [READY_MARKER, "[hardware] load drivers for the devices found"]
     done = next(e[2] for e in machine.log if e[:2] == ("event", "done"))
@@ -562,3 +565,18 @@ def test_the_files_configure_wrote_are_reported_as_absolute_paths() -> None:
     assert flow.written_paths(["/etc/fstab", "etc/dracut.conf.d/50-sysclone.conf",
                                "/etc/fstab"]) == \
         ["/etc/dracut.conf.d/50-sysclone.conf", "/etc/fstab"]
+
+
+def test_a_hardware_failure_is_reported_by_the_flow(machine: Machine,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hardware phase runs before agent.flow is imported
+    (agent.session); its failure still ends the install the flow's way."""
+    def broken() -> None:
+        raise SyscloneError("libkmod: cannot read modules.dep")
+
+    monkeypatch.setattr(drivers, "load_drivers", broken)
+    rc, rep = machine.install("IMAGESERVER=10.0.2.2")
+    assert rc == 1
+    assert rep.lines[-1] == f"{FAILED_MARKER}: [hardware] libkmod: cannot read modules.dep"
+    assert rep.phases() == ["hardware"]
+    assert machine.post_action() == "shell"

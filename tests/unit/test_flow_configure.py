@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import pytest
 
 from agent import flow, network
+from agent import session as agent_session
 from agent.configure.initrdpolicy import storage_needs
 from agent.params import resolve
 from agent.phases import InstallFailed, Steps
@@ -62,7 +63,7 @@ def scripts_of(stage: str, *named: tuple[str, bytes]) -> dict[str, Any]:
 
 def test_pre_install_runs_the_scripts_with_systemimagers_variables(
         tmp_path: Path, fake_commands: FakeCommands, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(flow, "RUN_DIR", tmp_path / "run")
+    monkeypatch.setattr(agent_session, "RUN_DIR", tmp_path / "run")
     s, rep = session()
     instr = scripts_of("pre-install", ("10all.check", b"#!/bin/sh\necho ok\n"))
     scripts = flow.scriptlib.from_instructions(instr)
@@ -81,7 +82,7 @@ def test_pre_install_runs_the_scripts_with_systemimagers_variables(
 
 def test_a_failing_pre_install_script_fails_the_phase_with_its_name(
         tmp_path: Path, fake_commands: FakeCommands, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(flow, "RUN_DIR", tmp_path / "run")
+    monkeypatch.setattr(agent_session, "RUN_DIR", tmp_path / "run")
     s, rep = session()
     instr = scripts_of("pre-install", ("10all.check", b"#!/bin/sh\nexit 4\n"))
     d = tmp_path / "run/scripts/pre-install"

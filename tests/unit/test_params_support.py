@@ -54,15 +54,15 @@ CONSUMERS: dict[str, str] = {
     "si.ether-sleep": "agent/flow.py",
     "si.monitor-server": "agent/flow.py",
     "si.monitor-port": "agent/flow.py",
-    "si.log-server": "agent/flow.py",  # -> agent.logsetup
-    "si.log-server-port": "agent/flow.py",
+    "si.log-server": "agent/session.py",  # -> agent.logsetup
+    "si.log-server-port": "agent/session.py",
     "si.skip-local-cfg": "agent/params/resolve.py",  # local_cfg_skipped
     "si.post-action": "agent/flow.py",
     "si.initrd": "agent/flow.py",  # the initrd phase -> agent.configure.initrdpolicy
-    "si.term": "agent/flow.py",  # -> agent.logsetup
+    "si.term": "agent/session.py",  # -> agent.logsetup
     "si.selinux-relabel": "agent/flow.py",  # configure_system -> agent.configure.selinux
-    "si.debug": "agent/flow.py",  # and agent/main.py for the kernel command line
-    "si.break": "agent/flow.py",
+    "si.debug": "agent/session.py",  # and agent/main.py for the kernel command line
+    "si.break": "agent/session.py",
 }
 
 PENDING: dict[str, str] = {}

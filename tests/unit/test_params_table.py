@@ -28,7 +28,11 @@ def test_one_install_params_field_per_parameter():
 
 
 def test_defaults_match_the_field_types():
-    hints = typing.get_type_hints(InstallParams)
+    # DiskSpec is imported by agent.params only when a disk is named (it
+    # brings the storage model, which the agent's start does without).
+    from agent.storage.diskspec import DiskSpec
+
+    hints = typing.get_type_hints(InstallParams, localns={"DiskSpec": DiskSpec})
     defaults = InstallParams.defaults()
     for p in PARAMS:
         value = getattr(defaults, p.field)

@@ -1,0 +1,27 @@
+"""The agent's start in a fresh interpreter: what agent.main and
+agent.session import before the ready marker (a unit test cannot tell: its
+process has imported everything already)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# What agent.flow brings in: none of it may come before the ready marker,
+# or the agent's start waits for ~80 modules (5.5 s under emulation) that
+# the hardware phase does not use.
+LATER = ("agent.flow", "agent.plan", "agent.planner", "agent.storage.model", "agent.fetch",
+         "agent.configure.bootloader", "agent.network", "urllib.request", "http.client",
+         "pyroute2", "parted", "pyudev", "blkinfo")
+
+
+def test_the_start_imports_only_what_the_first_phase_needs() -> None:
+    code = ("import sys; import agent.main, agent.session; "
+            "print(' '.join(sorted(sys.modules)))")
+    out = subprocess.run([sys.executable, "-I", "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert "agent.session" in out and "agent.drivers" in out and "agent.params" in out
+    assert [m for m in LATER if m in out] == []
