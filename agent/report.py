@@ -13,9 +13,14 @@ import queue
 import sys
 import threading
 import time
-from typing import Any, TextIO
 
 from agent.markers import DONE_MARKER, FAILED_MARKER, READY_MARKER
+
+# Not typing's: the agent's start does without typing (0.3 s under TCG).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, TextIO
+
 
 log = logging.getLogger(__name__)
 

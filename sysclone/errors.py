@@ -6,7 +6,10 @@ to a dict so the agent can report it to the monitor as data.
 
 from __future__ import annotations
 
-from typing import Any
+# Not typing's: the agent's start does without typing (0.3 s under TCG).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class SyscloneError(Exception):

@@ -18,7 +18,7 @@ into a named `Layer`; `resolve()` merges them by precedence into a typed
 Nothing is read at import; all of it is standard library only.
 """
 
-from typing import Literal
+from __future__ import annotations
 
 from agent.params.kinds import HostPort, IPAddress, Kind, Shape
 from agent.params.layers import (
@@ -46,6 +46,11 @@ from agent.params.table import (
     PostAction,
     param,
 )
+
+# Not typing's: the agent's start does without typing (0.3 s under TCG).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Literal
 
 
 def render_docs(fmt: Literal["markdown", "text"] = "markdown", *, width: int = 79) -> str:

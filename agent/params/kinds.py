@@ -13,10 +13,13 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum, StrEnum
-from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+# Not typing's: the agent's start does without typing (0.3 s under TCG).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from agent.storage.diskspec import DiskSpec
 
 IPAddress = ipaddress.IPv4Address
