@@ -40,7 +40,8 @@ run, printed with its target and PASS/MISS:
               links), by what each filesystem reports used          <= 1.2
   update    updateclient on a client already on the version (no-op) vs a
             plain `rsync -aHAXS --delete` of the same trees, same excludes,
-            in the same run (bench.update; no VM, needs root):
+            in the same run (bench.update; no VM, needs root; the served
+            zipapp, and the plain script reported beside it):
               bytes on the wire per file                          <= 50
               time / the plain rsync's                            <= 1.1
             and, reported: the same for a 1 % change of the image
@@ -348,7 +349,8 @@ def bench_update(runs: int, res: Results) -> None:
               f"{n['tree']}")
     res.ratio("update-time", n["time_ratio"],
               f"no-op update {n['update_s']:.2f}s vs plain rsync {n['rsync_s']:.2f}s (best of "
-              f"{max(runs, 3)}; median of pairs {n['ratio_median']:.2f})")
+              f"{max(runs, 3)}; median of pairs {n['ratio_median']:.2f}; the served zipapp, "
+              f"the plain script {n['script_ratio']:.2f}x)")
     print(f"          1 % change ({c['changed_files']} files): update {c['update_s']:.2f}s, "
           f"{c['update_bytes_per_file']:.1f} B/file vs plain rsync {c['rsync_s']:.2f}s, "
           f"{c['rsync_bytes_per_file']:.1f} B/file ({c['time_ratio']:.2f}x time; the update "

@@ -15,6 +15,7 @@
     GET  /v1/client/inventory.pyz     `sysclone client inventory` as a zipapp (python3 FILE)
     GET  /v1/inventory?client=NAME    the last inventory a client sent
     GET  /v1/client/updateclient.py   updateclient (curl ... | python3 - --server SERVER)
+    GET  /v1/client/updateclient.pyz  the same as a zipapp, with its bytecode (python3 FILE ...)
     GET  /v1/update?hostname=&image=  what updateclient syncs to (imageserver.updateclient)
     GET  /v1/bootenv/FILE             the boot environment, for updateclient --autoinstall
     GET  /boot/PATH                   the PXE tree (ROOT/pxe): iPXE, UEFI HTTP boot
@@ -133,6 +134,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._scripts(q)
         elif url.path == updateclient.SCRIPT_PATH:
             self._send(200, updateclient.script(), "text/x-python; charset=utf-8")
+        elif url.path == updateclient.ZIPAPP_PATH:
+            self._send(200, updateclient.zipapp(), "application/zip")
         elif url.path == updateclient.UPDATE_PATH:
             try:
                 self._send(200, updateclient.answer(self.server.state, self.server.policy,

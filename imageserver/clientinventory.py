@@ -12,9 +12,9 @@ runs; fixed timestamps, so the same sources give the same bytes.
 from __future__ import annotations
 
 import functools
-import io
-import zipfile
 from pathlib import Path
+
+from imageserver import zipapps
 
 ZIPAPP_PATH = "/v1/client/inventory.pyz"
 
@@ -26,7 +26,7 @@ def _files() -> list[tuple[str, bytes]]:
 
     from agent import inventory
 
-    files = [("__main__.py", _MAIN), ("inventory.py", Path(inventory.__file__).read_bytes())]
+    files = [("inventory.py", Path(inventory.__file__).read_bytes())]
     top = Path(pyudev.__file__).parent
     for p in sorted(top.rglob("*.py")):
         files.append((f"pyudev/{p.relative_to(top).as_posix()}", p.read_bytes()))
@@ -35,11 +35,4 @@ def _files() -> list[tuple[str, bytes]]:
 
 @functools.lru_cache(maxsize=1)
 def zipapp() -> bytes:
-    buf = io.BytesIO()
-    buf.write(b"#!/usr/bin/env python3\n")
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        for name, data in _files():
-            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
-            info.external_attr = 0o644 << 16
-            z.writestr(info, data, zipfile.ZIP_DEFLATED)
-    return buf.getvalue()
+    return zipapps.build(_files(), _MAIN)

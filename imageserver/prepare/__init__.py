@@ -9,9 +9,9 @@ runs is always what this server's capture code expects.
 
 from __future__ import annotations
 
-import io
-import zipfile
 from pathlib import Path
+
+from imageserver import zipapps
 
 SCRIPT = Path(__file__).with_name("golden.py")
 SCRIPT_PATH = "/v1/client/prepare.py"
@@ -25,13 +25,5 @@ def script() -> bytes:
 
 
 def zipapp() -> bytes:
-    """A zipapp running golden.main(); fixed timestamps, so the same source
-    gives the same bytes."""
-    buf = io.BytesIO()
-    buf.write(b"#!/usr/bin/env python3\n")
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        for name, data in (("__main__.py", _MAIN), ("golden.py", script())):
-            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
-            info.external_attr = 0o644 << 16
-            z.writestr(info, data, zipfile.ZIP_DEFLATED)
-    return buf.getvalue()
+    """A zipapp running golden.main()."""
+    return zipapps.build([("golden.py", script())], _MAIN)

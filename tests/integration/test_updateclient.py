@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from imageserver.names import ImageRef
 from imageserver.serve import Running, ServeConfig, free_port, serving
 from imageserver.sources import LocalSource
 from imageserver.store import ImageStore
-from imageserver.updateclient import SCRIPT
+from imageserver.updateclient import SCRIPT, SCRIPT_PATH, ZIPAPP_PATH
 from sysclone.paths import StateRoot
 from tests.integration.capturekit import PY39
 from tests.verify import itemized_differences, sh
@@ -238,20 +239,26 @@ def test_update_then_rollback(lab: Lab) -> None:
     assert r.returncode == 1 and "rolled back already" in r.stderr
 
 
-def test_the_script_run_from_the_machine_survives_the_update(lab: Lab) -> None:
-    """`python3 /root/updateclient.py`: the update would delete that file
-    (no image has it); it keeps it, and --rollback runs from it."""
-    mine = lab.client / "root/updateclient.py"
+@pytest.mark.parametrize("served", [SCRIPT_PATH, ZIPAPP_PATH])
+def test_the_script_run_from_the_machine_survives_the_update(lab: Lab, served: str) -> None:
+    """`python3 /root/updateclient.py` (or the zipapp, .pyz), as the image
+    server serves it: the update would delete that file (no image has it);
+    it keeps it, and --rollback runs from it."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{lab.server.api.port}{served}",
+                                timeout=30) as resp:
+        body = resp.read()
+    mine = lab.client / "root" / Path(served).name
     mine.parent.mkdir(exist_ok=True)
-    shutil.copy2(SCRIPT, mine)
+    mine.write_bytes(body)
     base = [PYTHON, str(mine), "--server", "127.0.0.1", "--port", str(lab.server.api.port),
             "--root", str(lab.client), "--hostname", "client1", "--no-report"]
     r = subprocess.run([*base, "--image", "web@2"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert mine.read_bytes() == SCRIPT.read_bytes()
+    assert "updated to web@2" in r.stdout, r.stdout
+    assert mine.read_bytes() == body
     r = subprocess.run([*base, "--rollback"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert mine.is_file()
+    assert mine.read_bytes() == body
 
 
 def test_the_initrd_is_built_here_when_asked_or_when_not_generic(lab: Lab) -> None:

@@ -4,9 +4,12 @@ updateclient, and what /v1/update tells a client to sync to."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import urllib.error
 import urllib.request
+import zipfile
+import zipimport
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -103,6 +106,28 @@ def test_the_served_updateclient_is_the_file_in_the_package(api):
     status, headers, body = fetch(api, updateclient.SCRIPT_PATH)
     assert status == 200 and body == updateclient.SCRIPT.read_bytes()
     assert headers["Content-Type"].startswith("text/x-python")
+
+
+def test_the_served_updateclient_zipapp_runs_its_bytecode(api, tmp_path):
+    """The zipapp carries the package's file and its bytecode for this
+    Python, which zipimport takes; a Python with another magic number falls
+    back to the source."""
+    status, headers, body = fetch(api, updateclient.ZIPAPP_PATH)
+    assert status == 200 and headers["Content-Type"] == "application/zip"
+    assert body == updateclient.zipapp()
+    app = tmp_path / "updateclient.pyz"
+    app.write_bytes(body)
+    with zipfile.ZipFile(app) as z:
+        assert z.read("updateclient.py") == updateclient.SCRIPT.read_bytes()
+        pyc = z.read("updateclient.pyc")
+    assert pyc[:4] == importlib.util.MAGIC_NUMBER
+    assert zipimport.zipimporter(str(app)).get_filename("updateclient").endswith(".pyc")
+    other = tmp_path / "other.pyz"
+    with zipfile.ZipFile(app) as z, zipfile.ZipFile(other, "w") as out:
+        for name in z.namelist():
+            data = z.read(name)
+            out.writestr(name, b"\x00\x00\r\n" + data[4:] if name.endswith(".pyc") else data)
+    assert zipimport.zipimporter(str(other)).get_filename("updateclient").endswith(".py")
 
 
 def test_update_answer(api):
