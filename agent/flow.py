@@ -8,7 +8,7 @@
 Nothing is written to a disk before `plan` has validated the whole plan
 against the server's instructions and this machine's disks.  Each step is a
 function below; `install()` reads top to bottom.  The parameters and the
-first phase, hardware, come before it (agent.session): they run while this
+first phase, hardware, come before it (agent.start): they run while this
 module and the ~80 it imports are still being imported.
 """
 
@@ -847,7 +847,7 @@ def _configure_while_fetching(s: Session, plan: InstallPlan, net: network.NetCon
 
 def run_session(s: Session, plan_only: bool, started: float,
                 detected: Callable[[], hardware.HardwareReport]) -> int:
-    """Everything after the hardware phase (agent.session.run_install);
+    """Everything after the hardware phase (agent.start.run_install);
     the exit status and post-action say how it went."""
     try:
         return _run(s, plan_only, started, detected)

@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     from agent.report import Reporter
 
     reporter = Reporter()
-    from agent.session import run_install
+    from agent.start import run_install
 
     try:
         from agent.params import read_cmdline

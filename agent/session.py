@@ -1,24 +1,12 @@
-"""The agent's start: its parameters read and checked, the ready marker, and
-the first phase (hardware) run while the rest of the agent is imported.
-
-    begin -> ready marker -> hardware  |  import agent.flow (+ pyroute2, ...)
-          -> agent.flow.run_session: network -> ... -> finish
-
-Kept to what that needs (parameters, reporting, the drivers): the storage,
-network and configure modules that agent.flow imports are ~80 modules,
-5.5 s of Python under emulation (TCG) against the hardware phase's 4 s of
-waiting on modprobe and udev.  Importing them on the second CPU meanwhile
-takes that time off every install, and the ready marker means what it
-says: the agent has its parameters and starts its first phase.
+"""What the phases share (Session), the install parameters read and
+checked before any phase, the ready marker, and the first phase, hardware:
+all the agent needs before the rest of it is imported (agent.start).
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,27 +102,6 @@ class Session:
             self.reporter.say(change)
 
 
-def run_install(reporter: Reporter, cmdline: Path, plan_only: bool = False,
-                started: float | None = None) -> int:
-    """Run the whole install; the exit status and post-action say how it
-    went.  `started`: when the agent's process started (agent.main), so
-    that the install's time counts its imports too."""
-    write_post_action("shell")
-    if started is None:
-        started = time.monotonic()
-    s = begin(reporter, cmdline)
-    if s is None:
-        return 2
-    flow_imported = import_the_rest()
-    try:
-        detected = outcome(lambda: detect_hardware(s))
-        flow_imported.wait()
-        flow = importlib.import_module("agent.flow")  # raises what the import raised
-        return int(flow.run_session(s, plan_only, started, detected))
-    finally:
-        s.logs.close()
-
-
 def begin(reporter: Reporter, cmdline: Path) -> Session | None:
     """The parameters read and checked, then the ready marker; None when
     they are bad (reported)."""
@@ -193,58 +160,6 @@ def detect_hardware(s: Session) -> HardwareReport:
         mods = report.modules()
         s.reporter.say(f"{len(report.pci)} PCI devices, loaded: {', '.join(mods) or 'none'}")
         return report
-
-
-def import_the_rest() -> threading.Event:
-    """agent.flow on a thread, then what its phases import lazily, in the
-    order they need it: pyroute2 (~250 modules, the network phase) and the
-    storage libraries.  The event is set once agent.flow is imported (or
-    failed to be: whoever waits imports it again and gets the error).  The
-    others only warm up: a phase that uses one imports it again, and
-    reports a failure there."""
-    flow_imported = threading.Event()
-
-    def work() -> None:
-        try:
-            # For pyudev's lookup of libudev (the inventory, the plan's
-            # disks); with ctypes.util, 0.3 s of Python under emulation
-            # that the hardware phase does without (libkmod is loaded by
-            # its soname).
-            from agent.frozen import install_find_library
-
-            install_find_library()
-            import agent.flow  # noqa: F401
-        except Exception as e:
-            log.debug("importing agent.flow ahead: %s", e)
-        finally:
-            flow_imported.set()
-        try:
-            from agent import pyroute2_light
-
-            pyroute2_light.import_all()
-            import blkinfo  # noqa: F401
-            import parted  # noqa: F401
-            import pyudev  # noqa: F401
-        except Exception as e:
-            log.debug("importing ahead: %s", e)
-
-    threading.Thread(target=work, name="imports", daemon=True).start()
-    return flow_imported
-
-
-def outcome(fn: Callable[[], HardwareReport]) -> Callable[[], HardwareReport]:
-    """Run `fn` now; the result returns what it returned or raises what it
-    raised, where the install flow asks for it (and reports it)."""
-    try:
-        result = fn()
-    except BaseException as e:  # re-raised where the flow asks for it, and reported
-        error = e
-
-        def fail() -> HardwareReport:
-            raise error
-
-        return fail
-    return lambda: result
 
 
 def shell(phase: str) -> None:

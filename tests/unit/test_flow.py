@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from agent import disks as disklib
-from agent import drivers, flow, hardware, inventory, network, session
+from agent import drivers, flow, hardware, inventory, network, session, start
 from agent.disks import Disk
 from agent.logsetup import LogTargets
 from agent.phases import Steps
@@ -128,7 +128,7 @@ class Machine:
         self.cmdline.write_text(f"BOOT_IMAGE=kernel initrd=initrd.img {cmdline} "
                                 f"BOOTIF=01-{MAC.replace(':', '-')}\n")
         reporter = Recorder(self.log)
-        return session.run_install(reporter, self.cmdline), reporter
+        return start.run_install(reporter, self.cmdline), reporter
 
     def post_action(self) -> str:
         return (self.tmp / "run/post-action").read_text().strip()
@@ -269,7 +269,7 @@ def test_udev_is_started_once_and_settled_only_while_it_runs(machine: Machine, d
 def test_plan_only_is_a_dry_run_too(machine: Machine, dhcp: FakeDhcp) -> None:
     machine.cmdline.write_text("IMAGESERVER=10.0.2.2\n")
     rep = Recorder(machine.log)
-    assert session.run_install(rep, machine.cmdline, plan_only=True) == 0
+    assert start.run_install(rep, machine.cmdline, plan_only=True) == 0
     assert rep.phases("done")[-1] == "plan"
     assert not commands_run(machine) & (WRITERS - {"rsync"})
 
@@ -534,7 +534,7 @@ def test_ready_once_imported_with_its_parameters_before_the_first_phase(
     work: imported, parameters read; the install's clock started earlier."""
     machine.cmdline.write_text("IMAGESERVER=10.0.2.2 si.dry-run\n")
     rep = Recorder(machine.log)
-    assert session.run_install(rep, machine.cmdline, started=time.monotonic() - 100) == 0
+    assert start.run_install(rep, machine.cmdline, started=time.monotonic() - 100) == 0
     said = [e[1] for e in machine.log if e[0] == "say"]
     assert said[:2] == [READY_MARKER, "[hardware] load drivers for the devices found"]
     done = next(e[2] for e in machine.log if e[:2] == ("event", "done"))

@@ -1,11 +1,11 @@
-"""The agent's start (agent.session): how the hardware phase's outcome
+"""The agent's start (agent.start): how the hardware phase's outcome
 reaches the flow (what it imports: tests/integration/test_agent_start.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from agent.session import outcome
+from agent.start import outcome
 
 
 def test_outcome_returns_the_result_or_raises_the_error_where_asked() -> None:
