@@ -19,9 +19,9 @@ Each image carries sshd and the test's key, made the way an admin would:
 systems run is asked of them over SSH (their network came up by DHCP, or
 SSH through QEMU's port forward would not answer).
 
-CI runs machine B up to its first boot from disk (the chroot and
-loop-device integration tests cover md, LVM, LUKS and every network style
-without a VM); A, C and B's boot with an empty NVRAM, about a quarter of
+CI runs machine B through its boot from disk, update and rollback (the
+chroot and loop-device integration tests cover md, LVM, LUKS and every
+network style without a VM); A, C and B's boot with an empty NVRAM, about a quarter of
 an hour each under emulation (A's LUKS initrd is built by the client), are
 marked `e2e_full` and run with SYSCLONE_E2E=full."""
 
