@@ -16,7 +16,6 @@ CPUs with pyroute2's warm-up before too).
 
 from __future__ import annotations
 
-import importlib
 import logging
 import threading
 import time
@@ -49,8 +48,9 @@ def run_install(reporter: Reporter, cmdline: Path, plan_only: bool = False,
     try:
         detected = outcome(lambda: detect_hardware(s))
         flow_imported.wait()
-        flow = importlib.import_module("agent.flow")  # raises what the import raised
-        return int(flow.run_session(s, plan_only, started, detected))
+        from agent import flow  # imported by now, or raises what its import raised
+
+        return flow.run_session(s, plan_only, started, detected)
     finally:
         s.logs.close()
 
