@@ -5,7 +5,6 @@ all the agent needs before the rest of it is imported (agent.start).
 
 from __future__ import annotations
 
-import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +33,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from agent.hardware import HardwareReport
     from agent.params.medium import Medium
-
-log = logging.getLogger(__name__)
 
 RUN_DIR = Path("/run/sysclone")
 LOCAL_CFG = Path("/local.cfg")
