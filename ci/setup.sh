@@ -35,7 +35,9 @@ if [ -n "$missing" ]; then
     apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
 
-if [ ! -x .venv/bin/python ] || [ pyproject.toml -nt .venv/.installed ]; then
+# .installed is written last: a setup interrupted half-way is redone (dash's
+# -nt is false when the second file is missing, hence the -f test).
+if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
     echo "==> python venv in .venv"
     /usr/bin/python3 -m venv .venv
     .venv/bin/pip install -q --disable-pip-version-check wheel setuptools==69.5.1
