@@ -24,6 +24,7 @@ from imageserver.versions import Versions
 from sysclone.cli import main
 from sysclone.paths import StateRoot
 from tests.integration.capturekit import (
+    PULL_EXACT,
     fingerprint,
     flip_a_byte,
     free_port,
@@ -146,12 +147,12 @@ def test_versions_on_each_filesystem(fs, tmp_path, state, capsys):
     rsyncd.start()
     try:
         got = tmp_path / "got"
-        sh("rsync", "-aHAXS", "--numeric-ids",
-           f"rsync://127.0.0.1:{rsyncd.cfg.port}/web@1/", f"{got}/")
+        # Times to the nanosecond (PULL_EXACT), as the comparison reads them.
+        sh("rsync", *PULL_EXACT, f"rsync://127.0.0.1:{rsyncd.cfg.port}/web@1/", f"{got}/")
         assert itemized(v1_copy, got) == []
         assert cli(state, capsys, "image", "rollback", "web", "1")[0] == 0
-        sh("rsync", "-aHAXS", "--numeric-ids", "--delete",
-           f"rsync://127.0.0.1:{rsyncd.cfg.port}/web/", f"{got}/")
+        sh("rsync", *PULL_EXACT, "--delete", f"rsync://127.0.0.1:{rsyncd.cfg.port}/web/",
+           f"{got}/")
         assert itemized(v1_copy, got) == []
     finally:
         rsyncd.stop()

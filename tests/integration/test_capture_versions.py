@@ -18,6 +18,7 @@ from imageserver.store import ImageStore
 from sysclone.cli import main
 from sysclone.paths import StateRoot
 from tests.integration.capturekit import (
+    PULL_EXACT,
     flip_a_byte,
     free_port,
     itemized,
@@ -43,7 +44,7 @@ def du(path: Path) -> int:
 
 def pull(port: int, module: str, dest: Path) -> Path:
     shutil.rmtree(dest, ignore_errors=True)
-    sh("rsync", "-aHAXS", "--numeric-ids", f"rsync://127.0.0.1:{port}/{module}/", f"{dest}/")
+    sh("rsync", *PULL_EXACT, f"rsync://127.0.0.1:{port}/{module}/", f"{dest}/")
     return dest
 
 
