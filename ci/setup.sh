@@ -37,7 +37,8 @@ fi
 
 # .installed is written last: a setup interrupted half-way is redone (dash's
 # -nt is false when the second file is missing, hence the -f test).
-if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
+if [ ! -x .venv/bin/python ] || [ ! -f .venv/.installed ] \
+        || [ pyproject.toml -nt .venv/.installed ]; then
     echo "==> python venv in .venv"
     /usr/bin/python3 -m venv .venv
     .venv/bin/pip install -q --disable-pip-version-check wheel setuptools==69.5.1
