@@ -40,7 +40,7 @@ fi
 if [ ! -x .venv/bin/python ] || [ ! -f .venv/.installed ] \
         || [ pyproject.toml -nt .venv/.installed ]; then
     echo "==> python venv in .venv"
-    /usr/bin/python3 -m venv .venv
+    /usr/bin/python3 -m venv --clear .venv  # nothing half-installed survives
     .venv/bin/pip install -q --disable-pip-version-check wheel setuptools==69.5.1
     .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
     touch .venv/.installed
