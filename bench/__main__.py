@@ -43,8 +43,8 @@ run, printed with its target and PASS/MISS:
             in the same run (bench.update; no VM, needs root; the served
             zipapp, and the plain script reported beside it):
               bytes on the wire per file                          <= 50
-              time / the plain rsync's (median of 11 alternated
-              pairs' ratios, or --runs N pairs)                 <= 1.1
+              time / the plain rsync's (the median of the ratios
+              of 11 alternated pairs; --runs N for more)        <= 1.1
             and, reported: the same for a 1 % change of the image
 
     python -m bench [--only build,size,uyok,boot,install,storage,capture,update] [--runs N]
