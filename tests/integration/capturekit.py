@@ -152,19 +152,19 @@ def make_awkward_tree(root: Path) -> dict[str, bytes]:
 
 
 # --- independent comparison -----------------------------------------------------
-# A copy pulled to be compared with itemized(): rsync's default sets a
-# directory's time only when the second differs, so a tree made and pulled
-# within one second (a fast machine) kept the mkdir's nanoseconds
-# (RsyncProject/rsync#802).  The capture pulls the same way.
+# Every attribute, times to the nanosecond: what itemized() compares, and
+# how a copy to be compared with it is pulled.  With rsync's default window
+# a directory's time is set only when the second differs, so a tree made
+# and pulled within one second (a fast machine) kept the mkdir's
+# nanoseconds (RsyncProject/rsync#802).  The capture pulls the same way.
 PULL_EXACT = ("-aHAXS", "--numeric-ids", "--modify-window=-1")
 
 
 def itemized(src: Path, dst: Path, *extra: str) -> list[str]:
     """What rsync would change to make dst equal src, by content checksum,
     with every attribute: empty when nothing differs."""
-    out = sh("rsync", "-n", "-i", "-aHAXS", "--checksum", "--numeric-ids", "--delete",
-             "--modify-window=-1",  # times to the nanosecond
-             *extra, f"{src}/", f"{dst}/")
+    out = sh("rsync", "-n", "-i", *PULL_EXACT, "--checksum", "--delete", *extra,
+             f"{src}/", f"{dst}/")
     return [line for line in out.splitlines() if line.strip()]
 
 
