@@ -167,19 +167,18 @@ def noop(lab: UpdateLab, rounds: int = 11) -> dict[str, Any]:
         if not i % 2:
             theirs.append(plain_rsync(lab, 1))
         script.append(updateclient(lab, 1, SCRIPT)[0])
-    u_s, p_s = min(t for t, _ in ours), min(t for t, _ in theirs)
+    u_best, p_best = min(t for t, _ in ours), min(t for t, _ in theirs)
+    p_median, s_median = statistics.median(t for t, _ in theirs), statistics.median(script)
     u_b, p_b = ours[-1][1], theirs[-1][1]
     pairs = sorted(u / p for (u, _), (p, _) in zip(ours, theirs, strict=True))
     return {"files": lab.files, "tree": lab.tree, "rounds": rounds,
             "update_s": round(statistics.median(t for t, _ in ours), 3),
-            "rsync_s": round(statistics.median(t for t, _ in theirs), 3),
+            "rsync_s": round(p_median, 3),
             "time_ratio": round(statistics.median(pairs), 3),
             "pair_ratios": [round(r, 3) for r in pairs],
-            "best_update_s": round(u_s, 3), "best_rsync_s": round(p_s, 3),
-            "best_ratio": round(u_s / p_s, 3),
-            "script_s": round(statistics.median(script), 3),
-            "script_ratio": round(statistics.median(script) / statistics.median(
-                t for t, _ in theirs), 3),
+            "best_update_s": round(u_best, 3), "best_rsync_s": round(p_best, 3),
+            "best_ratio": round(u_best / p_best, 3),
+            "script_s": round(s_median, 3), "script_ratio": round(s_median / p_median, 3),
             "update_bytes_per_file": round(u_b / lab.files, 1),
             "rsync_bytes_per_file": round(p_b / lab.files, 1)}
 
