@@ -16,17 +16,21 @@ option 7 names a log server, the server's instructions carry parameters),
 from __future__ import annotations
 
 import logging
-import logging.handlers
 import os
-import socket
 import sys
 from dataclasses import dataclass, field
+
+# Not at the agent's start: logging.handlers brings socket, pickle and
+# queue, for a log server most installs never name.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import logging.handlers
 
 log = logging.getLogger(__name__)
 
 # The facility SystemImager's installer logged with (local0 in 4.x's
-# syslog setup); a site's syslog rules can route on it.
-FACILITY = logging.handlers.SysLogHandler.LOG_LOCAL0
+# syslog setup, SysLogHandler.LOG_LOCAL0); a site's syslog rules can route on it.
+FACILITY = 16
 
 
 @dataclass
@@ -91,6 +95,9 @@ def _is_console(h: logging.Handler) -> bool:
 def _syslog_handler(host: str, port: int) -> logging.handlers.SysLogHandler:
     """UDP: sending never blocks or fails the install when the log server
     is down, and it is what SystemImager's LOG_SERVER/LOG_SERVER_PORT meant."""
+    import logging.handlers
+    import socket
+
     h = logging.handlers.SysLogHandler(address=(host, port), facility=FACILITY,
                                        socktype=socket.SOCK_DGRAM)
     h.setLevel(logging.INFO)

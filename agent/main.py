@@ -27,6 +27,12 @@ STARTED = time.monotonic()
 
 RUN_DIR = "/run/sysclone"
 
+# What `run` imports before the ready marker (with what they import): the
+# boot environment keeps their bytecode in the archive the kernel unpacks,
+# out of the squashfs (bootenv.freeze.start_files), since reading it from
+# there cold is a good part of the agent's start under emulation.
+START_IMPORTS = ("logging", "pathlib", "agent.report", "agent.start", "agent.params")
+
 
 def _setup_logging() -> logging.Handler:
     """The log file, and the console at WARNING; returns the console's

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bootenv import cpio, drivers, modules, squash, tools
-from bootenv.freeze import PYVER, FrozenAgent, python_version
+from bootenv.freeze import PYVER, START_FILES, FrozenAgent, python_version
 from bootenv.staging import Staging
 from kernels.moduledb import ModuleDB
 from sysclone.errors import ConfigError, SyscloneError
@@ -182,6 +182,8 @@ def _agent(st: Staging, agent: FrozenAgent) -> dict[str, int]:
     files = modules_ = 0
     for src in sorted(agent.path.rglob("*")):
         rel = "/" + src.relative_to(agent.path).as_posix()
+        if rel == f"/{START_FILES}":
+            continue
         if src.is_dir():
             st.mkdir(rel)
             continue
@@ -196,8 +198,10 @@ def _agent(st: Staging, agent: FrozenAgent) -> dict[str, int]:
 
 def _hot_files(st: Staging, agent: FrozenAgent) -> list[str]:
     """Stage 1's files (BuildSpec.hot_python): busybox, the interpreter
-    (its libraries follow) and the bytecode its start reads."""
-    startup = [f"/usr/lib/python{PYVER}/{rel}" for rel in squash.PYTHON_STARTUP]
+    (its libraries follow), the bytecode its start reads and what the agent
+    imports before its ready marker."""
+    startup = [f"/usr/lib/python{PYVER}/{rel}"
+               for rel in (*squash.PYTHON_STARTUP, *agent.start_files())]
     return ["/usr/bin/busybox", agent.python,
             *(p for p in startup if st.path(p).is_file())]
 

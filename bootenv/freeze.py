@@ -42,7 +42,7 @@ from sysclone.run import run
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parent.parent
-FORMAT = 3  # bump when the layout below changes (3: extension modules stripped)
+FORMAT = 4  # bump when the layout below changes (4: with START_FILES)
 
 # Packages whose code is frozen into the agent, and its PyPI dependencies.
 SOURCE_PACKAGES = ("agent", "sysclone")
@@ -106,6 +106,27 @@ exec /usr/bin/python{PYVER} -I -S -c \\
 """
 
 
+# Beside the tree (not merged into the boot environment): the files the
+# agent's start imports before its ready marker, one per line, relative to
+# /usr/lib/pythonX.Y.
+START_FILES = "start-files"
+
+# Run on the frozen tree itself (its sourceless bytecode, the interpreter
+# the boot environment gets): what importing agent.main.START_IMPORTS loads
+# from it.  What the interpreter's own start loaded before (encodings) is
+# the host's, and named in bootenv.squash.PYTHON_STARTUP.
+START_SCAN = """
+import importlib, sys
+stdlib = sys.argv[1]
+sys.path[:] = [stdlib, stdlib + "/lib-dynload"]
+from agent.main import START_IMPORTS
+for name in START_IMPORTS:
+    importlib.import_module(name)
+files = (getattr(m, "__file__", None) or "" for m in list(sys.modules.values()))
+print("\\n".join(sorted(f[len(stdlib) + 1:] for f in files if f.startswith(stdlib + "/"))))
+"""
+
+
 @dataclass(frozen=True)
 class FrozenAgent:
     """A tree to merge into the initramfs root, and the host binary to run it."""
@@ -117,6 +138,11 @@ class FrozenAgent:
     @property
     def executable(self) -> Path:
         return self.path / "usr/bin/sysclone-agent"
+
+    def start_files(self) -> list[str]:
+        """START_FILES' paths, relative to /usr/lib/pythonX.Y."""
+        f = self.path / START_FILES
+        return f.read_text().split() if f.is_file() else []
 
 
 def python_binary() -> str:
@@ -146,7 +172,7 @@ def freeze_key() -> str:
             raise SyscloneError(f"{dep} is not installed in this Python",
                                 hint="pip install -e .") from None
     h.update(f"{python_binary()} {sys.version} {EXCLUDES} {ENTRY_MODULES} {RUNTIME_ONLY} "
-             f"{ENCODINGS_SKIPPED} {OPTIMIZE} {FORMAT} {WRAPPER} {SCAN}".encode())
+             f"{ENCODINGS_SKIPPED} {OPTIMIZE} {FORMAT} {WRAPPER} {SCAN} {START_SCAN}".encode())
     return h.hexdigest()[:24]
 
 
@@ -237,6 +263,8 @@ def freeze_agent(state: StateRoot, *, use_cache: bool = True) -> FrozenAgent:
     wrapper.parent.mkdir(parents=True)
     wrapper.write_text(WRAPPER)
     wrapper.chmod(0o755)
+    start = run([python, "-I", "-S", "-c", START_SCAN, str(stdlib)]).stdout
+    (work / START_FILES).write_text(start)
     if out.exists():
         shutil.rmtree(out)
     work.rename(out)

@@ -9,13 +9,16 @@
 #
 # Every program started here costs ~0.1 s under emulation (a fork and exec
 # in TCG), so the boot path starts as few as it can: one `mount -a` for the
-# kernel filesystems (/etc/fstab), shell builtins for the rest.
+# kernel filesystems (/etc/fstab), shell builtins for the rest.  busybox's
+# mount, already in memory (stage 1 ran it): util-linux's reads libmount,
+# libblkid, libselinux and libpcre2 from the squashfs first (0.12 s against
+# 0.05 s under TCG).
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root TERM=${TERM:-linux}
 
 # devtmpfs is already there when stage 1 moved it in.
 [ -c /dev/tty ] || mount -t devtmpfs -o mode=0755,nosuid devtmpfs /dev
-mount -a
+busybox mount -a
 [ -d /sys/firmware/efi/efivars ] && \
     mount -t efivarfs -o nosuid,nodev,noexec efivarfs /sys/firmware/efi/efivars 2>/dev/null
 # Only warnings and worse from the kernel on the console while we work.

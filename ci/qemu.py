@@ -40,6 +40,10 @@ class VmError(SyscloneError):
     pass
 
 
+# The guest CPU under TCG (VmSpec.cpu_model says why).
+DEFAULT_CPU = "Nehalem,+rdrand"
+
+
 @dataclass(frozen=True)
 class VmSpec:
     name: str
@@ -95,8 +99,14 @@ class VmSpec:
         # Nehalem (x86-64-v2, no AVX): glibc then avoids AVX code paths,
         # which TCG emulates slowly.  Measured: a loop of small dynamically
         # linked programs ran 1.45x faster than with "max"; update-initramfs
-        # itself took about as long with either.
-        return os.environ.get("SYSCLONE_QEMU_CPU", "Nehalem")
+        # itself took about as long with either.  With RDRAND, as every x86
+        # CPU since 2012 and every `-cpu host` guest has: without it the
+        # kernel has no entropy at boot, and the first program to ask for
+        # random bytes (Python's start, for its hash seed) waits while the
+        # kernel makes some from timer jitter -- 1.0-1.2 s under TCG
+        # (measured: the first `python3 -c pass` after boot 1.22 s, the
+        # second 0.08 s; with RDRAND 0.25 s and 0.08 s).
+        return os.environ.get("SYSCLONE_QEMU_CPU", DEFAULT_CPU)
 
 
 def qemu_argv(spec: VmSpec, qmp: Path) -> list[str]:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from agent import logsetup
 from agent.logsetup import LogTargets
 from sysclone.run import base_env
 
@@ -108,3 +109,9 @@ def test_term_reaches_the_commands(logger: logging.Logger,
     assert apply(t, term="vt220") == []
     assert apply(t, term=None) == []  # unset keeps what the boot environment has
     assert base_env()["TERM"] == "vt220"
+
+
+def test_facility_is_local0_without_importing_handlers_at_start() -> None:
+    # The literal stands for the constant logging.handlers holds (imported
+    # only when a log server is named).
+    assert logsetup.FACILITY == logging.handlers.SysLogHandler.LOG_LOCAL0

@@ -37,7 +37,7 @@ def test_argv_defaults(tmp_path):
     assert opt(argv, "-name") == ["vm1"]
     assert opt(argv, "-machine") == ["q35"]
     assert opt(argv, "-accel") == ["tcg"]
-    assert opt(argv, "-cpu") == ["Nehalem"]
+    assert opt(argv, "-cpu") == ["Nehalem,+rdrand"]
     assert opt(argv, "-m") == ["512"] and opt(argv, "-smp") == ["2"]
     assert opt(argv, "-serial") == ["stdio"]
     assert opt(argv, "-qmp") == [f"unix:{tmp_path}/vm1.qmp,server=on,wait=off"]
