@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import socket
 import stat
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -34,6 +36,19 @@ def sh(*argv: str | os.PathLike[str], check: bool = True, input: str | None = No
     if check and r.returncode != 0:
         raise AssertionError(f"{argv}: {r.returncode}: {r.stderr or r.stdout}")
     return r.stdout
+
+
+def capture_process(root: Path, name: str, source: Path) -> subprocess.Popen[str]:
+    """`sysclone image capture NAME --from SOURCE` in a process of its own,
+    for a test to interrupt.  Ctrl-C as at a terminal: a test run started as
+    a background job (`cmd &` in a script) inherits SIGINT ignored, and a
+    Python started so never raises KeyboardInterrupt -- the capture then,
+    rightly, goes on."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "sysclone.cli", "--root", str(root), "image", "capture", name,
+         "--from", str(source)],
+        cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def free_port() -> int:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,7 +14,14 @@ import pytest
 from imageserver.store import ImageStore
 from sysclone.cli import main
 from sysclone.paths import StateRoot
-from tests.integration.capturekit import fingerprint, free_port, golden_client, sh, sshd
+from tests.integration.capturekit import (
+    capture_process,
+    fingerprint,
+    free_port,
+    golden_client,
+    sh,
+    sshd,
+)
 
 pytestmark = pytest.mark.usefixtures("root_only")
 REPO = Path(__file__).resolve().parents[2]
@@ -125,9 +130,7 @@ def test_interrupted_capture_leaves_no_trace(sig, tmp_path, state, stored, capsy
         (big / f"f{i:03}").write_bytes(os.urandom(1 << 20))
     before = fingerprint(state.images)
     staging = state.images / ".versions/web"
-    proc = subprocess.Popen([sys.executable, "-m", "sysclone.cli", "--root", str(state.root),
-                             "image", "capture", "web", "--from", str(big)],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = capture_process(state.root, "web", big)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:  # interrupt once the copy has begun
         news = list(staging.glob(".new-*/tree/f*"))

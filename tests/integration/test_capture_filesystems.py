@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ from sysclone.cli import main
 from sysclone.paths import StateRoot
 from tests.integration.capturekit import (
     PULL_EXACT,
+    capture_process,
     fingerprint,
     flip_a_byte,
     free_port,
@@ -195,9 +195,7 @@ def test_interrupted_capture_on_a_snapshot_leaves_no_trace(fs, tmp_path, state, 
         (src / f"incoming/f{i:03}").write_bytes(os.urandom(MiB))
     before = fingerprint(state.images)
     subvolumes = subvolume_ids(state.images)
-    proc = subprocess.Popen([sys.executable, "-m", "sysclone.cli", "--root", str(state.root),
-                             "image", "capture", "web", "--from", str(src)],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = capture_process(state.root, "web", src)
     deadline = time.monotonic() + 30
     news: list[Path] = []
     while time.monotonic() < deadline and not news:  # once the snapshot is being filled

@@ -179,13 +179,17 @@ def test_systemimager_names(fn, argv, expected, monkeypatch, capsys):
         assert "--update-script: ignored (there are no .master scripts" in err
 
 
-def test_ctrl_c_during_rsync_is_raised_once_rsync_has_stopped(fake_commands):
+def test_ctrl_c_during_rsync_is_raised_once_rsync_has_stopped(fake_commands, request):
     """Ctrl-C goes to rsync and KeyboardInterrupt comes after it, never in
     the middle of what on_item does (handing files to hashing threads: a
     KeyboardInterrupt inside a thread's start became "RuntimeError: release
     unlocked lock" and a traceback)."""
     fake_commands.add(["rsync"], FakeResult(stdout=">f+++++++++ 1 a\n>f+++++++++ 1 b\n"))
     seen: list[str] = []
+    # As at a terminal: a test run started as a background job inherits
+    # SIGINT ignored, which the capture rightly leaves alone.
+    earlier = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, earlier))
 
     def on_item(line: str) -> bool:
         seen.append(line)
