@@ -27,8 +27,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -241,26 +240,6 @@ def pull_only(url: str, target: Path, paths: Sequence[str],
     place under `target`, in one rsync run (hard links between them kept),
     but the `sparse` files among them (pull_sparse fetches those)."""
     return pull(url, target, transfer=only(url, paths, sparse), **kw)
-
-
-@contextmanager
-def in_background(nice: int = 19) -> Iterator[None]:
-    """The calling thread, and what it starts meanwhile (rsync inherits
-    it), at a low CPU priority: for a transfer that runs beside the
-    bootloader's shell scripts, which are what the install waits for last.
-    Under emulation (TCG, 2 vCPUs) the bootloader phase took 10.3 s and
-    9.9 s beside a fetch-rest at normal priority, 9.9 s and 9.3 s beside
-    one at 19 (alternated runs); with CPUs to spare it changes nothing."""
-    tid = threading.get_native_id()
-    before = os.getpriority(os.PRIO_PROCESS, tid)
-    os.setpriority(os.PRIO_PROCESS, tid, max(before, nice))
-    try:
-        yield
-    finally:
-        try:
-            os.setpriority(os.PRIO_PROCESS, tid, before)
-        except PermissionError:  # not root (a test): the thread ends low
-            log.debug("cannot raise this thread's priority back to %d", before)
 
 
 def pull_sparse(url: str, target: Path, files: Sequence[str], **kw: Any) -> FetchResult:

@@ -43,7 +43,6 @@ from agent.fetch import (
     FetchResult,
     Progress,
     image_paths,
-    in_background,
     pull,
     pull_except,
     pull_only,
@@ -419,10 +418,9 @@ def pull_rest(s: Session, plan: InstallPlan, root: Path, start: int) -> None:
             s.reporter.say("nothing deferred: the image is all there")
             return
         used = _used_on_target(plan, root)
-        with in_background():
-            res = pull_only(plan.image.url, root, plan.image.deferred, plan.image.sparse,
-                            on_progress=_progress(s, plan, "fetch-rest", used() - start),
-                            measure=used)
+        res = pull_only(plan.image.url, root, plan.image.deferred, plan.image.sparse,
+                        on_progress=_progress(s, plan, "fetch-rest", used() - start),
+                        measure=used)
         s.reporter.say(f"{', '.join('/' + d for d in plan.image.deferred)}: "
                        f"{res.bytes / 2**20:,.0f} MiB in {res.seconds:.1f}s")
 

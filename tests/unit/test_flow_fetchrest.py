@@ -203,39 +203,3 @@ def test_holes_everywhere_when_the_server_does_not_say_which(
          "::deb12/./usr/lib/firmware/", "/sysroot/"]]
     assert any("(every file checked for holes)" in line for line in rep.lines)
 
-
-def test_the_rest_comes_at_a_low_cpu_priority(fake_commands: FakeCommands, tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    # The bootloader's scripts, beside it, are what the install waits for
-    # last: rsync inherits the nice value of the thread that starts it.
-    from agent import fetch
-
-    prio: dict[int, int] = {}
-    seen: list[tuple[str, int]] = []
-    real_spawn = fetch.spawn
-
-    def spawn(argv: list[str], **kw: Any) -> Any:
-        seen.append((argv[-2], prio.get(threading.get_native_id(), 0)))
-        return real_spawn(argv, **kw)
-
-    monkeypatch.setattr(fetch.os, "getpriority", lambda which, who: prio.get(who, 0))
-    monkeypatch.setattr(fetch.os, "setpriority",
-                        lambda which, who, value: prio.__setitem__(who, value))
-    monkeypatch.setattr(fetch, "spawn", spawn)
-    fetch_all(fake_commands, tmp_path, [])
-    assert seen == [(URL, 0), ("::deb12/./usr/lib/firmware/", 19)]
-    assert set(prio.values()) == {0}  # and back to normal after it
-
-
-def test_in_background_never_raises_a_priority(monkeypatch: pytest.MonkeyPatch) -> None:
-    from agent import fetch
-
-    prio = {threading.get_native_id(): 5}
-    monkeypatch.setattr(fetch.os, "getpriority", lambda which, who: prio[who])
-    monkeypatch.setattr(fetch.os, "setpriority",
-                        lambda which, who, value: prio.__setitem__(who, value))
-    with fetch.in_background(nice=3):
-        assert prio[threading.get_native_id()] == 5
-    with fetch.in_background():
-        assert prio[threading.get_native_id()] == 19
-    assert prio[threading.get_native_id()] == 5
