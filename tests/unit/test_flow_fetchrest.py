@@ -202,4 +202,3 @@ def test_holes_everywhere_when_the_server_does_not_say_which(
         ["rsync", "-aHAXS", "--numeric-ids", "--stats", "--relative", f"{URL}./usr/share/doc/",
          "::deb12/./usr/lib/firmware/", "/sysroot/"]]
     assert any("(every file checked for holes)" in line for line in rep.lines)
-
