@@ -28,6 +28,7 @@ from pathlib import Path
 LONG = "d" * 200
 NS_MTIME = 1_234_567_890_123_456_789  # 2009, with nanoseconds
 PY39 = Path("/root/.pyenv/versions/3.9.18")
+REPO = Path(__file__).resolve().parents[2]
 
 
 def sh(*argv: str | os.PathLike[str], check: bool = True, input: str | None = None) -> str:
@@ -47,7 +48,7 @@ def capture_process(root: Path, name: str, source: Path) -> subprocess.Popen[str
     return subprocess.Popen(
         [sys.executable, "-m", "sysclone.cli", "--root", str(root), "image", "capture", name,
          "--from", str(source)],
-        cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 

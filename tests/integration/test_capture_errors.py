@@ -24,7 +24,6 @@ from tests.integration.capturekit import (
 )
 
 pytestmark = pytest.mark.usefixtures("root_only")
-REPO = Path(__file__).resolve().parents[2]
 
 
 def error(state: StateRoot, capsys: pytest.CaptureFixture[str], *argv: str) -> str:

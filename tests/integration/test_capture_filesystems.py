@@ -34,7 +34,6 @@ from tests.integration.capturekit import (
 )
 
 pytestmark = pytest.mark.usefixtures("root_only")
-REPO = Path(__file__).resolve().parents[2]
 MiB = 1 << 20
 MKFS = {"btrfs": ["mkfs.btrfs", "-q"], "xfs": ["mkfs.xfs", "-q"], "ext4": ["mkfs.ext4", "-q"]}
 STORAGE = {"btrfs": "btrfs-snapshot", "xfs": "hardlink", "ext4": "hardlink"}
