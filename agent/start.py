@@ -42,6 +42,33 @@ log = logging.getLogger(__name__)
 IMPORTS_SWITCH_INTERVAL = 0.0001
 
 
+class _SwitchInterval:
+    """IMPORTS_SWITCH_INTERVAL while any import thread runs, the interval
+    from before the first of them once the last is done (one per install;
+    overlapping ones in a test process must not leave it low)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running = 0
+        self._before = 0.0
+
+    def lower(self) -> None:
+        with self._lock:
+            if not self._running:
+                self._before = sys.getswitchinterval()
+                sys.setswitchinterval(IMPORTS_SWITCH_INTERVAL)
+            self._running += 1
+
+    def restore(self) -> None:
+        with self._lock:
+            self._running -= 1
+            if not self._running:
+                sys.setswitchinterval(self._before)
+
+
+_SWITCHING = _SwitchInterval()
+
+
 def run_install(reporter: Reporter, cmdline: Path, plan_only: bool = False,
                 started: float | None = None) -> int:
     """Run the whole install; the exit status and post-action say how it
@@ -72,14 +99,13 @@ def import_the_rest() -> threading.Event:
     others only warm up: a phase that uses one imports it again, and
     reports a failure there."""
     flow_imported = threading.Event()
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(IMPORTS_SWITCH_INTERVAL)
+    _SWITCHING.lower()
 
     def work() -> None:
         try:
             _import_ahead(flow_imported)
         finally:
-            sys.setswitchinterval(before)
+            _SWITCHING.restore()
 
     threading.Thread(target=work, name="imports", daemon=True).start()
     return flow_imported

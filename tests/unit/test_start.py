@@ -23,28 +23,52 @@ def test_outcome_returns_the_result_or_raises_the_error_where_asked() -> None:
         later()
 
 
+class Blocked:
+    """Stands in for _import_ahead: each run records the switch interval,
+    then waits until finish() lets it end."""
+
+    def __init__(self) -> None:
+        self.inside: list[float] = []
+        self.runs: list[tuple[threading.Thread, threading.Event]] = []
+
+    def __call__(self, flow_imported: threading.Event) -> None:
+        release = threading.Event()
+        self.runs.append((threading.current_thread(), release))
+        self.inside.append(sys.getswitchinterval())
+        flow_imported.set()
+        release.wait(5)
+
+    def finish(self, i: int) -> None:
+        thread, release = self.runs[i]
+        release.set()
+        thread.join(5)
+
+
 def test_the_gil_changes_hands_often_while_the_imports_run(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # The hardware phase's sysfs reads wait for the GIL after each one; at
     # the default interval an import in progress holds it 5 ms at a time.
-    release, inside = threading.Event(), []
-    earlier = sys.getswitchinterval()  # another test's run may have left it low
-    default = 0.005
-    sys.setswitchinterval(default)
+    blocked = Blocked()
+    monkeypatch.setattr(start, "_import_ahead", blocked)
+    default = sys.getswitchinterval()
+    assert start.import_the_rest().wait(5)
+    assert blocked.inside == [pytest.approx(start.IMPORTS_SWITCH_INTERVAL)]
+    assert blocked.inside[0] < 0.005  # Python's own default
+    blocked.finish(0)
+    assert sys.getswitchinterval() == default
 
-    def importing(flow_imported: threading.Event) -> None:
-        inside.append(sys.getswitchinterval())
-        flow_imported.set()
-        release.wait(5)
 
-    monkeypatch.setattr(start, "_import_ahead", importing)
-    done = start.import_the_rest()
-    assert done.wait(5)
-    assert inside == [pytest.approx(start.IMPORTS_SWITCH_INTERVAL)] and inside[0] < default
-    release.set()
-    thread = next(t for t in threading.enumerate() if t.name == "imports")
-    thread.join(5)
-    try:
-        assert sys.getswitchinterval() == pytest.approx(default)
-    finally:
-        sys.setswitchinterval(earlier)
+def test_overlapping_import_threads_leave_the_interval_as_it_was(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two installs in one process (tests): the first to end keeps it low
+    # for the other, the last restores the interval from before both.
+    blocked = Blocked()
+    monkeypatch.setattr(start, "_import_ahead", blocked)
+    default = sys.getswitchinterval()
+    assert start.import_the_rest().wait(5)
+    assert start.import_the_rest().wait(5)
+    blocked.finish(0)
+    assert sys.getswitchinterval() == pytest.approx(start.IMPORTS_SWITCH_INTERVAL)
+    blocked.finish(1)
+    assert sys.getswitchinterval() == default
+    assert blocked.inside == [pytest.approx(start.IMPORTS_SWITCH_INTERVAL)] * 2
