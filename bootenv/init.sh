@@ -12,7 +12,7 @@
 # kernel filesystems (/etc/fstab), shell builtins for the rest.  busybox's
 # mount, already in memory (stage 1 ran it): util-linux's reads libmount,
 # libblkid, libselinux and libpcre2 from the squashfs first (0.12 s against
-# 0.05 s under TCG).
+# 0.04 s under TCG, three boots).
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root TERM=${TERM:-linux}
 
