@@ -15,7 +15,9 @@
     python -m bench.capture [--rounds N] [--filesystems btrfs,xfs,ext4] [--json FILE]
 
 speed's ratio is the median over rounds of capture / the plain rsync run
-just before it.
+beside it, the capture first in every other round.  Both start with the
+golden tree in the page cache and everything earlier written to disk
+(bench.pagecache: this machine evicts page cache idle for seconds).
 
 The golden client is this machine on loopback: a chroot with the host's
 /usr and /etc bound read-only (sshd and rsync run in it), its own /proc,
@@ -44,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.pagecache import warm_tree
 from imageserver.capture import CaptureOptions, capture
 from imageserver.excludes import ExcludeOptions
 from imageserver.snapshots import fs_name
@@ -179,6 +182,7 @@ def _settled() -> None:
 
 
 def _capture(g: Golden, name: str, state: StateRoot | None = None) -> float:
+    warm_tree(g.data)
     _settled()
     t0 = time.monotonic()
     capture(state or g.state, CaptureOptions(name, g.source, ExcludeOptions(server_file=None)))
@@ -188,6 +192,7 @@ def _capture(g: Golden, name: str, state: StateRoot | None = None) -> float:
 def _plain_rsync(g: Golden, dest: Path) -> float:
     run(["rm", "-rf", str(dest)])
     dest.parent.mkdir(parents=True, exist_ok=True)
+    warm_tree(g.data)
     _settled()
     t0 = time.monotonic()
     run(["rsync", "-aHAX", "--numeric-ids", "-e", g.source.rsync_shell(),
@@ -254,16 +259,22 @@ def change_one_percent(data: Path, seed: int) -> int:
     return changed
 
 
-def speed(g: Golden, rounds: int = 3) -> dict[str, Any]:
+def speed(g: Golden, rounds: int = 4) -> dict[str, Any]:
     """Full capture time / plain rsync -aHAX time.  Runs alternate, and the
-    ratio is the median of each capture over the rsync just before it: on a
-    machine shared with other work, neighbours in time share the load."""
-    _plain_rsync(g, g.state.root / "warmup")  # page cache, ssh host key
+    ratio is the median of each capture over the rsync beside it: on a
+    machine shared with other work, neighbours in time share the load.
+    Every other round the capture goes first (A B B A ...), so a load that
+    grows or shrinks over the run does not always favour the same side."""
+    _plain_rsync(g, g.state.root / "warmup")  # ssh host key, the store's first writes
     plain, full = [], []
-    for _ in range(rounds):
-        plain.append(_plain_rsync(g, g.state.root / "plain"))
+    for i in range(rounds):
         _delete_image(g, "speed")
-        full.append(_capture(g, "speed"))
+        if i % 2:
+            full.append(_capture(g, "speed"))
+            plain.append(_plain_rsync(g, g.state.root / "plain"))
+        else:
+            plain.append(_plain_rsync(g, g.state.root / "plain"))
+            full.append(_capture(g, "speed"))
     run(["rm", "-rf", str(g.state.root / "plain"), str(g.state.root / "warmup")])
     _delete_image(g, "speed")
     pairs = sorted(c / p for c, p in zip(full, plain, strict=True))
@@ -345,7 +356,7 @@ def describe_versions(r: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.capture", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=3, help="alternated speed runs (default 3)")
+    ap.add_argument("--rounds", type=int, default=4, help="alternated speed runs (default 4)")
     ap.add_argument("--filesystems", default=",".join(FILESYSTEMS),
                     help="loop-mounted stores for the versions rows (default: all of "
                          f"{', '.join(FILESYSTEMS)}; '' for none)")

@@ -16,10 +16,8 @@ The baselines boot environments whose /init is a shell script
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
-import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +25,7 @@ from typing import Any
 
 from agent.markers import DONE_MARKER
 from bench.baseline import BENCH_DONE, BENCH_FAILED, SCRIPT_INIT
+from bench.pagecache import warm_tree
 from ci.qemu import Vm, blank_disk
 from sysclone.demo import INSTALL_FAILED, install_append, pxe_vm
 from sysclone.paths import StateRoot
@@ -65,19 +64,12 @@ def warm_image(state: StateRoot, image: str) -> None:
     """Read the served image once on the host, before each VM run: each
     then starts with it in the server's page cache.  The agent ran first in
     each round, and its fetch phase took 8.2 s where back-to-back installs
-    took 5.9-6.8 s: reading what the baselines after it then found cached."""
+    took 5.9-6.8 s: reading what the baselines after it then found cached
+    (bench.pagecache says why it goes cold in between)."""
     from imageserver.names import ImageRef
     from imageserver.store import ImageStore
 
-    for top, _dirs, files in os.walk(ImageStore(state).tree(ImageRef.parse(image))):
-        for name in files:
-            path = os.path.join(top, name)
-            # Regular files only: opening a FIFO would wait for a writer.
-            if not stat.S_ISREG(os.lstat(path).st_mode):
-                continue
-            with open(path, "rb") as f:
-                while f.read(1 << 20):
-                    pass
+    warm_tree(ImageStore(state).tree(ImageRef.parse(image)))
 
 
 def run_agent(state: StateRoot, bootenv: Path, image: str, memory: int = 512) -> InstallRun:

@@ -39,9 +39,12 @@ from imageserver.prepare.golden import skipped_mounts
 from imageserver.probe import read_facts
 from imageserver.seal import NewVersion, Sealed, seal
 from imageserver.sources import DaemonSource, LocalSource, Source, SshSource, read_secret
+from imageserver.sparsefiles import SparseFiles
+from imageserver.sparsescan import ssh_sparse_files
 from imageserver.transfer import (
     CaptureError,
     DiskFull,
+    SparseSplit,
     endpoint,
     pull_argv,
     run_rsync,
@@ -93,9 +96,11 @@ def capture(state: StateRoot, opts: CaptureOptions, progress: Progress | None = 
         with v.stage(name, from_parent=True) as s:
             _check_space(facts, s.dir, s.parent is None)
             say(f"pulling / from {opts.source.describe()}")
+            sparse = ssh_sparse_files(source, fact_out(facts, "findmnt")) \
+                if isinstance(source, SshSource) and s.seed is None else None
             pre = Prehasher(s.tree)
             try:
-                vanished = _pull(v, s, source, password, rules, say, pre)
+                vanished = _pull(v, s, source, password, rules, say, pre, sparse)
             finally:
                 hashes = pre.close()
             _generalize(s.tree, rules)
@@ -112,20 +117,38 @@ def capture(state: StateRoot, opts: CaptureOptions, progress: Progress | None = 
 
 
 def _pull(v: Versions, s: Staging, source: Source, password: Path | None,
-          rules: list[ex.Rule], say: Progress, pre: Prehasher) -> list[str]:
+          rules: list[ex.Rule], say: Progress, pre: Prehasher,
+          sparse: SparseFiles | None) -> list[str]:
     """rsync / into the staging tree, unchanged files hard-linked from the
     newest versions (or already there, in a snapshot of the current one),
     new ones hashed as they arrive; returns rsync's notes on files that
-    vanished meanwhile."""
+    vanished meanwhile.  With the client's sparse files known, in two runs:
+    the rest without -S, then those with it (imageserver.sparsescan)."""
     (s.dir / "excludes").write_text(ex.render(rules))
     if s.seed is not None:
         unshare_hard_links(s.tree)
     links = [p for p in [s.parent_tree, *_older_trees(v, s.name, s.parent)] if p]
-    argv = pull_argv(endpoint(source, password), s.tree, s.dir / "excludes",
-                     [] if s.seed is not None else links[:LINK_DESTS],
-                     update=s.seed is not None)
-    argv.insert(1, OUT_FORMAT)
-    return run_rsync(argv, f"capture of {s.name} from {source.describe()}", say, pre.feed)
+    ep = endpoint(source, password)
+    what = f"capture of {s.name} from {source.describe()}"
+
+    def pull(split: SparseSplit | None) -> list[str]:
+        argv = pull_argv(ep, s.tree, s.dir / "excludes",
+                         [] if s.seed is not None else links[:LINK_DESTS],
+                         update=s.seed is not None, sparse=split)
+        argv.insert(1, OUT_FORMAT)
+        return run_rsync(argv, what, say, pre.feed)
+
+    if sparse is None or sparse.fallback or s.seed is not None:
+        return pull(None)
+    with tempfile.TemporaryDirectory(prefix="sysclone-sparse.") as tmp:
+        lists = Path(tmp)
+        (lists / "exclude").write_text("".join(f"/{p}\n" for p in sparse.paths))
+        (lists / "files").write_text("".join(f"{p}\n" for p in sparse.paths))
+        vanished = pull(SparseSplit(lists / "exclude", holes=False))
+        if sparse.paths:
+            say(f"{len(sparse.paths)} sparse files, with rsync -S")
+            vanished += pull(SparseSplit(lists / "files", holes=True))
+    return vanished
 
 
 def _store(v: Versions, s: Staging, new: NewVersion, say: Progress) -> Sealed:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,13 +54,51 @@ class SparseFiles:
 
 
 def is_sparse(st: os.stat_result) -> bool:
-    return stat.S_ISREG(st.st_mode) and st.st_size - st.st_blocks * 512 >= HOLE_MIN
+    return stat.S_ISREG(st.st_mode) and holes(st.st_size, st.st_blocks)
 
 
-def sparse_files(tree: Path, limit: int = SPARSE_MAX) -> SparseFiles:
-    """The sparse files of the image at `tree`, from one walk of it."""
+def holes(size: int, blocks: int) -> bool:
+    """A regular file of `size` bytes with `blocks` 512-byte blocks has a
+    hole worth keeping."""
+    return size - blocks * 512 >= HOLE_MIN
+
+
+@dataclass(frozen=True)
+class FileFacts:
+    """What deciding about one regular file takes, from lstat or find."""
+
+    rel: str  # relative to the tree's root
+    size: int
+    blocks: int  # 512-byte blocks allocated
+    nlink: int
+    inode: tuple[int, int]  # (device, inode number)
+
+
+def classify(files: Iterable[FileFacts], limit: int = SPARSE_MAX) -> SparseFiles:
+    """The sparse ones among `files` (regular files), or the reason every
+    file must come with -S instead."""
     linked: dict[tuple[int, int], str] = {}  # a sparse inode with several links: a name
     found: list[str] = []
+    for f in files:
+        if not holes(f.size, f.blocks):
+            continue
+        if f.nlink > 1:
+            # Links from outside the tree (an earlier version's, in the
+            # image store) are no concern: rsync sees only the tree.
+            other = linked.setdefault(f.inode, f.rel)
+            if other != f.rel:
+                return SparseFiles(fallback=f"the sparse file /{other} has another name "
+                                            f"in the image, /{f.rel}")
+        if not deferred_path_ok(f.rel):
+            return SparseFiles(fallback=f"a sparse file's name cannot be passed safely: "
+                                        f"{f.rel!r}")
+        found.append(f.rel)
+        if len(found) > limit:
+            return SparseFiles(fallback=f"more than {limit} sparse files")
+    return SparseFiles(tuple(sorted(found)))
+
+
+def _regular_files(tree: Path) -> Iterator[FileFacts]:
     for top, _, files in os.walk(tree):
         for f in files:
             path = os.path.join(top, f)
@@ -67,23 +106,14 @@ def sparse_files(tree: Path, limit: int = SPARSE_MAX) -> SparseFiles:
                 st = os.lstat(path)
             except OSError:
                 continue
-            if not is_sparse(st):
-                continue
-            rel = os.path.relpath(path, tree)
-            if st.st_nlink > 1:
-                # Links from outside the tree (an earlier version's, in the
-                # image store) are no concern: rsync sees only the tree.
-                other = linked.setdefault((st.st_dev, st.st_ino), rel)
-                if other != rel:
-                    return SparseFiles(fallback=f"the sparse file /{other} has another name "
-                                                f"in the image, /{rel}")
-            if not deferred_path_ok(rel):
-                return SparseFiles(fallback=f"a sparse file's name cannot be passed safely: "
-                                            f"{rel!r}")
-            found.append(rel)
-            if len(found) > limit:
-                return SparseFiles(fallback=f"more than {limit} sparse files")
-    return SparseFiles(tuple(sorted(found)))
+            if stat.S_ISREG(st.st_mode):
+                yield FileFacts(os.path.relpath(path, tree), st.st_size, st.st_blocks,
+                                st.st_nlink, (st.st_dev, st.st_ino))
+
+
+def sparse_files(tree: Path, limit: int = SPARSE_MAX) -> SparseFiles:
+    """The sparse files of the image at `tree`, from one walk of it."""
+    return classify(_regular_files(tree), limit)
 
 
 def _walk_and_say(tree: Path) -> SparseFiles:

@@ -40,7 +40,7 @@ from sysclone.run import spawn
 # carries) and as its own on-disk form, trusted.SGI_ACL_FILE/_DEFAULT.  The
 # latter must not travel: on any other filesystem it is a stray xattr.
 XFS_ACL_FILTER = "-x trusted.SGI_ACL_*"
-PULL_OPTIONS = ("--archive", "--hard-links", "--acls", "--xattrs", "--sparse",
+PULL_OPTIONS = ("--archive", "--hard-links", "--acls", "--xattrs",
                 "--numeric-ids", "--modify-window=-1", "--info=progress2,stats1",
                 f"--filter={XFS_ACL_FILTER}")
 IO_TIMEOUT = 300  # seconds without data before rsync gives up (a lost network)
@@ -88,16 +88,34 @@ UPDATE_OPTIONS = ("--delete", "--delete-excluded", "--inplace")
 
 
 def pull_argv(ep: Endpoint, dest: Path, filter_file: Path | None,
-              link_dests: Sequence[Path] = (), *, update: bool = False) -> list[str]:
+              link_dests: Sequence[Path] = (), *, update: bool = False,
+              sparse: SparseSplit | None = None) -> list[str]:
     """`update`: `dest` already holds a previous version to bring up to
-    date (call unshare_hard_links(dest) first)."""
+    date (call unshare_hard_links(dest) first).  `sparse`: one of the two
+    runs of a split pull (imageserver.sparsescan); without it, one run
+    with -S for every file."""
     argv = ["rsync", *PULL_OPTIONS, f"--timeout={IO_TIMEOUT}", *ep.options]
+    if sparse is None or sparse.holes:
+        argv.append("--sparse")
     if filter_file is not None:
         argv.append(f"--filter=merge {filter_file}")
+    if sparse is not None:
+        argv.append(f"--files-from={sparse.list_file}" if sparse.holes
+                    else f"--exclude-from={sparse.list_file}")
     if update:
         argv += UPDATE_OPTIONS
     argv += [f"--link-dest={p}" for p in link_dests]
     return [*argv, ep.root, f"{dest}/"]
+
+
+@dataclass(frozen=True)
+class SparseSplit:
+    """A pull in two runs: everything but the sparse files without -S
+    (`list_file` holds them as exclude patterns), then only them with it
+    (`list_file` holds their paths, for --files-from)."""
+
+    list_file: Path
+    holes: bool
 
 
 def unshare_hard_links(tree: Path) -> int:

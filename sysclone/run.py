@@ -106,6 +106,28 @@ def run(
     return result
 
 
+def run_bytes(argv: Sequence[Arg], *, timeout: float | None = None
+              ) -> subprocess.CompletedProcess[bytes]:
+    """run() for output that is not text (NUL-separated file names in any
+    encoding); the exit code is the caller's to judge."""
+    args = _argv(argv, None)
+    log.debug("+ %s", shlex.join(args))
+    try:
+        proc: Any = _popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, env=base_env(), text=False)
+    except FileNotFoundError as e:
+        raise SyscloneError(
+            f"command not found: {args[0]}", hint="install the package that provides it"
+        ) from e
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise CommandError(args, -9, "", f"timed out after {timeout}s") from None
+    return subprocess.CompletedProcess(args, proc.returncode, out, err)
+
+
 @contextmanager
 def spawn(
     argv: Sequence[Arg],

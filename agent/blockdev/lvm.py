@@ -20,9 +20,10 @@ def _lvm(command: str, *args: str) -> list[str]:
     return ["lvm", command, "--config", LVM_CONFIG, *args]
 
 
-def pvcreate_argv(pv: str) -> list[str]:
+def pvcreate_argv(pvs: list[str]) -> list[str]:
     # -ff -y: a leftover LVM label from an earlier install is overwritten.
-    return _lvm("pvcreate", "-ff", "-y", pv)
+    # One command for a group's physical volumes: lvm's start is the cost.
+    return _lvm("pvcreate", "-ff", "-y", *pvs)
 
 
 def vgcreate_argv(g: GroupPlan) -> list[str]:

@@ -78,7 +78,7 @@ def test_assemble_md_then_luks_then_lvm(luks_plan: InstallPlan, fake_commands: F
     crypt = luks_plan.crypts[0]
     members = ["/dev/nvme0n1p3", "/dev/nvme1n1p1", "/dev/nvme2n1p1"]
     assert fake_commands.calls == [
-        *[["wipefs", "--all", "--force", m] for m in members],
+        ["wipefs", "--all", "--force", *members],  # the partitions: one command
         ["mdadm", "--create", "/dev/md0", "--run", "--metadata=1.2", "--level=raid5",
          "--raid-devices=3", "--chunk=512K", f"--uuid={md.uuid}", "--homehost=node7",
          "--name=0", *members],
@@ -108,6 +108,28 @@ def test_assemble_md_then_luks_then_lvm(luks_plan: InstallPlan, fake_commands: F
     assert luks_plan.root_stack == {"md", "luks", "lvm"}
     assert luks_plan.kernel_args == (f"rd.md.uuid={md.uuid}", f"rd.luks.uuid={crypt.uuid}",
                                      "rd.lvm.vg=sys")
+
+
+def test_partitions_are_wiped_at_once_and_made_devices_as_they_come(
+        fake_commands: FakeCommands, no_wait: list[list[str]]) -> None:
+    """raid1-lvm: both arrays' four members in one wipefs before any
+    mdadm; md1, which becomes the physical volume, once it exists."""
+    disks = [Disk(n, 20 * GiB) for n in ("sda", "sdb")]
+    plan = plan_for("raid1-lvm.toml", disks)
+    for tool in ("wipefs", "mdadm", "lvm"):
+        fake_commands.add([tool], "")
+    assemble(plan, lambda s: None)
+    calls = [c[:2] + c[-1:] if c[0] != "wipefs" else c for c in fake_commands.calls]
+    assert calls == [
+        ["wipefs", "--all", "--force", "/dev/sda2", "/dev/sdb2", "/dev/sda3", "/dev/sdb3"],
+        ["mdadm", "--create", "/dev/sdb2"],
+        ["mdadm", "--create", "/dev/sdb3"],
+        ["wipefs", "--all", "--force", "/dev/md1"],
+        ["lvm", "pvcreate", "/dev/md1"],
+        ["lvm", "vgcreate", "/dev/md1"],
+        ["lvm", "lvcreate", "sys"],
+        ["lvm", "lvcreate", "sys"],
+    ]
 
 
 def test_a_failing_tool_stops_the_phase_and_the_key_is_gone(

@@ -1,0 +1,84 @@
+"""Which of a golden client's files are sparse, asked over SSH before a
+capture pulls them, so that only they come with rsync -S.
+
+rsync -S keeps holes, but its receiver then writes every file in 1 KiB
+pieces to find the runs of zeros: a first capture of the demo image over
+loopback SSH took 1.6-1.7 s with it and 1.3-1.4 s without, on a client
+where one file in thousands has a hole.  So, like the agent's installs
+(imageserver.sparsefiles), a first capture over SSH pulls the bulk without
+-S, leaving the sparse files out, then those with -S in a second run of
+the same connection.
+
+The client is asked with its own find(1), over the capture's SSH
+connection, on the filesystems the capture crosses into (the mount list's
+real local filesystems, each with -xdev).  Only files of at least
+HOLE_MIN bytes are listed: a smaller one cannot have a hole that big.  The
+scan falls back to -S for every file (SparseFiles.fallback, the capture
+as before) when find fails or is missing, and for the reasons
+sparsefiles.classify gives (a sparse file with two names, a name rsync
+could misread, too many of them).  A file that becomes sparse between the
+scan and the pull arrives whole: correct, only bigger.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Iterator
+
+from imageserver.prepare.golden import skipped_mounts
+from imageserver.sources import SshSource
+from imageserver.sparsefiles import HOLE_MIN, FileFacts, SparseFiles, classify
+from sysclone.run import run_bytes
+
+SCAN_TIMEOUT = 600
+# device, inode, links, size, 512-byte blocks, path; NUL after each.
+PRINTF = "%D %i %n %s %b %p\\0"
+
+
+def scanned_mounts(findmnt_json: str) -> list[str]:
+    """The mount points a capture crosses into: "/" and every mount the
+    capture does not skip, nor lies below one it skips."""
+    skipped = [t for t, _why in skipped_mounts(findmnt_json)]
+    try:
+        mounts = json.loads(findmnt_json or "{}").get("filesystems") or []
+    except ValueError:
+        mounts = []
+    out = ["/"]
+    for m in mounts:
+        t = str(m.get("target") or "")
+        if not t.startswith("/") or t in out:
+            continue
+        if any(t == s or t.startswith(s.rstrip("/") + "/") for s in skipped):
+            continue
+        out.append(t)
+    return out
+
+
+def scan_command(roots: list[str]) -> str:
+    """The shell command the client runs (ssh passes one string)."""
+    return (f"LC_ALL=C find {' '.join(shlex.quote(r) for r in roots)} -xdev -type f "
+            f"-size +{HOLE_MIN - 1}c -printf {shlex.quote(PRINTF)}")
+
+
+def parse(out: bytes) -> Iterator[FileFacts]:
+    """find's records: absolute paths become relative to the client's /."""
+    for rec in out.split(b"\0"):
+        if not rec:
+            continue
+        dev, ino, nlink, size, blocks, path = rec.split(b" ", 5)
+        rel = path.decode("utf-8", "surrogateescape").lstrip("/")
+        yield FileFacts(rel, int(size), int(blocks), int(nlink), (int(dev), int(ino)))
+
+
+def ssh_sparse_files(src: SshSource, findmnt_json: str) -> SparseFiles:
+    roots = scanned_mounts(findmnt_json)
+    res = run_bytes([*src.ssh_argv(), src.host, scan_command(roots)], timeout=SCAN_TIMEOUT)
+    if res.returncode != 0:
+        why = res.stderr.decode("utf-8", "replace").strip().splitlines()
+        return SparseFiles(fallback=f"find on the client failed ({res.returncode}): "
+                                    f"{why[0] if why else 'no message'}")
+    try:
+        return classify(parse(res.stdout))
+    except ValueError:
+        return SparseFiles(fallback="find's output on the client was not understood")
