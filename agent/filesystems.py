@@ -19,6 +19,7 @@ from sysclone.run import run
 log = logging.getLogger(__name__)
 
 SCRATCH = Path("/run/sysclone/btrfs")  # where a new btrfs is mounted to add subvolumes
+MKFS_AT_ONCE = 2
 
 
 def mkfs_argv(f: FsPlan) -> list[str]:
@@ -48,9 +49,29 @@ def mkfs_argv(f: FsPlan) -> list[str]:
 
 
 def make_filesystems(filesystems: tuple[FsPlan, ...], scratch: Path = SCRATCH) -> None:
-    for f in filesystems:
-        if f.creates:
-            run(mkfs_argv(f))
+    """Every mkfs side by side, two at a time: each works on a device of its
+    own, and under emulation spends its time starting up and writing its
+    tables on one CPU (a RAID1 + LVM layout's two mke2fs and mkswap: 0.9 s
+    one after the other).  A failure is raised once the one beside it has
+    ended, and no mkfs starts after it."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    failed = threading.Event()
+
+    def one(argv: list[str]) -> None:
+        if failed.is_set():
+            return
+        try:
+            run(argv)
+        except BaseException:
+            failed.set()
+            raise
+
+    argvs = [mkfs_argv(f) for f in filesystems if f.creates]
+    with ThreadPoolExecutor(max_workers=MKFS_AT_ONCE, thread_name_prefix="mkfs") as pool:
+        for job in [pool.submit(one, argv) for argv in argvs]:
+            job.result()
     make_subvolumes(filesystems, scratch)
 
 

@@ -316,11 +316,11 @@ def bench_capture(runs: int, res: Results) -> None:
     cache = Path(os.environ.get("SYSCLONE_CACHE") or "/var/cache/sysclone")
     with tempfile.TemporaryDirectory(prefix="sysclone-bench-capture.") as work, \
             capture.golden_over_ssh(Path(work), cache) as g:
-        sp = capture.speed(g, max(runs, 4))
+        sp = capture.speed(g, Path(work), max(runs, 4))
         res.record("capture", sp)
         res.ratio("capture", sp["ratio"], f"capture {sp['capture_s']:.1f}s vs plain rsync "
                   f"{sp['plain_rsync_s']:.1f}s (best of each; ratio: median of pairs), "
-                  f"{sp['tree']}")
+                  f"{sp['tree']}, into {sp['store']}")
         inc = capture.incremental(g)
         res.record("incremental", inc)
         res.ratio("incremental", inc["ratio"], f"{inc['incremental_s']:.1f}s vs "

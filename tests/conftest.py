@@ -37,8 +37,8 @@ DATA = Path(__file__).resolve().parent / "unit" / "data"
 
 @dataclass
 class FakeResult:
-    stdout: str = ""
-    stderr: str = ""
+    stdout: str | bytes = ""  # bytes: what sysclone.run.run_bytes reads
+    stderr: str | bytes = ""
     returncode: int = 0
 
 
@@ -85,8 +85,10 @@ class _FakeProc:
         self.args = args
         self.returncode = r.returncode
         self._r = r
-        self.stdout = io.StringIO(r.stdout)
-        self.stderr = io.StringIO(r.stderr)
+        self.stdout = io.StringIO(r.stdout) if isinstance(r.stdout, str) \
+            else io.BytesIO(r.stdout)
+        self.stderr = io.StringIO(r.stderr) if isinstance(r.stderr, str) \
+            else io.BytesIO(r.stderr)
 
     def communicate(self, input: str | None = None, timeout: float | None = None):
         return self._r.stdout, self._r.stderr

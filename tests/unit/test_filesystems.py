@@ -4,6 +4,7 @@ through the command fakes."""
 from __future__ import annotations
 
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from agent.filesystems import make_filesystems, mkfs_argv, mount_all, mount_fsty
 from agent.plan import MKFS_TOOLS, FsPlan
 from agent.planner import make_plan
 from agent.storage.model import FsEntry
-from tests.conftest import FakeCommands
+from tests.conftest import FakeCommands, FakeResult
 
 UUID = "0f3c5d2e-8a41-4b7c-9e2d-5b6a7c8d9e01"
 FAT_ID = "1A2B-3C4D"
@@ -84,12 +85,44 @@ def test_make_filesystems_of_a_plan(fake_commands: FakeCommands) -> None:
     fake_commands.add(["mkswap"], "Setting up swapspace version 1, size = 2 GiB\n")
     filesystems = uefi_plan()
     make_filesystems(filesystems)
-    assert [c[0] for c in fake_commands.calls] == ["mke2fs", "mkfs.fat", "mkswap"]
-    assert [c[-1] for c in fake_commands.calls] == ["/dev/nvme0n1p2", "/dev/nvme0n1p1",
-                                                    "/dev/nvme0n1p3"]
+    # Two at a time: in any order.
+    calls = {c[-1]: c for c in fake_commands.calls}
+    assert len(fake_commands.calls) == 3
+    assert [calls[d][0] for d in ("/dev/nvme0n1p2", "/dev/nvme0n1p1", "/dev/nvme0n1p3")] == \
+        ["mke2fs", "mkfs.fat", "mkswap"]
     by_dev = {f.device: f for f in filesystems}
-    assert fake_commands.calls[1][1:3] == ["-i", by_dev["/dev/nvme0n1p1"].uuid.replace("-", "")]
-    assert fake_commands.calls[2][1:3] == ["-U", by_dev["/dev/nvme0n1p3"].uuid]
+    assert calls["/dev/nvme0n1p1"][1:3] == ["-i", by_dev["/dev/nvme0n1p1"].uuid.replace("-", "")]
+    assert calls["/dev/nvme0n1p3"][1:3] == ["-U", by_dev["/dev/nvme0n1p3"].uuid]
+
+
+def test_mkfs_runs_two_at_a_time_and_none_starts_after_a_failure(
+        fake_commands: FakeCommands) -> None:
+    import threading
+
+    from sysclone.errors import CommandError
+
+    running: list[int] = []
+    most = [0]
+    lock = threading.Lock()
+    both = threading.Barrier(2, timeout=5)
+
+    def mke2fs(argv: list[str]) -> FakeResult:
+        with lock:
+            running.append(1)
+            most[0] = max(most[0], len(running))
+        both.wait()  # the first two meet: they run side by side
+        with lock:
+            running.pop()
+        return FakeResult(returncode=1, stderr="bad superblock")
+    fake_commands.add(["mke2fs"], mke2fs)
+    fs = uefi_plan()
+    ext4 = next(f for f in fs if f.fs == "ext4")
+    four = (ext4, replace(ext4, device="/dev/x2"), replace(ext4, device="/dev/x3"),
+            replace(ext4, device="/dev/x4"))
+    with pytest.raises(CommandError):
+        make_filesystems(four)
+    assert most[0] == 2
+    assert len(fake_commands.calls) == 2  # both failed; the other two never started
 
 
 def test_mount_all_parents_first_unmount_in_reverse(fake_commands: FakeCommands,
