@@ -138,6 +138,8 @@ def _pull(v: Versions, s: Staging, source: Source, password: Path | None,
         argv.insert(1, OUT_FORMAT)
         return run_rsync(argv, what, say, pre.feed)
 
+    if sparse is not None and sparse.fallback:
+        say(f"every file with rsync -S: {sparse.fallback}")
     if sparse is None or sparse.fallback or s.seed is not None:
         return pull(None)
     with tempfile.TemporaryDirectory(prefix="sysclone-sparse.") as tmp:

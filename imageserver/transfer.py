@@ -100,8 +100,9 @@ def pull_argv(ep: Endpoint, dest: Path, filter_file: Path | None,
     if filter_file is not None:
         argv.append(f"--filter=merge {filter_file}")
     if sparse is not None:
-        argv.append(f"--files-from={sparse.list_file}" if sparse.holes
-                    else f"--exclude-from={sparse.list_file}")
+        # A listed file gone since the scan is no error (a live system).
+        argv += [f"--files-from={sparse.list_file}", "--ignore-missing-args"] \
+            if sparse.holes else [f"--exclude-from={sparse.list_file}"]
     if update:
         argv += UPDATE_OPTIONS
     argv += [f"--link-dest={p}" for p in link_dests]

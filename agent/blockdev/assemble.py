@@ -11,9 +11,10 @@ volume) is wiped of old signatures first: a new partition at the place of
 an old one would otherwise still carry the last install's md superblock or
 LVM label, and mdadm, cryptsetup or pvcreate would stop to ask about it.
 The partitions among them are wiped by one wipefs before anything is
-created (each command costs about 0.1 s to start under emulation); a device
-made here (an array, an opened LUKS volume, a logical volume) is wiped when
-it exists, just before its header is written.
+created (each command costs about 0.1 s to start under emulation); a LUKS
+volume's device made here (an array, a logical volume) is wiped when it
+exists, just before its header is written, and pvcreate -ff -y wipes a
+physical volume made here itself.
 """
 
 from __future__ import annotations
@@ -89,7 +90,8 @@ def assemble(plan: InstallPlan, say: Callable[[str], None], key_dir: Path = KEY_
         made.append(c.path)
         say(f"{c.path}: LUKS2 on {c.device}")
     for g in plan.groups:
-        _wipe([pv for pv in g.pvs if pv in here])
+        # pvcreate -ff -y wipes what blkid finds on a device made here
+        # (lvm's use_blkid_wiping, as wipefs does): no wipefs of its own.
         run(lvm.pvcreate_argv(list(g.pvs)), env=DM_ENV)
         run(lvm.vgcreate_argv(g), env=DM_ENV)
         for lv in g.volumes:

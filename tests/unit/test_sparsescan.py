@@ -81,6 +81,7 @@ def test_split_pull_argv(tmp_path: Path) -> None:
     holes = pull_argv(ep, tmp_path / "t", tmp_path / "ex", sparse=SparseSplit(tmp_path / "f",
                                                                                  holes=True))
     assert "--sparse" in holes and f"--files-from={tmp_path / 'f'}" in holes
+    assert "--ignore-missing-args" in holes  # deleted since the scan: no error
     # The capture's excludes apply to both runs (rsync filters --files-from names too).
     assert f"--filter=merge {tmp_path / 'ex'}" in bulk and f"--filter=merge {tmp_path / 'ex'}" \
         in holes

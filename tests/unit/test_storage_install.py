@@ -87,7 +87,6 @@ def test_assemble_md_then_luks_then_lvm(luks_plan: InstallPlan, fake_commands: F
          f"--key-file={tmp_path}/keys/cryptsys.key", "/dev/md0"],
         ["cryptsetup", "open", "--type", "luks2", f"--key-file={tmp_path}/keys/cryptsys.key",
          "/dev/md0", "cryptsys"],
-        ["wipefs", "--all", "--force", "/dev/mapper/cryptsys"],
         ["lvm", "pvcreate", "--config", LVM_CONFIG, "-ff", "-y", "/dev/mapper/cryptsys"],
         ["lvm", "vgcreate", "--config", LVM_CONFIG, "-s", "4096k", "sys",
          "/dev/mapper/cryptsys"],
@@ -113,7 +112,7 @@ def test_assemble_md_then_luks_then_lvm(luks_plan: InstallPlan, fake_commands: F
 def test_partitions_are_wiped_at_once_and_made_devices_as_they_come(
         fake_commands: FakeCommands, no_wait: list[list[str]]) -> None:
     """raid1-lvm: both arrays' four members in one wipefs before any
-    mdadm; md1, which becomes the physical volume, once it exists."""
+    mdadm; md1, which becomes the physical volume, by pvcreate -ff -y."""
     disks = [Disk(n, 20 * GiB) for n in ("sda", "sdb")]
     plan = plan_for("raid1-lvm.toml", disks)
     for tool in ("wipefs", "mdadm", "lvm"):
@@ -124,7 +123,6 @@ def test_partitions_are_wiped_at_once_and_made_devices_as_they_come(
         ["wipefs", "--all", "--force", "/dev/sda2", "/dev/sdb2", "/dev/sda3", "/dev/sdb3"],
         ["mdadm", "--create", "/dev/sdb2"],
         ["mdadm", "--create", "/dev/sdb3"],
-        ["wipefs", "--all", "--force", "/dev/md1"],
         ["lvm", "pvcreate", "/dev/md1"],
         ["lvm", "vgcreate", "/dev/md1"],
         ["lvm", "lvcreate", "sys"],
