@@ -33,9 +33,12 @@ def _flag_numbers() -> dict[Flag, int]:
     return {f: by_name[f.value] for f in Flag if f.value in by_name}
 
 
-def wipe(disk: str) -> None:
-    """Remove old partition table and filesystem signatures (both GPT copies)."""
-    run(["wipefs", "--all", "--force", disk])
+def wipe(disks: list[str]) -> None:
+    """Remove old partition tables and filesystem signatures (both GPT
+    copies), every disk in one wipefs: each command costs about 0.3 s under
+    emulation."""
+    if disks:
+        run(["wipefs", "--all", "--force", *disks])
 
 
 def write_table(plan: DiskPlan, swap_devices: set[str]) -> None:
@@ -124,7 +127,7 @@ def wait_for_devices(devices: list[str], timeout: float = 30.0,
 def partition(disks: tuple[DiskPlan, ...], filesystems: tuple[FsPlan, ...]) -> None:
     swap = {f.device for f in filesystems if f.fs == "swap" and not f.kept}
     written = [d for d in disks if not d.keeps_table]
+    wipe([d.disk.path for d in written])
     for d in written:
-        wipe(d.disk.path)
         write_table(d, swap)
     settle([d.disk.path for d in written], [p.device for d in disks for p in d.partitions])

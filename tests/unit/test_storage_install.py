@@ -130,6 +130,19 @@ def test_partitions_are_wiped_at_once_and_made_devices_as_they_come(
     ]
 
 
+def test_both_disks_are_wiped_by_one_wipefs_before_their_tables(
+        fake_commands: FakeCommands, monkeypatch: pytest.MonkeyPatch) -> None:
+    plan = plan_for("raid1-lvm.toml", [Disk(n, 20 * GiB) for n in ("sda", "sdb")])
+    done: list[object] = []
+    monkeypatch.setattr(partition, "write_table", lambda d, swap: done.append(
+        (len(fake_commands.calls), d.disk.path)))
+    monkeypatch.setattr(partition, "settle", lambda disks, devices: done.append(disks))
+    fake_commands.add(["wipefs"], "")
+    partition.partition(plan.disks, plan.filesystems)
+    assert fake_commands.calls == [["wipefs", "--all", "--force", "/dev/sda", "/dev/sdb"]]
+    assert done == [(1, "/dev/sda"), (1, "/dev/sdb"), ["/dev/sda", "/dev/sdb"]]
+
+
 def test_a_failing_tool_stops_the_phase_and_the_key_is_gone(
         luks_plan: InstallPlan, fake_commands: FakeCommands, tmp_path: Path,
         no_wait: list[list[str]]) -> None:
