@@ -100,8 +100,9 @@ TARGETS = {
     "capture": Target("capture / plain rsync -aHAX over the same SSH", 1.1),
     "incremental": Target("capture of a 1 % change / a full capture", 1.0),
     "versions": Target("disk use of 10 versions (1 % change each) / one", 1.2),
-    **{f"versions-{fs}": Target(f"the same on a {fs} store, as the filesystem counts it", 1.2)
-       for fs in ("btrfs", "xfs", "ext4")},
+    **{f"versions-{fs}": Target(f"the same on a {fs.replace('-', ' -O ')} store, as the "
+                                "filesystem counts it", 1.2)
+       for fs in ("btrfs", "xfs", "ext4", "ext4-inline_data")},
     "update-bytes": Target("no-op update: bytes on the wire per file", 50.0),
     "update-time": Target("no-op update / plain rsync -aHAXS --delete", 1.1),
 }
