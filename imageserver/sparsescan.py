@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import shlex
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from imageserver.prepare.golden import skipped_mounts
 from imageserver.sources import SshSource
@@ -39,7 +39,7 @@ PRINTF = "%D %i %n %s %b %p\\0"
 def scanned_mounts(findmnt_json: str) -> list[str]:
     """The mount points a capture crosses into: "/" and every mount the
     capture does not skip, nor lies below one it skips."""
-    skipped = [t for t, _why in skipped_mounts(findmnt_json)]
+    skipped = pruned_mounts(findmnt_json)
     try:
         mounts = json.loads(findmnt_json or "{}").get("filesystems") or []
     except ValueError:
@@ -55,10 +55,26 @@ def scanned_mounts(findmnt_json: str) -> list[str]:
     return out
 
 
-def scan_command(roots: list[str]) -> str:
+def pruned_mounts(findmnt_json: str) -> list[str]:
+    """The mount points the capture skips: find must not go below them
+    either.  -xdev alone would: a bind mount of a directory of the same
+    filesystem (the bench's golden client binds the host's /usr) is the
+    same device."""
+    return [t for t, _why in skipped_mounts(findmnt_json)]
+
+
+def _find_path(path: str) -> str:
+    """A literal path as find -path matches it (its pattern syntax)."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in path)
+
+
+def scan_command(roots: Sequence[str], prune: Sequence[str] = ()) -> str:
     """The shell command the client runs (ssh passes one string)."""
-    return (f"LC_ALL=C find {' '.join(shlex.quote(r) for r in roots)} -xdev -type f "
-            f"-size +{HOLE_MIN - 1}c -printf {shlex.quote(PRINTF)}")
+    q = shlex.quote
+    skip = " -o ".join(f"-path {q(_find_path(p))}" for p in prune)
+    pruning = f"\\( {skip} \\) -prune -o " if prune else ""
+    return (f"LC_ALL=C find {' '.join(q(r) for r in roots)} -xdev {pruning}-type f "
+            f"-size +{HOLE_MIN - 1}c -printf {q(PRINTF)}")
 
 
 def parse(out: bytes) -> Iterator[FileFacts]:
@@ -72,8 +88,8 @@ def parse(out: bytes) -> Iterator[FileFacts]:
 
 
 def ssh_sparse_files(src: SshSource, findmnt_json: str) -> SparseFiles:
-    roots = scanned_mounts(findmnt_json)
-    res = run_bytes([*src.ssh_argv(), src.host, scan_command(roots)], timeout=SCAN_TIMEOUT)
+    cmd = scan_command(scanned_mounts(findmnt_json), pruned_mounts(findmnt_json))
+    res = run_bytes([*src.ssh_argv(), src.host, cmd], timeout=SCAN_TIMEOUT)
     if res.returncode != 0:
         why = res.stderr.decode("utf-8", "replace").strip().splitlines()
         return SparseFiles(fallback=f"find on the client failed ({res.returncode}): "

@@ -11,7 +11,13 @@ import pytest
 from imageserver import capture as capture_mod
 from imageserver.sources import parse_source
 from imageserver.sparsefiles import FileFacts, classify
-from imageserver.sparsescan import parse, scan_command, scanned_mounts, ssh_sparse_files
+from imageserver.sparsescan import (
+    parse,
+    pruned_mounts,
+    scan_command,
+    scanned_mounts,
+    ssh_sparse_files,
+)
 from imageserver.transfer import SparseSplit, endpoint, pull_argv
 from tests.conftest import FakeResult
 
@@ -33,9 +39,16 @@ def test_the_scan_covers_the_filesystems_the_capture_crosses_into() -> None:
     # Not /proc, /run (tmpfs) nor what is mounted below it, nor NFS.
     assert scanned_mounts(MOUNTS) == ["/", "/boot", "/srv/my data"]
     assert scanned_mounts("") == ["/"]
-    cmd = scan_command(scanned_mounts(MOUNTS))
-    assert cmd == ("LC_ALL=C find / /boot '/srv/my data' -xdev -type f -size +4095c "
+    # What the capture skips, find does not enter: -xdev alone would go
+    # below a bind mount of a directory of the same filesystem.
+    assert pruned_mounts(MOUNTS) == ["/proc", "/run", "/mnt/nfs"]
+    cmd = scan_command(scanned_mounts(MOUNTS), pruned_mounts(MOUNTS))
+    assert cmd == ("LC_ALL=C find / /boot '/srv/my data' -xdev \\( -path /proc -o -path /run "
+                   "-o -path /mnt/nfs \\) -prune -o -type f -size +4095c "
                    "-printf '%D %i %n %s %b %p\\0'")
+    assert scan_command(["/"], ["/a b*"]) == ("LC_ALL=C find / -xdev \\( -path '/a b\\*' \\) "
+                                              "-prune -o -type f -size +4095c "
+                                              "-printf '%D %i %n %s %b %p\\0'")
 
 
 def rec(dev: int, ino: int, nlink: int, size: int, blocks: int, path: bytes) -> bytes:
@@ -63,8 +76,8 @@ def test_ssh_scan_runs_find_over_the_connection_and_falls_back_when_it_fails(
     src = parse_source("root@golden")
     fake_commands.add(["ssh"], FakeResult(stdout=rec(1, 2, 1, 1 << 20, 0, b"/var/img")))
     assert ssh_sparse_files(src, MOUNTS).paths == ("var/img",)
-    assert fake_commands.calls[-1][-2:] == ["golden", scan_command(["/", "/boot",
-                                                                    "/srv/my data"])]
+    assert fake_commands.calls[-1][-2:] == ["golden", scan_command(
+        ["/", "/boot", "/srv/my data"], ["/proc", "/run", "/mnt/nfs"])]
     fake_commands.add(["ssh"], FakeResult(stderr=b"sh: 1: find: not found\n", returncode=127))
     got = ssh_sparse_files(src, MOUNTS)
     assert got.paths == () and got.fallback == \
