@@ -9,6 +9,7 @@ pyroute2 all want the one interpreter lock, so the phase runs in order.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from agent import hardware
@@ -25,24 +26,52 @@ UDEV_CONTROL = Path("/run/udev/control")  # udevd's socket: there while it runs
 UDEV_SUBSYSTEMS = ("block", "net", "pci", "scsi", "nvme", "usb", "virtio")
 
 
+LOADERS = 2  # devices whose drivers load side by side (agent.hardware._load_devices)
+
+
+class KmodPerThread:
+    """Kmod.load for several threads at once: libkmod contexts are not
+    shared between threads, so each thread that loads gets its own."""
+
+    def __init__(self, main: Kmod) -> None:
+        self._local = threading.local()
+        self._local.kmod = main
+        self._made: list[Kmod] = []
+        self._lock = threading.Lock()
+
+    def load(self, name: str) -> None:
+        kmod = getattr(self._local, "kmod", None)
+        if kmod is None:
+            kmod = self._local.kmod = Kmod()
+            with self._lock:
+                self._made.append(kmod)
+        kmod.load(name)
+
+    def close(self) -> None:
+        for kmod in self._made:
+            kmod.close()
+
+
 def load_drivers() -> hardware.HardwareReport:
     """Load the modules of every device (coldplug), then start udev."""
     kmod = Kmod()
+    loaders = KmodPerThread(kmod)
     try:
         # Between passes, udev settles -- when it runs already (a reinstall
         # from a running system); in the boot environment it starts below,
         # and each udevadm run is ~0.3 s under emulation.
         udev_runs = UDEV_CONTROL.exists()
         report = hardware.coldplug(
-            kmod.lookup, kmod.load,
+            kmod.lookup, loaders.load,
             settle=(lambda: run(["udevadm", "settle", "--timeout=10"], check=False))
-            if udev_runs else None)
+            if udev_runs else None, workers=LOADERS)
         # The DHCP client's raw socket.  Filesystem drivers are not loaded
         # here: the install loads those its plan uses (agent.flow.
         # preload_filesystems); most installs never use xfs, 4 MB to verify
         # and load, a second under emulation.
         hardware.load_named(kmod.load, ("af_packet",), report)
     finally:
+        loaders.close()
         kmod.close()
     start_udev()
     return report

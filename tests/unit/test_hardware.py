@@ -127,6 +127,74 @@ def test_coldplug_loads_bus_driver_then_the_devices_it_reveals(tmp_path: Path) -
     assert d["unmatched"] == report.unmatched
 
 
+def test_coldplug_loads_two_devices_side_by_side_each_devices_modules_in_order(
+        tmp_path: Path) -> None:
+    """workers=2: ahci waits for its SATA probe while another device's driver
+    loads; the two drivers matching one device load in modules.alias order,
+    in one thread."""
+    import threading
+
+    fs = FakeSysfs(tmp_path / "sys")
+    fs.pci("0000:00:1f.2", vendor="0x8086", device="0x2922", subsystem_vendor="0x1af4",
+           subsystem_device="0x1100", pci_class="0x010601", modalias="pci:sata")
+    fs.pci("0000:00:01.1", vendor="0x8086", device="0x7010", subsystem_vendor="0x1af4",
+           subsystem_device="0x1100", pci_class="0x010180", modalias="pci:ide")
+    met = threading.Barrier(2, timeout=5)
+    done: list[tuple[str, str]] = []
+
+    def load(module: str) -> None:
+        if module in ("ahci", "ata_piix"):
+            met.wait()  # both devices' first drivers are loading at once
+        done.append((threading.current_thread().name, module))
+
+    lookup = {"pci:sata": ["ahci"], "pci:ide": ["ata_piix", "ata_generic"]}
+    report = coldplug(lambda a: lookup.get(a, []), load, tmp_path / "sys", workers=2)
+    assert sorted(m for _, m in done) == ["ahci", "ata_generic", "ata_piix"]
+    ide = [(t, m) for t, m in done if m.startswith("ata")]
+    assert [m for _, m in ide] == ["ata_piix", "ata_generic"] and ide[0][0] == ide[1][0]
+    assert all(t.startswith("modules") for t, _ in done)
+    assert report.loaded == {"pci:sata": ["ahci"], "pci:ide": ["ata_piix", "ata_generic"]}
+
+
+def test_a_loader_per_thread() -> None:
+    """agent.drivers: each thread loads through a libkmod context of its own."""
+    import threading
+
+    from agent import drivers
+
+    made: list[object] = []
+
+    class FakeKmod:
+        def __init__(self) -> None:
+            made.append(self)
+            self.used_by: set[str] = set()
+            self.closed = False
+
+        def load(self, name: str) -> None:
+            self.used_by.add(threading.current_thread().name)
+
+        def close(self) -> None:
+            self.closed = True
+
+    main = FakeKmod()
+    orig = drivers.Kmod
+    drivers.Kmod = FakeKmod  # type: ignore[assignment,misc]
+    try:
+        loaders = drivers.KmodPerThread(main)  # type: ignore[arg-type]
+        loaders.load("a")
+        threads = [threading.Thread(target=loaders.load, args=("b",), name=f"t{i}")
+                   for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        loaders.close()
+    finally:
+        drivers.Kmod = orig  # type: ignore[misc]
+    assert main.used_by == {threading.current_thread().name} and not main.closed
+    assert len(made) == 3 and all(k.closed and len(k.used_by) == 1 for k in made[1:])
+
+
 def test_coldplug_gives_up_after_max_passes(tmp_path: Path) -> None:
     fs = FakeSysfs(tmp_path / "sys")
     counter = iter(range(100))
