@@ -233,8 +233,10 @@ def _load_devices(load: Load, jobs: list[list[str]], report: HardwareReport,
 def _load_one(load: Load, module: str, report: HardwareReport) -> None:
     if module in report.failed:
         return
+    t0 = time.monotonic()
     try:
         load(module)
+        log.debug("module %s: %.2fs", module, time.monotonic() - t0)
     except Exception as e:  # a driver that fails to load must not stop the install
         log.warning("loading %s failed: %s", module, e)
         report.failed[module] = str(e)
