@@ -60,6 +60,16 @@ def _popen(args: list[str], **kwargs: Any) -> subprocess.Popen[str]:
     return subprocess.Popen(args, **kwargs)
 
 
+def _start(args: list[str], **kwargs: Any) -> subprocess.Popen[str]:
+    """_popen, with a missing program said as such."""
+    try:
+        return _popen(args, **kwargs)
+    except FileNotFoundError as e:
+        raise SyscloneError(
+            f"command not found: {args[0]}", hint="install the package that provides it"
+        ) from e
+
+
 def run(
     argv: Sequence[Arg],
     *,
@@ -78,19 +88,14 @@ def run(
     log.debug("+ %s", shlex.join(args))
     out: Any = stdout if stdout is not None else (subprocess.PIPE if capture else None)
     err: Any = subprocess.PIPE if capture else None
-    try:
-        proc = _popen(
-            args,
-            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-            stdout=out,
-            stderr=err,
-            env=base_env(env),
-            cwd=cwd,
-        )
-    except FileNotFoundError as e:
-        raise SyscloneError(
-            f"command not found: {args[0]}", hint="install the package that provides it"
-        ) from e
+    proc = _start(
+        args,
+        stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+        stdout=out,
+        stderr=err,
+        env=base_env(env),
+        cwd=cwd,
+    )
     try:
         out_text, err_text = proc.communicate(input, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -112,13 +117,8 @@ def run_bytes(argv: Sequence[Arg], *, timeout: float | None = None
     encoding); the exit code is the caller's to judge."""
     args = _argv(argv, None)
     log.debug("+ %s", shlex.join(args))
-    try:
-        proc: Any = _popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, env=base_env(), text=False)
-    except FileNotFoundError as e:
-        raise SyscloneError(
-            f"command not found: {args[0]}", hint="install the package that provides it"
-        ) from e
+    proc: Any = _start(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, env=base_env(), text=False)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -171,12 +171,8 @@ def filtered(argv: Sequence[Arg], source: IO[bytes], head: bytes = b"",
 
     args = _argv(argv, target)
     log.debug("+ %s (filter)", shlex.join(args))
-    try:
-        proc = _popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                      stderr=subprocess.PIPE, env=base_env(), text=False)
-    except FileNotFoundError as e:
-        raise SyscloneError(f"command not found: {args[0]}",
-                            hint="install the package that provides it") from e
+    proc = _start(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                  stderr=subprocess.PIPE, env=base_env(), text=False)
     stdin, stdout = proc.stdin, proc.stdout
     assert stdin is not None and stdout is not None
 
@@ -231,12 +227,8 @@ def daemon(argv: Sequence[Arg], *, env: Mapping[str, str] | None = None,
     a virtual machine).  The caller owns it and must stop it."""
     args = _argv(argv, None)
     log.debug("+ %s &", shlex.join(args))
-    try:
-        return _popen(args, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
-                      env=base_env(env))
-    except FileNotFoundError as e:
-        raise SyscloneError(f"command not found: {args[0]}",
-                            hint="install the package that provides it") from e
+    return _start(args, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
+                  env=base_env(env))
 
 
 def interactive(argv: Sequence[Arg], *, env: Mapping[str, str] | None = None) -> int:
