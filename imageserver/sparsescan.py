@@ -28,7 +28,7 @@ import json
 import shlex
 from collections.abc import Iterator, Sequence
 
-from imageserver.prepare.golden import skipped_mounts
+from imageserver.prepare.golden import rsync_escape, skipped_mounts
 from imageserver.sources import SshSource
 from imageserver.sparsefiles import HOLE_MIN, FileFacts, SparseFiles, classify
 from sysclone.run import run_bytes
@@ -38,10 +38,9 @@ SCAN_TIMEOUT = 600
 PRINTF = "%D %i %n %s %b %p\\0"
 
 
-def scanned_mounts(findmnt_json: str) -> list[str]:
+def scanned_mounts(findmnt_json: str, skipped: Sequence[str]) -> list[str]:
     """The mount points a capture crosses into: "/" and every mount the
-    capture does not skip, nor lies below one it skips."""
-    skipped = pruned_mounts(findmnt_json)
+    capture does not skip, nor lies below one it `skipped`."""
     try:
         mounts = json.loads(findmnt_json or "{}").get("filesystems") or []
     except ValueError:
@@ -65,15 +64,11 @@ def pruned_mounts(findmnt_json: str) -> list[str]:
     return [t for t, _why in skipped_mounts(findmnt_json)]
 
 
-def _find_path(path: str) -> str:
-    """A literal path as find -path matches it (its pattern syntax)."""
-    return "".join("\\" + c if c in "*?[]\\" else c for c in path)
-
-
 def scan_command(roots: Sequence[str], prune: Sequence[str] = ()) -> str:
     """The shell command the client runs (ssh passes one string)."""
     q = shlex.quote
-    skip = " -o ".join(f"-path {q(_find_path(p))}" for p in prune)
+    # find's -path patterns take the same backslash escapes as rsync's.
+    skip = " -o ".join(f"-path {q(rsync_escape(p))}" for p in prune)
     pruning = f"\\( {skip} \\) -prune -o " if prune else ""
     return (f"LC_ALL=C find {' '.join(q(r) for r in roots)} -xdev {pruning}-type f "
             f"-size +{HOLE_MIN - 1}c -printf {q(PRINTF)}")
@@ -90,7 +85,8 @@ def parse(out: bytes) -> Iterator[FileFacts]:
 
 
 def ssh_sparse_files(src: SshSource, findmnt_json: str) -> SparseFiles:
-    cmd = scan_command(scanned_mounts(findmnt_json), pruned_mounts(findmnt_json))
+    skipped = pruned_mounts(findmnt_json)
+    cmd = scan_command(scanned_mounts(findmnt_json, skipped), skipped)
     res = run_bytes([*src.ssh_argv(), src.host, cmd], timeout=SCAN_TIMEOUT)
     if res.returncode != 0:
         why = res.stderr.decode("utf-8", "replace").strip().splitlines()

@@ -37,12 +37,12 @@ MOUNTS = findmnt(("/", "/dev/sda2", "ext4", "8:2"), ("/proc", "proc", "proc", "0
 
 def test_the_scan_covers_the_filesystems_the_capture_crosses_into() -> None:
     # Not /proc, /run (tmpfs) nor what is mounted below it, nor NFS.
-    assert scanned_mounts(MOUNTS) == ["/", "/boot", "/srv/my data"]
-    assert scanned_mounts("") == ["/"]
+    assert scanned_mounts(MOUNTS, pruned_mounts(MOUNTS)) == ["/", "/boot", "/srv/my data"]
+    assert scanned_mounts("", []) == ["/"]
     # What the capture skips, find does not enter: -xdev alone would go
     # below a bind mount of a directory of the same filesystem.
     assert pruned_mounts(MOUNTS) == ["/proc", "/run", "/mnt/nfs"]
-    cmd = scan_command(scanned_mounts(MOUNTS), pruned_mounts(MOUNTS))
+    cmd = scan_command(scanned_mounts(MOUNTS, pruned_mounts(MOUNTS)), pruned_mounts(MOUNTS))
     assert cmd == ("LC_ALL=C find / /boot '/srv/my data' -xdev \\( -path /proc -o -path /run "
                    "-o -path /mnt/nfs \\) -prune -o -type f -size +4095c "
                    "-printf '%D %i %n %s %b %p\\0'")
