@@ -33,12 +33,12 @@ def _flag_numbers() -> dict[Flag, int]:
     return {f: by_name[f.value] for f in Flag if f.value in by_name}
 
 
-def wipe(disks: list[str]) -> None:
+def wipe(devices: list[str]) -> None:
     """Remove old partition tables and filesystem signatures (both GPT
-    copies), every disk in one wipefs: each command costs about 0.3 s under
-    emulation."""
-    if disks:
-        run(["wipefs", "--all", "--force", *disks])
+    copies) from every device in one wipefs: each command costs about 0.1
+    to 0.3 s under emulation."""
+    if devices:
+        run(["wipefs", "--all", "--force", *devices])
 
 
 def write_table(plan: DiskPlan, swap_devices: set[str]) -> None:

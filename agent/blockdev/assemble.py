@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from agent.blockdev import luks, lvm, md
-from agent.partition import wait_for_devices
+from agent.partition import wait_for_devices, wipe
 from agent.plan import CryptPlan, InstallPlan
 from sysclone.errors import SyscloneError
 from sysclone.run import run
@@ -42,21 +42,15 @@ class AssembleError(SyscloneError):
     pass
 
 
-def _wipe(devices: list[str]) -> None:
-    if devices:
-        run(["wipefs", "--all", "--force", *devices])
-
-
 def _made_here(plan: InstallPlan) -> set[str]:
     """The devices assemble itself creates."""
     return {a.name for a in plan.arrays} | {c.path for c in plan.crypts} \
         | {lv.path for g in plan.groups for lv in g.volumes}
 
 
-def _headers_on_partitions(plan: InstallPlan) -> list[str]:
-    """Every device that gets a header and exists before assemble starts,
-    in the order the headers are written, each once."""
-    made = _made_here(plan)
+def _headers_on_partitions(plan: InstallPlan, made: set[str]) -> list[str]:
+    """Every device that gets a header and exists before assemble starts
+    (is not `made` by it), in the order the headers are written, each once."""
     devices = [*(m for a in plan.arrays for m in a.members if m != "missing"),
                *(c.device for c in plan.crypts), *(pv for g in plan.groups for pv in g.pvs)]
     return list(dict.fromkeys(d for d in devices if d not in made))
@@ -67,7 +61,7 @@ def _crypt(c: CryptPlan, keys: Mapping[str, bytes], key_dir: Path, made: set[str
     if key is None:  # the plan phase fetched every key; this is a bug
         raise AssembleError(f"no key for LUKS volume {c.name}")
     if c.device in made:
-        _wipe([c.device])
+        wipe([c.device])
     with luks.key_file(key_dir, c.name, key) as kf:
         run(luks.format_argv(c, kf), env=DM_ENV)
         run(luks.open_argv(c, kf), env=DM_ENV)
@@ -78,7 +72,7 @@ def assemble(plan: InstallPlan, say: Callable[[str], None], key_dir: Path = KEY_
     """Create everything above the partitions; returns the devices made."""
     made: list[str] = []
     here = _made_here(plan)
-    _wipe(_headers_on_partitions(plan))
+    wipe(_headers_on_partitions(plan, here))
     for a in plan.arrays:
         run(md.create_argv(a))
         made.append(a.name)

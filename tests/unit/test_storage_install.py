@@ -402,5 +402,6 @@ def test_libdevmapper_does_not_wait_for_udev(luks_plan: InstallPlan, tmp_path: P
         envs.setdefault(argv[0], set()).add(env.get("DM_DISABLE_UDEV", "-"))
 
     monkeypatch.setattr(assemble_mod, "run", run)
+    monkeypatch.setattr(partition, "run", run)  # wipefs: agent.partition.wipe
     assemble(luks_plan, lambda s: None, key_dir=tmp_path / "keys")
     assert envs == {"wipefs": {"-"}, "mdadm": {"-"}, "cryptsetup": {"1"}, "lvm": {"1"}}
