@@ -182,35 +182,27 @@ def coldplug(lookup: Lookup, load: Load, sysfs: Path = Path("/sys"),
             # in each (a libkmod context apiece, agent.drivers).
             pool = stack.enter_context(ThreadPoolExecutor(max_workers=workers,
                                                           thread_name_prefix="modules"))
-        _passes(lookup, load, sysfs, max_passes, settle, usb_scan_timeout, sleep, clock, pool,
-                report, tried, given_up)
+        for _ in range(max_passes):
+            new = [a for a in modaliases(sysfs) if a not in tried]
+            if not new and wait_for_usb_scans(sysfs, usb_scan_timeout, given_up,
+                                                  sleep, clock):
+                new = [a for a in modaliases(sysfs) if a not in tried]
+            if not new:
+                break
+            jobs = []
+            for alias in new:
+                tried.add(alias)
+                mods = lookup(alias)
+                if not mods:
+                    report.unmatched.append(alias)
+                    continue
+                report.loaded[alias] = mods
+                jobs.append(mods)
+            _load_devices(load, jobs, report, pool)
+            if settle:
+                settle()
     report.pci = pci_devices(sysfs)
     return report
-
-
-def _passes(lookup: Lookup, load: Load, sysfs: Path, max_passes: int,
-            settle: Callable[[], object] | None, usb_scan_timeout: float,
-            sleep: Callable[[float], None], clock: Callable[[], float], pool: Executor | None,
-            report: HardwareReport, tried: set[str], given_up: set[str]) -> None:
-    for _ in range(max_passes):
-        new = [a for a in modaliases(sysfs) if a not in tried]
-        if not new and wait_for_usb_scans(sysfs, usb_scan_timeout, given_up,
-                                              sleep, clock):
-            new = [a for a in modaliases(sysfs) if a not in tried]
-        if not new:
-            break
-        jobs = []
-        for alias in new:
-            tried.add(alias)
-            mods = lookup(alias)
-            if not mods:
-                report.unmatched.append(alias)
-                continue
-            report.loaded[alias] = mods
-            jobs.append(mods)
-        _load_devices(load, jobs, report, pool)
-        if settle:
-            settle()
 
 
 def _load_devices(load: Load, jobs: list[list[str]], report: HardwareReport,
