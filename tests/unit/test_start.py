@@ -44,12 +44,17 @@ class Blocked:
         thread.join(5)
 
 
-def test_the_gil_changes_hands_often_while_the_imports_run(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def blocked(monkeypatch: pytest.MonkeyPatch) -> Blocked:
+    """The import threads' work, each held until the test lets it finish."""
+    b = Blocked()
+    monkeypatch.setattr(start, "_import_ahead", b)
+    return b
+
+
+def test_the_gil_changes_hands_often_while_the_imports_run(blocked: Blocked) -> None:
     # The hardware phase's sysfs reads wait for the GIL after each one; at
     # the default interval an import in progress holds it 5 ms at a time.
-    blocked = Blocked()
-    monkeypatch.setattr(start, "_import_ahead", blocked)
     default = sys.getswitchinterval()
     assert start.import_the_rest().wait(5)
     assert blocked.inside == [pytest.approx(start.IMPORTS_SWITCH_INTERVAL)]
@@ -58,12 +63,9 @@ def test_the_gil_changes_hands_often_while_the_imports_run(
     assert sys.getswitchinterval() == default
 
 
-def test_overlapping_import_threads_leave_the_interval_as_it_was(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_overlapping_import_threads_leave_the_interval_as_it_was(blocked: Blocked) -> None:
     # Two installs in one process (tests): the first to end keeps it low
     # for the other, the last restores the interval from before both.
-    blocked = Blocked()
-    monkeypatch.setattr(start, "_import_ahead", blocked)
     default = sys.getswitchinterval()
     assert start.import_the_rest().wait(5)
     assert start.import_the_rest().wait(5)
