@@ -1,11 +1,14 @@
 """Put a tree's files in the page cache right before a timed run.
 
-This machine (a Firecracker guest) runs DAMON with a `pageout` scheme: page
-cache left unread for about ten seconds is evicted, and reading it back
-costs system time.  A tree read by one run and then left idle while another
-runs comes back cold, so whichever of two compared runs followed an idle
-spell paid for the disk: `cp -a` of the demo tree took 9.3 s cold and 1.5 s
-warm, back to back.  Both sides of a ratio therefore start warm.
+This machine (a Firecracker guest) runs DAMON with a `pageout` scheme
+(/sys/kernel/mm/damon/admin/kdamonds/0: regions left unaccessed for 12
+aggregation intervals are paged out), so page cache left idle for seconds
+is evicted.  A tree read by one run and then left idle while another runs
+comes back cold, and whichever of two compared runs followed an idle spell
+would pay for the disk.  Both sides of a ratio therefore start warm.
+(Not what made `cp -a` of the demo tree take 1.5 s one time and 9 s the
+next: that was writing to the root filesystem, with the input warm;
+bench.capture.speed says what was done about it.)
 """
 
 from __future__ import annotations
