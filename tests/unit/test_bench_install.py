@@ -27,13 +27,15 @@ def test_the_bulk_without_holes_then_the_sparse_files() -> None:
         ["rsync", "-aHAXS", "--numeric-ids", "--checksum-choice=xxh64", "--stats", "--relative",
          f"{URL}./var/log/faillog", "::demo@2/./var/log/lastlog", "/sysroot/"]]
     assert install.agent_rsyncs(URL, sparse)[0] == [
-        "rsync", "-aHAX", "--numeric-ids", "--checksum-choice=xxh64", "--stats", "--exclude=/var/log/faillog",
+        "rsync", "-aHAX", "--numeric-ids", "--checksum-choice=xxh64",
+        "--stats", "--exclude=/var/log/faillog",
         "--exclude=/var/log/lastlog", URL, "/sysroot/"]
 
 
 def test_one_run_with_holes_when_the_server_names_none() -> None:
     assert install.agent_rsyncs(URL, None) == [
-        ["rsync", "-aHAXS", "--numeric-ids", "--checksum-choice=xxh64", "--stats", URL, "/sysroot/"]]
+        ["rsync", "-aHAXS", "--numeric-ids", "--checksum-choice=xxh64",
+         "--stats", URL, "/sysroot/"]]
     assert install.agent_rsyncs(URL, ()) == [
         ["rsync", "-aHAX", "--numeric-ids", "--checksum-choice=xxh64", "--stats", URL, "/sysroot/"]]
 

@@ -52,7 +52,8 @@ def test_pull_runs_rsync_and_reports_measured_progress(fake_commands: FakeComman
     fake_commands.add(["rsync"], FakeResult(stdout=sample("rsync-stats.txt")))
     seen: list[Progress] = []
     res = pull(URL, tmp_path, on_progress=seen.append, measure=GrowingDisk(), interval=3600)
-    assert fake_commands.calls == [["rsync", "-aHAXS", "--numeric-ids", "--checksum-choice=xxh64", "--stats",
+    assert fake_commands.calls == [["rsync", "-aHAXS", "--numeric-ids", "--checksum-choice=xxh64",
+                                    "--stats",
                                     URL, f"{tmp_path}/"]]
     # The watcher never woke (interval): one final report of what was measured.
     assert [p.bytes for p in seen] == [MB]

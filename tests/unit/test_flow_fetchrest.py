@@ -170,7 +170,8 @@ def test_the_bulk_without_holes_then_the_sparse_files_with(fake_commands: FakeCo
     runs, rep = fetch_all(fake_commands, tmp_path,
                           ["usr/share/doc/qemu/test.img", "var/log/lastlog"])
     assert runs == [
-        ["rsync", "-aHAX", "--numeric-ids", "--checksum-choice=xxh64", "--stats", "--exclude=/usr/share/doc/",
+        ["rsync", "-aHAX", "--numeric-ids", "--checksum-choice=xxh64",
+         "--stats", "--exclude=/usr/share/doc/",
          "--exclude=/usr/lib/firmware/", "--exclude=/usr/share/doc/qemu/test.img",
          "--exclude=/var/log/lastlog", URL, "/sysroot/"],
         # Within the fetch phase, before anything reads /var/log; the one in
@@ -197,8 +198,10 @@ def test_holes_everywhere_when_the_server_does_not_say_which(
         fake_commands: FakeCommands, tmp_path: Path, sparse: object) -> None:
     runs, rep = fetch_all(fake_commands, tmp_path, sparse)
     assert runs == [
-        ["rsync", "-aHAXS", "--numeric-ids", "--checksum-choice=xxh64", "--stats", "--exclude=/usr/share/doc/",
+        ["rsync", "-aHAXS", "--numeric-ids", "--checksum-choice=xxh64",
+         "--stats", "--exclude=/usr/share/doc/",
          "--exclude=/usr/lib/firmware/", URL, "/sysroot/"],
-        ["rsync", "-aHAXS", "--numeric-ids", "--checksum-choice=xxh64", "--stats", "--relative", f"{URL}./usr/share/doc/",
+        ["rsync", "-aHAXS", "--numeric-ids", "--checksum-choice=xxh64",
+         "--stats", "--relative", f"{URL}./usr/share/doc/",
          "::deb12/./usr/lib/firmware/", "/sysroot/"]]
     assert any("(every file checked for holes)" in line for line in rep.lines)
