@@ -12,11 +12,11 @@ reads it itself otherwise.
 from __future__ import annotations
 
 import os
+import queue
 import re
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from imageserver.manifest import sha256_file
@@ -35,16 +35,30 @@ def is_item(line: str) -> bool:
 
 
 def unescape(name: str) -> str:
+    if "\\#" not in name:
+        return name
     raw = _ESCAPE.sub(lambda m: bytes([int(m.group(1), 8)]), os.fsencode(name))
     return os.fsdecode(raw)
 
 
+Hashed = tuple[int, int, int, int, str]  # dev, ino, size, mtime_ns, sha256
+
+
 class Prehasher:
+    """Worker threads hash the files fed to them.  The reading thread only
+    queues a name (a ThreadPoolExecutor's future and bookkeeping per file
+    cost a tenth of a second of its time over the demo image's 8,600
+    files, time in which rsync's output waited to be read)."""
+
     def __init__(self, tree: Path, workers: int | None = None) -> None:
         self.root = os.fspath(tree)
-        self.pool = ThreadPoolExecutor(workers or min(4, os.cpu_count() or 1))
-        self.lock = threading.Lock()
-        self.pending: dict[str, Future[tuple[int, int, int, int, str] | None]] = {}
+        self.queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self.results: dict[str, Hashed | None] = {}
+        self.cancelled = False
+        self.threads = [threading.Thread(target=self._work, name=f"prehash-{i}", daemon=True)
+                        for i in range(workers or min(4, os.cpu_count() or 1))]
+        for t in self.threads:
+            t.start()
 
     def feed(self, line: str) -> bool:
         """One line of rsync's output; True if it was a file it finished."""
@@ -52,13 +66,18 @@ class Prehasher:
         if not m:
             return False
         if m.group(1).startswith(">f"):  # received: its content is in place
-            rel = "/" + unescape(m.group(2))
-            with self.lock:
-                self.pending[rel] = self.pool.submit(self._hash, self.root + rel)
+            self.queue.put("/" + unescape(m.group(2)))
         return True
 
+    def _work(self) -> None:
+        while (rel := self.queue.get()) is not None:
+            if not self.cancelled:
+                # A name that comes twice may be hashed twice at once: either
+                # hash is kept only while it is still the file's (reuse_from).
+                self.results[rel] = self._hash(self.root + rel)
+
     @staticmethod
-    def _hash(path: str) -> tuple[int, int, int, int, str] | None:
+    def _hash(path: str) -> Hashed | None:
         """The file's identity and hash, once rsync has renamed it into place
         and set its time (it may log the file a moment before); None if it
         never settles, and the manifest reads it later."""
@@ -76,22 +95,20 @@ class Prehasher:
             time.sleep(RETRY_SECONDS)
         return None
 
-    def close(self) -> dict[str, tuple[int, int, int, int, str]]:
+    def close(self) -> dict[str, Hashed]:
         """Wait for the hashing; {path: (dev, ino, size, mtime_ns, sha256)}."""
-        self.pool.shutdown(wait=True)
-        out = {}
-        for rel, fut in self.pending.items():
-            r = fut.result() if not fut.cancelled() else None
-            if r is not None:
-                out[rel] = r
-        return out
+        for _ in self.threads:
+            self.queue.put(None)
+        for t in self.threads:
+            t.join()
+        return {rel: r for rel, r in self.results.items() if r is not None}
 
     def cancel(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.cancelled = True
+        self.close()
 
 
-def reuse_from(hashes: dict[str, tuple[int, int, int, int, str]]
-               ) -> Callable[[str, os.stat_result], str | None]:
+def reuse_from(hashes: dict[str, Hashed]) -> Callable[[str, os.stat_result], str | None]:
     """The hashes as manifest.build() takes them: valid while the file is
     the one that was hashed."""
     def known(rel: str, st: os.stat_result) -> str | None:

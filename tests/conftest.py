@@ -103,6 +103,25 @@ class _FakeProc:
         pass
 
 
+class _FakeMountCalls:
+    """libc's mount(2) and umount2(2) for unit tests: each call goes into
+    FakeCommands.calls as ["mount(2)", source, target, type, flags, data]
+    or ["umount2(2)", target, flags], and succeeds."""
+
+    def __init__(self, calls: list[list[str]]) -> None:
+        self.calls = calls
+
+    def mount(self, source: bytes, target: bytes, fstype: bytes | None, flags: Any,
+              data: bytes | None) -> int:
+        self.calls.append(["mount(2)", source.decode(), target.decode(),
+                           (fstype or b"").decode(), hex(flags.value), (data or b"").decode()])
+        return 0
+
+    def umount2(self, target: bytes, flags: int) -> int:
+        self.calls.append(["umount2(2)", target.decode(), str(flags)])
+        return 0
+
+
 class FakeDaemon:
     """Stands for a daemon process (rsync --daemon) started with
     sysclone.run.daemon: it runs until signalled."""
@@ -136,6 +155,8 @@ def _no_real_commands(request: pytest.FixtureRequest, monkeypatch: pytest.Monkey
         return
     fake = FakeCommands()
     monkeypatch.setattr("sysclone.run._popen", fake.popen)
+    # The chroot's mounts are kernel calls (agent.chroot): recorded, never made.
+    monkeypatch.setattr("agent.chroot._libc", lambda: _FakeMountCalls(fake.calls))
     # Belt and braces: a module calling subprocess directly is caught too.
     def _refuse(*a: Any, **k: Any) -> Any:
         raise AssertionError(f"unit test called subprocess directly: {a}")

@@ -45,7 +45,8 @@ MAC = "02:fc:00:00:00:01"  # eth0 of the captured VM
 
 # Commands that would write to a disk: none may run in a dry run.
 WRITERS = {"sfdisk", "parted", "partx", "wipefs", "sgdisk", "mkfs", "mkfs.ext4", "mkfs.xfs",
-           "mkfs.vfat", "mkswap", "mount", "umount", "rsync", "chroot", "grub-install", "sync"}
+           "mkfs.vfat", "mkswap", "mount", "umount", "rsync", "chroot", "grub-install", "sync",
+           "mount(2)", "umount2(2)"}
 
 
 class Recorder(Reporter):
