@@ -225,7 +225,11 @@ def pull(url: str, target: Path, *, on_progress: Callable[[Progress], None] | No
     if rc != 0:
         errors = [x.strip() for x in lines if not _is_stats(x)]
         msg = "; ".join(errors[-3:]) or f"exit code {rc}"
-        raise FetchError(f"rsync from {url} failed: {msg}", returncode=rc)
+        # An rsync daemon older than 3.2 knows no xxh64 (CHECKSUM).
+        old = any("checksum" in x.lower() and "xxh64" in x for x in errors)
+        raise FetchError(f"rsync from {url} failed: {msg}", returncode=rc,
+                         hint="the image server's rsync must be 3.2 or later (xxh64)"
+                         if old else None)
     measured = max(0, measure() - base)
     if on_progress:
         on_progress(Progress(measured, measured / max(seconds, 1e-6)))

@@ -127,6 +127,21 @@ def test_pull_failure_mid_transfer_keeps_the_last_three_lines(fake_commands: Fak
         "rsync error: error in file IO (code 11) at io.c(1700) [generator=3.5.0]")
 
 
+@pytest.mark.parametrize("said", [
+    "unknown checksum name: xxh64\n"  # rsync 3.1.1 to 3.1.3
+    "rsync error: requested action not supported (code 4) at checksum.c(90) [server=3.1.3]\n",
+    "rsync: on remote machine: --checksum-choice=xxh64: unknown option\n"  # older
+    "rsync error: syntax or usage error (code 1) at main.c(1580) [server=3.0.9]\n",
+])
+def test_a_daemon_without_xxh64_is_named(fake_commands: FakeCommands, tmp_path: Path,
+                                         said: str) -> None:
+    fake_commands.add(["rsync"], FakeResult(stdout=said, returncode=4))
+    with pytest.raises(FetchError) as e:
+        pull(URL, tmp_path)
+    assert e.value.hint == "the image server's rsync must be 3.2 or later (xxh64)"
+    assert "xxh64" in e.value.message
+
+
 def test_pull_failure_without_output(fake_commands: FakeCommands, tmp_path: Path) -> None:
     fake_commands.add(["rsync"], FakeResult(returncode=23))
     with pytest.raises(FetchError, match=r"failed: exit code 23$"):
