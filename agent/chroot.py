@@ -17,8 +17,8 @@ import ctypes
 import functools
 import logging
 import os
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
 
 from sysclone.errors import SyscloneError
@@ -72,33 +72,33 @@ def umount(target: Path, lazy: bool = False) -> None:
 
 
 @contextmanager
-def mounted(source: str, target: Path, **kw: object) -> Iterator[Path]:
+def _held(target: Path, attach: Callable[[], None],
+          detach: Callable[[bool], None]) -> Iterator[Path]:
+    """`target` (made if missing) with what `attach` mounts there, for the
+    block; `detach(lazy)` unmounts it after, lazily when that fails."""
     target.mkdir(parents=True, exist_ok=True)
-    mount(source, target, **kw)  # type: ignore[arg-type]
+    attach()
     try:
         yield target
     finally:
         try:
-            umount(target)
-        except Exception:
-            log.warning("umount %s failed, detaching it lazily", target)
-            umount(target, lazy=True)
+            detach(False)
+        except Exception as e:
+            log.warning("unmounting %s failed (%s): detaching it lazily", target, e)
+            detach(True)
 
 
-@contextmanager
+def mounted(source: str, target: Path, **kw: object) -> AbstractContextManager[Path]:
+    """`source` mounted on `target` by mount(8) for the block."""
+    return _held(target, lambda: mount(source, target, **kw),  # type: ignore[arg-type]
+                 lambda lazy: umount(target, lazy))
+
+
 def kernel_mounted(source: str, target: Path, fstype: str | None = None, flags: int = 0,
-                   data: str | None = None) -> Iterator[Path]:
+                   data: str | None = None) -> AbstractContextManager[Path]:
     """`mounted`, by kernel calls."""
-    target.mkdir(parents=True, exist_ok=True)
-    kernel_mount(source, target, fstype, flags, data)
-    try:
-        yield target
-    finally:
-        try:
-            kernel_umount(target)
-        except SyscloneError as e:
-            log.warning("%s: detaching it lazily", e)
-            kernel_umount(target, lazy=True)
+    return _held(target, lambda: kernel_mount(source, target, fstype, flags, data),
+                 lambda lazy: kernel_umount(target, lazy))
 
 
 # What chrooted tools expect to find, as (source, path under the root,

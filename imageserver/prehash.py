@@ -54,7 +54,6 @@ class Prehasher:
         self.root = os.fspath(tree)
         self.queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self.results: dict[str, Hashed | None] = {}
-        self.cancelled = False
         self.threads = [threading.Thread(target=self._work, name=f"prehash-{i}", daemon=True)
                         for i in range(workers or min(4, os.cpu_count() or 1))]
         for t in self.threads:
@@ -71,10 +70,9 @@ class Prehasher:
 
     def _work(self) -> None:
         while (rel := self.queue.get()) is not None:
-            if not self.cancelled:
-                # A name that comes twice may be hashed twice at once: either
-                # hash is kept only while it is still the file's (reuse_from).
-                self.results[rel] = self._hash(self.root + rel)
+            # A name that comes twice may be hashed twice at once: either
+            # hash is kept only while it is still the file's (reuse_from).
+            self.results[rel] = self._hash(self.root + rel)
 
     @staticmethod
     def _hash(path: str) -> Hashed | None:
@@ -102,10 +100,6 @@ class Prehasher:
         for t in self.threads:
             t.join()
         return {rel: r for rel, r in self.results.items() if r is not None}
-
-    def cancel(self) -> None:
-        self.cancelled = True
-        self.close()
 
 
 def reuse_from(hashes: dict[str, Hashed]) -> Callable[[str, os.stat_result], str | None]:
