@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.baseline import BASELINE_MARKER, busybox_initramfs
-from ci.qemu import Vm, VmSpec
+from ci.qemu import INSTALLER_ARGS, Vm, VmSpec
 
 # The same kernel command line for both, as sysclone's boot media write it.
-APPEND = "console=ttyS0,115200 panic=-1 mitigations=off si.dry-run IMAGESERVER=192.0.2.1"
+APPEND = f"console=ttyS0,115200 panic=-1 {INSTALLER_ARGS} si.dry-run IMAGESERVER=192.0.2.1"
 
 
 @dataclass(frozen=True)

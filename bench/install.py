@@ -26,7 +26,7 @@ from typing import Any
 from agent.markers import DONE_MARKER
 from bench.baseline import BENCH_DONE, BENCH_FAILED, SCRIPT_INIT
 from bench.pagecache import warm_tree
-from ci.qemu import Vm, blank_disk
+from ci.qemu import INSTALLER_ARGS, Vm, blank_disk
 from sysclone.demo import INSTALL_FAILED, install_append, pxe_vm
 from sysclone.paths import StateRoot
 
@@ -147,7 +147,7 @@ def run_baseline(state: StateRoot, bootenv: Path, image: str, mode: str,
     warm_image(state, image)
     with serving(state, cfg):
         url = f"rsync://10.0.2.2:{cfg.rsync_port}/{image}"
-        append = (f"console=ttyS0,115200 panic=5 mitigations=off bench.mode={mode} "
+        append = (f"console=ttyS0,115200 panic=5 {INSTALLER_ARGS} bench.mode={mode} "
                   f"bench.url={url} bench.swap={swap}")
         spec = pxe_vm(state, f"bench-{mode}", bootenv, disk, append, memory_mib=memory,
                       more_disks=more)

@@ -164,12 +164,12 @@ def build_script_bootenv(state: StateRoot, out: Path) -> Path:
 
 
 def run_script(state: StateRoot, bootenv: Path, memory: int = 512) -> float:
-    from ci.qemu import Vm
+    from ci.qemu import INSTALLER_ARGS, Vm
     from sysclone.demo import pxe_vm
 
     disks = two_disks(state, "bench-storage-script")
     spec = pxe_vm(state, "bench-storage-script", bootenv, disks[0],
-                  "console=ttyS0,115200 panic=5 mitigations=off", memory_mib=memory)
+                  f"console=ttyS0,115200 panic=5 {INSTALLER_ARGS}", memory_mib=memory)
     with Vm(replace(spec, disks=disks)) as vm:
         _, line = vm.wait_for(BENCH_DONE, TIMEOUT, fail=BENCH_FAILED, partial=False)
         vm.wait_exit(120)

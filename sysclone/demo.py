@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.markers import DONE_MARKER, FAILED_MARKER
-from ci.qemu import Vm, VmError, VmSpec, blank_disk
+from ci.qemu import INSTALLER_ARGS, Vm, VmError, VmSpec, blank_disk
 from sysclone.errors import SyscloneError
 from sysclone.paths import StateRoot
 from sysclone.ui import Ui
@@ -54,10 +54,7 @@ class DemoResult:
 
 def install_append(hostname: str, image: str, http_port: int, rsync_port: int,
                    post_action: str, extra: str = "") -> str:
-    # mitigations=off: the installer runs only the agent and the image's
-    # own tools, and every system call costs several times more with them
-    # on under emulation (measured: a fork+exec 83 -> 69 ms under TCG).
-    return (f"console=ttyS0,115200 panic=5 mitigations=off IMAGESERVER={HOST_FROM_GUEST} "
+    return (f"console=ttyS0,115200 panic=5 {INSTALLER_ARGS} IMAGESERVER={HOST_FROM_GUEST} "
             f"IMAGENAME={image} "
             f"HOSTNAME={hostname} si.server-port={http_port} si.rsync-port={rsync_port} "
             f"si.post-action={post_action} {extra}").strip()

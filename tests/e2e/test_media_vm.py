@@ -37,7 +37,7 @@ import pytest
 
 from agent.markers import DONE_MARKER, READY_MARKER
 from agent.phases import PHASES
-from ci.qemu import Vm, VmSpec, blank_disk
+from ci.qemu import INSTALLER_ARGS, Vm, VmSpec, blank_disk
 from mkmedia.fat import Fat
 from sysclone.demo import INSTALL_FAILED
 from tests.e2e.conftest import Installer, sysclone
@@ -192,7 +192,7 @@ def test_usb_stick_on_uefi_installs_and_boots(installer: Installer, image: str,
     cfg = tmp_path / "local.cfg"
     cfg.write_text(f"HOSTNAME={host}\nIMAGENAME={image}\n")
     srv = installer.server.config
-    append = (f"console=ttyS0,115200 panic=5 mitigations=off IMAGESERVER=10.0.2.2 "
+    append = (f"console=ttyS0,115200 panic=5 {INSTALLER_ARGS} IMAGESERVER=10.0.2.2 "
               f"si.server-port={srv.http_port} si.rsync-port={srv.rsync_port} "
               "si.post-action=poweroff")
     stick = tmp_path / "stick.img"

@@ -52,7 +52,7 @@ from typing import Any
 import pytest
 
 from agent.markers import DONE_MARKER, READY_MARKER
-from ci.qemu import Vm, VmSpec, blank_disk
+from ci.qemu import INSTALLER_ARGS, Vm, VmSpec, blank_disk
 from imageserver.bootstrap import DEFAULT_PACKAGES, BootstrapSpec, bootstrap_image
 from imageserver.names import ImageRef
 from imageserver.serve import Running, ServeConfig, free_port, serving
@@ -222,7 +222,7 @@ def lab(e2e_state: StateRoot, bootenv: Path, ssh_key: Path,
         cfg = ServeConfig(address=SERVER_IP, rsync_port=free_port(SERVER_IP),
                           http_port=free_port(SERVER_IP))
         # The installed version, named: NEXT is already the current one.
-        append = (f"console=ttyS0,115200 panic=5 mitigations=off IMAGENAME={SSH_IMAGE}@{base} "
+        append = (f"console=ttyS0,115200 panic=5 {INSTALLER_ARGS} IMAGENAME={SSH_IMAGE}@{base} "
                   f"si.server-port={cfg.http_port} si.rsync-port={cfg.rsync_port} "
                   "si.post-action=poweroff")
         sysclone(state, "media", "pxe", "--bootenv", str(bootenv), "--loaders", "pxelinux,grub",

@@ -340,3 +340,17 @@ def test_qmp_error(tmp_path):
         machine.qmp("device_del", id="x")
     t.join(5)
     assert received[1] == {"execute": "device_del", "arguments": {"id": "x"}}
+
+
+def test_installer_args_reach_the_kernel_and_the_agent_takes_them() -> None:
+    """The demo's and the benchmarks' installer kernel line carries
+    INSTALLER_ARGS (no ASLR, no mitigations: emulation costs) and the
+    agent's parameter parser passes them by without a word."""
+    from agent.params.layers import parse_cmdline
+    from sysclone.demo import install_append
+
+    line = install_append("node1", "demo", 8080, 8873, "poweroff")
+    words = line.split()
+    assert {"norandmaps", "mitigations=off"} <= set(words)
+    assert set(qemu.INSTALLER_ARGS.split()) <= set(words)
+    assert not parse_cmdline(line, name="test").warnings
