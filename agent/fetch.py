@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -186,10 +187,12 @@ def image_paths(url: str, paths: list[str], timeout: float = 60) -> set[str]:
 
 def pull(url: str, target: Path, *, on_progress: Callable[[Progress], None] | None = None,
          interval: float = 1.0, transfer: Transfer = WHOLE,
-         measure: Callable[[], int] | None = None) -> FetchResult:
+         measure: Callable[[], int] | None = None,
+         started: Callable[[subprocess.Popen[str]], None] | None = None) -> FetchResult:
     """rsync `url` into `target` (what `transfer` says of it: by default
     all of it, with -S); raises with rsync's own message on failure.
-    `measure` gives the bytes in use on the target (default: its statvfs)."""
+    `measure` gives the bytes in use on the target (default: its statvfs);
+    `started` gets the rsync process (to stop it from another thread)."""
     argv = transfer.argv(url, target)
     measure = measure or (lambda: used_bytes([target]))
     base = measure()
@@ -212,6 +215,8 @@ def pull(url: str, target: Path, *, on_progress: Callable[[Progress], None] | No
     try:
         with spawn(argv) as proc:
             assert proc.stdout is not None
+            if started is not None:
+                started(proc)
             for line in proc.stdout:
                 if line.strip():
                     lines.append(line.rstrip("\n"))

@@ -83,6 +83,12 @@ class InstallFailed(SyscloneError):
     """Raised once a phase failed and was reported."""
 
 
+class Stopped(Exception):
+    """Raised in a phase that another one's failure ended early (fetch-rest
+    beside a fetch that failed): reported as stopped, not as a second
+    failure that would hide the first."""
+
+
 @dataclass
 class Steps:
     reporter: Reporter
@@ -106,6 +112,10 @@ class Steps:
         t0 = time.monotonic()
         try:
             yield
+        except Stopped as e:
+            self.reporter.say(f"[{name}] stopped: {e}")
+            self.reporter.event("phase", phase=name, status="stopped", reason=str(e))
+            raise
         except SyscloneError as e:
             self._fail(name, e.message, e.to_dict())
             raise InstallFailed(e.message, hint=e.hint, phase=name) from e

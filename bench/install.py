@@ -41,6 +41,23 @@ class InstallRun:
     timings: dict[str, float]
     initrd: dict[str, Any]
     vm_seconds: float
+    fetch_span: float  # from the first rsync's start to the last one's end
+
+
+FETCH_PHASES = ("fetch", "fetch-rest")
+
+
+def fetch_span(events: list[dict[str, Any]]) -> float:
+    """The agent's transfer, by the clock: from the start of its first
+    fetch phase to the end of its last (fetch-rest may run beside fetch,
+    or after it beside the configuration), from the phases' own events."""
+    marks = [(e["status"], float(e["ts"])) for e in events
+             if e.get("kind") == "phase" and e.get("phase") in FETCH_PHASES]
+    starts = [t for status, t in marks if status == "start"]
+    ends = [t for status, t in marks if status == "done"]
+    if not starts or len(ends) != len(starts):
+        raise RuntimeError(f"the agent's fetch phases did not all end: {marks}")
+    return max(ends) - min(starts)
 
 
 @dataclass(frozen=True)
@@ -93,7 +110,8 @@ def run_agent(state: StateRoot, bootenv: Path, image: str, memory: int = 512) ->
     before = timings.get("hardware", 0) + timings.get("network", 0)
     initrd = next((e for e in events if e.get("kind") == "initrd"), {})
     return InstallRun(done["seconds"], done["seconds"] - before, timings,
-                      {k: initrd.get(k) for k in ("action", "reasons")}, vm_s)
+                      {k: initrd.get(k) for k in ("action", "reasons")}, vm_s,
+                      fetch_span(events))
 
 
 def agent_rsyncs(url: str, sparse: tuple[str, ...] | None, target: str = "/sysroot"

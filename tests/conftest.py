@@ -99,6 +99,9 @@ class _FakeProc:
     def wait(self, timeout: float | None = None) -> int:
         return self.returncode
 
+    def terminate(self) -> None:
+        pass
+
     def kill(self) -> None:
         pass
 

@@ -1,5 +1,6 @@
 """The agent's fetch and fetch-rest phases (agent.flow.pull_image,
-pull_rest) from a real rsync daemon into a local directory: the bulk
+RestOfImage: after fetch or beside it) from a real rsync daemon into a
+local directory: the bulk
 without rsync -S, the image's sparse files (imageserver.sparsefiles) in a
 run of their own with it, and -S everywhere when the server cannot name
 them safely (a hard-linked sparse file).  Checked without the code under
@@ -79,14 +80,21 @@ def plan_for(state: StateRoot, served, image: str) -> InstallPlan:
                      have_tool=lambda t: True, probe=NoProbe())
 
 
-def fetch(plan: InstallPlan, root: Path, between=lambda: None) -> list[str]:
-    """The agent's two phases, as install() runs them; what it said."""
+def fetch(plan: InstallPlan, root: Path, between=lambda: None, beside: bool = False
+          ) -> list[str]:
+    """The agent's two phases, as install() runs them (`beside`: fetch-rest
+    from the start of fetch, in a thread of its own); what it said."""
     out = io.StringIO()
     rep = Reporter(console=out)
     s = flow.Session([], None, rep, Steps(rep))  # type: ignore[arg-type]
-    start = flow.pull_image(s, plan, root)
-    between()
-    flow.pull_rest(s, plan, root, start)
+    rest = flow.RestOfImage(s, plan, root, 0, beside)
+    rest.begin()
+    try:
+        flow.pull_image(s, plan, root, 0, rest)
+        between()
+        rest.finish()
+    finally:
+        rest.stop()
     return out.getvalue().splitlines()
 
 
@@ -103,8 +111,12 @@ def allocated(path: Path) -> int:
     return os.stat(path).st_blocks * 512
 
 
-def test_only_the_sparse_files_come_with_holes(state: StateRoot, served,
-                                               tmp_path: Path) -> None:
+@pytest.mark.parametrize("beside", [False, True], ids=["rest-after", "rest-beside"])
+def test_only_the_sparse_files_come_with_holes(state: StateRoot, served, tmp_path: Path,
+                                               beside: bool) -> None:
+    """Also with fetch-rest beside fetch: both runs (and the sparse run)
+    then write /usr, /usr/share and /usr/share/doc/qemu at the same time,
+    and the directories' times must still come out as the image's."""
     plan = plan_for(state, served, "holes")
     assert plan.image.deferred == ("usr/share/doc",)
     assert plan.image.sparse == ("usr/share/doc/qemu/test.img", "var/log/lastlog")
@@ -115,11 +127,12 @@ def test_only_the_sparse_files_come_with_holes(state: StateRoot, served,
         # The sparse file of the deferred directory came with the sparse
         # run, before the rest of its directory.
         assert (root / "usr/share/doc/qemu/test.img").is_file()
-        assert not (root / "usr/share/doc/qemu/copyright").exists()
+        assert beside or not (root / "usr/share/doc/qemu/copyright").exists()
         assert (root / "var/log/lastlog").is_file()
 
-    said = fetch(plan, root, after_fetch)
-    assert any("(2 sparse files apart), 1 directories to follow" in line for line in said), said
+    said = fetch(plan, root, after_fetch, beside)
+    how = "beside it" if beside else "to follow"
+    assert any(f"(2 sparse files apart), 1 directories {how}" in line for line in said), said
     assert differences(state.images / "holes", root) == []
     for sparse in ("var/log/lastlog", "usr/share/doc/qemu/test.img"):
         size = os.stat(root / sparse).st_size

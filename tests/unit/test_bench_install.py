@@ -9,6 +9,8 @@ import os
 import shlex
 from pathlib import Path
 
+import pytest
+
 from agent import fetch
 from bench import install
 from bench.baseline import SCRIPT_INIT
@@ -66,3 +68,29 @@ def test_from_what_the_server_tells_the_agent(tmp_path: Path) -> None:
         url, ("var/log/lastlog",))
     os.link(tree / "var/log/lastlog", tree / "var/log/lastlog.1")  # "all": -S everywhere
     assert install._agent_rsyncs(state, "demo", 8873) == install.agent_rsyncs(url, None)
+
+
+def _phase(name: str, status: str, ts: float) -> dict[str, object]:
+    return {"kind": "phase", "phase": name, "status": status, "ts": ts}
+
+
+def test_the_transfer_is_timed_from_the_first_fetch_to_the_last() -> None:
+    progress = {"kind": "progress", "phase": "fetch", "ts": 99.0}
+    # Side by side: the rest starts with the bulk and ends after it.
+    beside = [_phase("fetch", "start", 10.0), _phase("fetch-rest", "start", 10.1), progress,
+              _phase("fetch", "done", 15.0), _phase("bootloader", "start", 15.1),
+              _phase("fetch-rest", "done", 16.5), _phase("bootloader", "done", 19.0)]
+    assert install.fetch_span(beside) == pytest.approx(6.5)
+    # One after the other, with the configuration between them.
+    after = [_phase("fetch", "start", 10.0), _phase("fetch", "done", 15.0),
+             _phase("fetch-rest", "start", 15.2), _phase("fetch-rest", "done", 19.0)]
+    assert install.fetch_span(after) == pytest.approx(9.0)
+    assert install.fetch_span(after[:2]) == pytest.approx(5.0)  # nothing deferred
+
+
+def test_a_transfer_that_never_ended_is_no_figure() -> None:
+    with pytest.raises(RuntimeError, match="did not all end"):
+        install.fetch_span([_phase("fetch", "start", 10.0), _phase("fetch", "done", 15.0),
+                            _phase("fetch-rest", "start", 10.1)])
+    with pytest.raises(RuntimeError):
+        install.fetch_span([])

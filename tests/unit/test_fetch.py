@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -58,6 +59,16 @@ def test_pull_runs_rsync_and_reports_measured_progress(fake_commands: FakeComman
     # The watcher never woke (interval): one final report of what was measured.
     assert [p.bytes for p in seen] == [MB]
     assert res.bytes == 3_001_000  # rsync's own count, from --stats
+
+
+def test_pull_hands_its_rsync_to_whoever_may_stop_it(fake_commands: FakeCommands,
+                                                     tmp_path: Path) -> None:
+    """`started` gets the running rsync (agent.flow.RestOfImage.stop ends
+    it when the install fails elsewhere)."""
+    fake_commands.add(["rsync"], FakeResult(stdout=sample("rsync-stats.txt")))
+    procs: list[Any] = []
+    pull(URL, tmp_path, measure=GrowingDisk(), started=procs.append)
+    assert [p.args[:2] for p in procs] == [["rsync", "-aHAXS"]]
 
 
 def test_pull_reports_while_rsync_runs(fake_commands: FakeCommands, tmp_path: Path) -> None:

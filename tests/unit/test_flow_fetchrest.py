@@ -42,7 +42,7 @@ class Tail:
             if what == release_at:
                 self.release.set()
 
-        def pull_rest(s: Any, plan: Any, root: Path, start: int) -> None:
+        def pull_rest(s: Any, plan: Any, root: Path, start: int, **kw: Any) -> None:
             with s.steps.phase("fetch-rest"):
                 note("rest:start")
                 self.release.wait(2)
@@ -71,12 +71,19 @@ class Tail:
                          ("initrd", initrd), ("install_bootloader", install_bootloader)):
             monkeypatch.setattr(flow, name, fn)
 
-    def run(self, start: int | None = 0, breaks: frozenset[str] = frozenset()) -> Recorder:
+    def run(self, fetched: bool = False, breaks: frozenset[str] = frozenset()) -> Recorder:
+        """`fetched`: the rest came before (with overrides, as install() does)."""
         rep = Recorder([])
         steps = Steps(rep, breaks=breaks, shell=lambda phase: self.log.append(f"shell:{phase}"))
         s = flow.Session([], None, rep, steps)  # type: ignore[arg-type]
+        rest = flow.RestOfImage(s, None, Path("/nowhere"), 0, beside=False)  # type: ignore
+        if fetched:
+            self.release.set()
+            rest.finish()
+            self.log.clear()
+            rep.log.clear()
         flow._configure_while_fetching(s, None, None, None, Path("/nowhere"),  # type: ignore
-                                       start, None)
+                                       rest, None)
         return rep
 
 
@@ -108,7 +115,7 @@ def test_the_rest_failing_fails_the_install(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_nothing_to_fetch_when_it_came_before(monkeypatch: pytest.MonkeyPatch) -> None:
     tail = Tail(monkeypatch, regenerate=True)
-    rep = tail.run(start=None)  # with overrides: fetched whole before them
+    rep = tail.run(fetched=True)  # with overrides: fetched whole before them
     assert "rest:start" not in tail.log
     assert "fetch-rest" not in rep.phases()
     assert tail.log[-1] == "grub.cfg"
@@ -132,7 +139,8 @@ def test_new_host_keys_beside_the_rest(monkeypatch: pytest.MonkeyPatch, tmp_path
     tail = Tail(monkeypatch)
     rep = Recorder([])
     s = flow.Session([], None, rep, Steps(rep))  # type: ignore[arg-type]
-    flow._configure_while_fetching(s, None, None, None, root, 0, None)  # type: ignore[arg-type]
+    rest = flow.RestOfImage(s, None, root, 0, beside=False)  # type: ignore[arg-type]
+    flow._configure_while_fetching(s, None, None, None, root, rest, None)  # type: ignore
     assert ["chroot", str(root), "ssh-keygen", "-A"] in fake_commands.calls
     assert not (root / "etc/ssh/ssh_host_ed25519_key").exists()  # the old key is gone
     assert s.written == ["/etc/ssh/ssh_host_ed25519_key"]
@@ -158,8 +166,8 @@ def fetch_all(fake_commands: FakeCommands, tmp_path: Path, sparse: object
     fake_commands.add(["rsync"], FakeResult(stdout=sample("rsync-stats.txt")))
     rep = Recorder([])
     s = flow.Session([], None, rep, Steps(rep))  # type: ignore[arg-type]
-    start = flow.pull_image(s, plan, tmp_path)
-    flow.pull_rest(s, plan, tmp_path, start)
+    flow.pull_image(s, plan, tmp_path, 0)
+    flow.pull_rest(s, plan, tmp_path, 0)
     assert rep.phases("done") == ["fetch", "fetch-rest"]
     return [[a.replace(f"{tmp_path}/", "/sysroot/") for a in argv]
             for argv in fake_commands.calls], rep
@@ -205,3 +213,148 @@ def test_holes_everywhere_when_the_server_does_not_say_which(
          "--stats", "--relative", f"{URL}./usr/share/doc/",
          "::deb12/./usr/lib/firmware/", "/sysroot/"]]
     assert any("(every file checked for holes)" in line for line in rep.lines)
+
+
+# -- fetch-rest beside fetch -------------------------------------------------------------------
+
+
+def beside_plan(deferred: list[str] | None = None) -> Any:
+    img: dict[str, object] = {"name": "deb12", "deferred": DEFERRED if deferred is None
+                              else deferred, "sparse": []}
+    return make_plan(instructions={"image": img}, server="10.0.0.2", hostname="n1",
+                     targets=[Disk("vda", 20 << 30)], fw="bios", ram_bytes=1 << 30,
+                     have_tool=lambda t: True, probe=NoProbe())
+
+
+@pytest.mark.parametrize(("deferred", "breaks", "ram", "beside"), [
+    (None, frozenset(), 512 << 20, True),
+    (None, frozenset(), flow.BESIDE_MIN_RAM, True),
+    (None, frozenset(), flow.BESIDE_MIN_RAM - 1, False),  # a small machine: one rsync at a time
+    (None, frozenset({"bootloader"}), 512 << 20, False),  # a breakpoint: one phase at a time
+    ([], frozenset(), 512 << 20, False),  # nothing deferred
+])
+def test_when_the_rest_comes_beside_the_bulk(deferred: list[str] | None, breaks: frozenset[str],
+                                              ram: int, beside: bool) -> None:
+    rep = Recorder([])
+    s = flow.Session([], None, rep, Steps(rep, breaks=breaks))  # type: ignore[arg-type]
+    assert flow.rest_beside_bulk(s, beside_plan(deferred), ram) is beside
+
+
+class FakeRsync:
+    """The rsync process a pull would run: ends when asked, or terminated."""
+
+    def __init__(self) -> None:
+        self.ended = threading.Event()
+        self.terminated = False
+
+    def poll(self) -> int | None:
+        return 0 if self.ended.is_set() else None
+
+    def terminate(self) -> None:
+        self.terminated = True
+        self.ended.set()
+
+
+def fake_pulls(monkeypatch: pytest.MonkeyPatch, log: list[str], rest_fails: bool = False
+               ) -> tuple[FakeRsync, FakeRsync]:
+    """pull_except (the bulk) and pull_only (the rest) as fake rsync runs
+    that log their start and end; each ends when its FakeRsync does."""
+    bulk, rest = FakeRsync(), FakeRsync()
+
+    def fake(proc: FakeRsync, name: str, fails: bool) -> Any:
+        def pull(url: str, root: Path, *a: Any, started: Any = None, **kw: Any) -> Any:
+            log.append(f"{name}:start")
+            if started:
+                started(proc)
+            assert proc.ended.wait(5), f"{name} was never let end"
+            log.append(f"{name}:end")
+            if proc.terminated or fails:
+                raise flow.FetchError(f"rsync {name}: exit code 20")
+            return flow.FetchResult(1 << 20, 0.1)
+        return pull
+
+    monkeypatch.setattr(flow, "pull_except", fake(bulk, "bulk", False))
+    monkeypatch.setattr(flow, "pull_only", fake(rest, "rest", rest_fails))
+    monkeypatch.setattr(flow, "used_bytes", lambda mounts: 0)
+    return bulk, rest
+
+
+def test_the_rest_comes_beside_the_bulk(monkeypatch: pytest.MonkeyPatch,
+                                        tmp_path: Path) -> None:
+    log: list[str] = []
+    bulk, rest_rsync = fake_pulls(monkeypatch, log)
+    rep = Recorder([])
+    s = flow.Session([], None, rep, Steps(rep))  # type: ignore[arg-type]
+    plan = beside_plan()
+    rest = flow.RestOfImage(s, plan, tmp_path, 0, beside=True)
+    rest.begin()
+    # The bulk ends only once the rest has started: were they one after
+    # the other, this would wait forever (the fake's 5 s, then fail).
+    threading.Thread(target=_when, args=(log, "rest:start", bulk.ended.set)).start()
+    flow.pull_image(s, plan, tmp_path, 0, rest)
+    assert log.index("rest:start") < log.index("bulk:end")
+    assert any(line.endswith("2 directories beside it") for line in rep.lines), rep.lines
+    rest_rsync.ended.set()
+    rest.finish()
+    assert rest.done and rest.arrived()
+    assert sorted(rep.phases("done")) == ["fetch", "fetch-rest"]
+    rest.stop()  # after the end: nothing to stop
+    assert not rest_rsync.terminated
+
+
+def _when(log: list[str], line: str, then: Any, timeout: float = 5) -> None:
+    import time
+    deadline = time.monotonic() + timeout
+    while line not in log and time.monotonic() < deadline:
+        time.sleep(0.01)
+    then()
+
+
+def test_a_failed_bulk_stops_the_rest_before_unmounting(monkeypatch: pytest.MonkeyPatch,
+                                                        tmp_path: Path) -> None:
+    """The bulk fails while the rest comes: its rsync is ended, and the
+    rest is reported stopped -- the one failure reported is the bulk's."""
+    log: list[str] = []
+    _, rest_rsync = fake_pulls(monkeypatch, log)
+    monkeypatch.setattr(flow, "pull_except", _failing_bulk(log))
+    rep = Recorder([])
+    s = flow.Session([], None, rep, Steps(rep))  # type: ignore[arg-type]
+    plan = beside_plan()
+    rest = flow.RestOfImage(s, plan, tmp_path, 0, beside=True)
+    rest.begin()
+    _when(log, "rest:start", lambda: None)
+    with pytest.raises(InstallFailed) as e:
+        flow.pull_image(s, plan, tmp_path, 0, rest)
+    assert "connection refused" in e.value.message
+    rest.stop()  # what install()'s ExitStack does before the unmounts
+    assert rest_rsync.terminated and rest.done and not rest.arrived()
+    failed = [ev[2] for ev in rep.log if ev[:2] == ("event", "failed")]
+    assert [f["phase"] for f in failed] == ["fetch"]
+    assert rep.phases("stopped") == ["fetch-rest"]
+    assert "[fetch-rest] stopped: the install failed elsewhere" in rep.lines
+
+
+def _failing_bulk(log: list[str]) -> Any:
+    def pull(*a: Any, **kw: Any) -> Any:
+        log.append("bulk:failed")
+        raise flow.FetchError("rsync: connection refused")
+    return pull
+
+
+def test_a_failed_rest_beside_the_bulk_ends_the_install_before_configuring(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    log: list[str] = []
+    bulk, rest_rsync = fake_pulls(monkeypatch, log, rest_fails=True)
+    rep = Recorder([])
+    s = flow.Session([], None, rep, Steps(rep))  # type: ignore[arg-type]
+    plan = beside_plan()
+    rest = flow.RestOfImage(s, plan, tmp_path, 0, beside=True)
+    rest.begin()
+    rest_rsync.ended.set()  # the rest fails first ...
+    assert not rest.arrived()
+    bulk.ended.set()  # ... then the bulk comes
+    flow.pull_image(s, plan, tmp_path, 0, rest)
+    with pytest.raises(InstallFailed) as e:
+        rest.check()  # install() asks right after the bulk
+    assert "rsync rest: exit code 20" in e.value.message
+    assert [ev[2]["phase"] for ev in rep.log if ev[:2] == ("event", "failed")] == ["fetch-rest"]
