@@ -4,7 +4,7 @@
       -> partition -> assemble -> format -> mount -> fetch -> overrides
       -> (configure -> initrd) | host-keys | bootloader -> post-install
       -> finish
-    fetch-rest: beside fetch from its start (rest_beside_bulk), else
+    fetch-rest: beside fetch from its start (agent.restpull), else
       beside configure, host-keys and bootloader (before the overrides
       when there are some)
 
@@ -72,6 +72,7 @@ from agent.phases import InstallFailed, Stopped
 from agent.plan import InstallPlan, firmware
 from agent.planner import make_plan
 from agent.report import DONE_MARKER, FAILED_MARKER
+from agent.restpull import RestOfImage, beside_bulk
 from agent.server import INITRD_LISTING, ImageServer
 from agent.session import Session
 from agent.storage.defaults import SOURCE as DEFAULT_LAYOUT
@@ -422,7 +423,7 @@ def pull_rest(s: Session, plan: InstallPlan, root: Path, start: int,
               stopping: threading.Event | None = None) -> None:
     """The deferred directories (kernel modules, firmware, documentation,
     package lists: imageserver.fetchorder), while the system is configured
-    (RestOfImage: or beside the bulk).  `started` gets its rsync process;
+    (agent.restpull: or beside the bulk).  `started` gets its rsync process;
     `stopping` is set when the install ends it early."""
     with s.steps.phase("fetch-rest"):
         if not plan.image.deferred:
@@ -441,85 +442,10 @@ def pull_rest(s: Session, plan: InstallPlan, root: Path, start: int,
                        f"{res.bytes / 2**20:,.0f} MiB in {res.seconds:.1f}s")
 
 
-# Two rsync runs at once hold two file lists and two sets of buffers: below
-# this much memory the rest waits for the bulk.
-BESIDE_MIN_RAM = 256 << 20
-
-
-def rest_beside_bulk(s: Session, plan: InstallPlan, ram_bytes: int) -> bool:
-    """Whether fetch-rest runs beside fetch, from its start: not when a
-    breakpoint is set (one phase at a time, as Steps.concurrently) nor in
-    a small machine.  One rsync keeps one CPU busy at most (its receiver
-    checksums and writes every byte); two side by side, on disjoint parts
-    of the image, keep two busy: under emulation (TCG, 2 vCPUs) the demo
-    image's two runs took 6.2-6.5 s side by side against 7.3-8.8 s one
-    after the other, in one VM.  imageserver.fetchorder keeps every hard
-    link within one part; directories both runs create (/usr, /var) come
-    out right as each run sets their times after its own changes."""
-    return bool(plan.image.deferred) and not s.steps.breaks and ram_bytes >= BESIDE_MIN_RAM
-
-
-class RestOfImage:
-    """fetch-rest, in a thread of its own from the start of fetch (`beside`),
-    or later in the install's own order (finish)."""
-
-    def __init__(self, s: Session, plan: InstallPlan, root: Path, start: int,
-                 beside: bool) -> None:
-        self._args = (s, plan, root, start)
-        self.beside = beside
-        self._thread: threading.Thread | None = None
-        self._done = threading.Event()
-        self._error: BaseException | None = None
-        self._procs: list[subprocess.Popen[str]] = []  # its rsync, stopped on a failure
-        self._stopping = threading.Event()
-
-    def begin(self) -> None:
-        """Start the pull now, in the background, when it runs beside the bulk."""
-        if self.beside:
-            self._thread = threading.Thread(target=self._pull, name="fetch-rest", daemon=True)
-            self._thread.start()
-
-    def _pull(self) -> None:
-        try:
-            pull_rest(*self._args, started=self._procs.append, stopping=self._stopping)
-        except BaseException as e:  # raised to whoever waits (finish)
-            self._error = e
-        finally:
-            self._done.set()
-
-    @property
-    def done(self) -> bool:
-        return self._done.is_set()
-
-    def finish(self) -> None:
-        """The rest: pulled here unless it is coming already; raises its failure."""
-        if self._thread is None and not self._done.is_set():
-            self._pull()
-        self._done.wait()
-        if self._error is not None:
-            raise self._error
-
-    def check(self) -> None:
-        """Raise the rest's failure now if it has failed already (beside
-        the bulk): the install ends before configuring anything."""
-        if self._done.is_set() and self._error is not None:
-            raise self._error
-
-    def arrived(self) -> bool:
-        """Wait until the rest has come or failed; whether it came."""
-        self._done.wait()
-        return self._error is None
-
-    def stop(self) -> None:
-        """The install failed while the rest was coming: its rsync ends, and
-        the thread with it, before the target is unmounted."""
-        if self._thread is None:
-            return
-        self._stopping.set()
-        for proc in self._procs:
-            if proc.poll() is None:
-                proc.terminate()
-        self._thread.join()
+def rest_of_image(s: Session, plan: InstallPlan, root: Path, start: int,
+                  beside: bool) -> RestOfImage:
+    """pull_rest, to run beside the bulk or later (agent.restpull)."""
+    return RestOfImage(functools.partial(pull_rest, s, plan, root, start), beside)
 
 
 def _used_on_target(plan: InstallPlan, root: Path) -> Callable[[], int]:
@@ -878,7 +804,8 @@ def install(s: Session, plan_only: bool,
     with ExitStack() as mounts:
         root, swap = mount_target(s, plan, mounts, fs_drivers)
         start = _used_on_target(plan, root)()
-        rest = RestOfImage(s, plan, root, start, rest_beside_bulk(s, plan, _ram_bytes()))
+        rest = rest_of_image(s, plan, root, start, beside_bulk(
+            bool(plan.image.deferred), bool(s.steps.breaks), _ram_bytes()))
         mounts.callback(rest.stop)  # runs before the unmounts, which came first
         rest.begin()
         pull_image(s, plan, root, start, rest)

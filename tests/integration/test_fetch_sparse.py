@@ -1,5 +1,5 @@
 """The agent's fetch and fetch-rest phases (agent.flow.pull_image,
-RestOfImage: after fetch or beside it) from a real rsync daemon into a
+agent.restpull: after fetch or beside it) from a real rsync daemon into a
 local directory: the bulk
 without rsync -S, the image's sparse files (imageserver.sparsefiles) in a
 run of their own with it, and -S everywhere when the server cannot name
@@ -87,7 +87,7 @@ def fetch(plan: InstallPlan, root: Path, between=lambda: None, beside: bool = Fa
     out = io.StringIO()
     rep = Reporter(console=out)
     s = flow.Session([], None, rep, Steps(rep))  # type: ignore[arg-type]
-    rest = flow.RestOfImage(s, plan, root, 0, beside)
+    rest = flow.rest_of_image(s, plan, root, 0, beside)
     rest.begin()
     try:
         flow.pull_image(s, plan, root, 0, rest)

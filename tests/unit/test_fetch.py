@@ -63,7 +63,7 @@ def test_pull_runs_rsync_and_reports_measured_progress(fake_commands: FakeComman
 
 def test_pull_hands_its_rsync_to_whoever_may_stop_it(fake_commands: FakeCommands,
                                                      tmp_path: Path) -> None:
-    """`started` gets the running rsync (agent.flow.RestOfImage.stop ends
+    """`started` gets the running rsync (agent.restpull.RestOfImage.stop ends
     it when the install fails elsewhere)."""
     fake_commands.add(["rsync"], FakeResult(stdout=sample("rsync-stats.txt")))
     procs: list[Any] = []

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from agent import flow
+from agent import flow, restpull
 from agent.disks import Disk, NoProbe
 from agent.phases import InstallFailed, Steps
 from agent.planner import make_plan
@@ -76,7 +76,7 @@ class Tail:
         rep = Recorder([])
         steps = Steps(rep, breaks=breaks, shell=lambda phase: self.log.append(f"shell:{phase}"))
         s = flow.Session([], None, rep, steps)  # type: ignore[arg-type]
-        rest = flow.RestOfImage(s, None, Path("/nowhere"), 0, beside=False)  # type: ignore
+        rest = flow.rest_of_image(s, None, Path("/nowhere"), 0, beside=False)  # type: ignore
         if fetched:
             self.release.set()
             rest.finish()
@@ -139,7 +139,7 @@ def test_new_host_keys_beside_the_rest(monkeypatch: pytest.MonkeyPatch, tmp_path
     tail = Tail(monkeypatch)
     rep = Recorder([])
     s = flow.Session([], None, rep, Steps(rep))  # type: ignore[arg-type]
-    rest = flow.RestOfImage(s, None, root, 0, beside=False)  # type: ignore[arg-type]
+    rest = flow.rest_of_image(s, None, root, 0, beside=False)  # type: ignore[arg-type]
     flow._configure_while_fetching(s, None, None, None, root, rest, None)  # type: ignore
     assert ["chroot", str(root), "ssh-keygen", "-A"] in fake_commands.calls
     assert not (root / "etc/ssh/ssh_host_ed25519_key").exists()  # the old key is gone
@@ -218,26 +218,23 @@ def test_holes_everywhere_when_the_server_does_not_say_which(
 # -- fetch-rest beside fetch -------------------------------------------------------------------
 
 
-def beside_plan(deferred: list[str] | None = None) -> Any:
-    img: dict[str, object] = {"name": "deb12", "deferred": DEFERRED if deferred is None
-                              else deferred, "sparse": []}
+def beside_plan() -> Any:
+    img: dict[str, object] = {"name": "deb12", "deferred": DEFERRED, "sparse": []}
     return make_plan(instructions={"image": img}, server="10.0.0.2", hostname="n1",
                      targets=[Disk("vda", 20 << 30)], fw="bios", ram_bytes=1 << 30,
                      have_tool=lambda t: True, probe=NoProbe())
 
 
 @pytest.mark.parametrize(("deferred", "breaks", "ram", "beside"), [
-    (None, frozenset(), 512 << 20, True),
-    (None, frozenset(), flow.BESIDE_MIN_RAM, True),
-    (None, frozenset(), flow.BESIDE_MIN_RAM - 1, False),  # a small machine: one rsync at a time
-    (None, frozenset({"bootloader"}), 512 << 20, False),  # a breakpoint: one phase at a time
-    ([], frozenset(), 512 << 20, False),  # nothing deferred
+    (True, False, 512 << 20, True),
+    (True, False, restpull.BESIDE_MIN_RAM, True),
+    (True, False, restpull.BESIDE_MIN_RAM - 1, False),  # a small machine: one rsync at a time
+    (True, True, 512 << 20, False),  # a breakpoint: one phase at a time
+    (False, False, 512 << 20, False),  # nothing deferred
 ])
-def test_when_the_rest_comes_beside_the_bulk(deferred: list[str] | None, breaks: frozenset[str],
-                                              ram: int, beside: bool) -> None:
-    rep = Recorder([])
-    s = flow.Session([], None, rep, Steps(rep, breaks=breaks))  # type: ignore[arg-type]
-    assert flow.rest_beside_bulk(s, beside_plan(deferred), ram) is beside
+def test_when_the_rest_comes_beside_the_bulk(deferred: bool, breaks: bool, ram: int,
+                                              beside: bool) -> None:
+    assert restpull.beside_bulk(deferred, breaks, ram) is beside
 
 
 class FakeRsync:
@@ -286,7 +283,7 @@ def test_the_rest_comes_beside_the_bulk(monkeypatch: pytest.MonkeyPatch,
     rep = Recorder([])
     s = flow.Session([], None, rep, Steps(rep))  # type: ignore[arg-type]
     plan = beside_plan()
-    rest = flow.RestOfImage(s, plan, tmp_path, 0, beside=True)
+    rest = flow.rest_of_image(s, plan, tmp_path, 0, beside=True)
     rest.begin()
     # The bulk ends only once the rest has started: were they one after
     # the other, this would wait forever (the fake's 5 s, then fail).
@@ -320,7 +317,7 @@ def test_a_failed_bulk_stops_the_rest_before_unmounting(monkeypatch: pytest.Monk
     rep = Recorder([])
     s = flow.Session([], None, rep, Steps(rep))  # type: ignore[arg-type]
     plan = beside_plan()
-    rest = flow.RestOfImage(s, plan, tmp_path, 0, beside=True)
+    rest = flow.rest_of_image(s, plan, tmp_path, 0, beside=True)
     rest.begin()
     _when(log, "rest:start", lambda: None)
     with pytest.raises(InstallFailed) as e:
@@ -348,7 +345,7 @@ def test_a_failed_rest_beside_the_bulk_ends_the_install_before_configuring(
     rep = Recorder([])
     s = flow.Session([], None, rep, Steps(rep))  # type: ignore[arg-type]
     plan = beside_plan()
-    rest = flow.RestOfImage(s, plan, tmp_path, 0, beside=True)
+    rest = flow.rest_of_image(s, plan, tmp_path, 0, beside=True)
     rest.begin()
     rest_rsync.ended.set()  # the rest fails first ...
     assert not rest.arrived()
