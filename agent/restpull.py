@@ -69,8 +69,7 @@ class RestOfImage:
         if self._thread is None and not self._done.is_set():
             self._pull()
         self._done.wait()
-        if self._error is not None:
-            raise self._error
+        self.check()
 
     def check(self) -> None:
         """Raise the rest's failure now if it has failed already (beside
