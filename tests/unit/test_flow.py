@@ -248,8 +248,8 @@ def test_dry_run_prints_the_plan_and_touches_nothing(machine: Machine, dhcp: Fak
 @pytest.mark.parametrize("udev_runs", [False, True])
 def test_udev_is_started_once_and_settled_only_while_it_runs(machine: Machine, dhcp: FakeDhcp,
                                                              udev_runs: bool) -> None:
-    """In the boot environment udevd starts after the drivers are loaded:
-    no settle before (nothing to wait for, a fork each).  A system that runs
+    """In the boot environment udevd starts beside the drivers' loading and
+    settles once, after it (a fork each, nothing to wait for before).  A system that runs
     udev already (reinstalling itself) settles between coldplug passes."""
     if udev_runs:
         drivers.UDEV_CONTROL.parent.mkdir(parents=True)
@@ -265,6 +265,42 @@ def test_udev_is_started_once_and_settled_only_while_it_runs(machine: Machine, d
         assert trigger[2:] == ["--action=add"] + [
             f"--subsystem-match={m}"
             for m in ("block", "net", "pci", "scsi", "nvme", "usb", "virtio")]
+
+
+def test_udev_starts_beside_the_module_loading(machine: Machine, dhcp: FakeDhcp,
+                                              fake_commands: FakeCommands,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """udevd and its trigger run while the coldplug is still loading
+    drivers (a coldplug that waits for them would time out here if udev
+    started only after it), and the settle comes after both."""
+    seen_during: list[list[str]] = []
+    coldplug = hardware.coldplug
+
+    def slow_coldplug(*a: Any, **k: Any) -> hardware.HardwareReport:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and \
+                not any(c[:2] == ["udevadm", "trigger"] for c in fake_commands.calls):
+            time.sleep(0.01)
+        seen_during.extend(c[:2] for c in fake_commands.calls)
+        return coldplug(*a, **k)
+
+    monkeypatch.setattr(hardware, "coldplug", slow_coldplug)
+    rc, rep = machine.install("IMAGESERVER=10.0.2.2 si.dry-run")
+    assert rc == 0, rep.lines
+    assert seen_during == [["/usr/lib/systemd/systemd-udevd", "--daemon"],
+                           ["udevadm", "trigger"]]
+
+
+def test_udevd_that_does_not_start_fails_the_hardware_phase(
+        machine: Machine, fake_commands: FakeCommands) -> None:
+    """A failure in udev's thread is the phase's failure, not lost in it."""
+    fake_commands.add(["/usr/lib/systemd/systemd-udevd"],
+                      FakeResult(stderr="Failed to create manager", returncode=1))
+    rc, rep = machine.install("IMAGESERVER=10.0.2.2")
+    assert rc == 1
+    assert rep.lines[-1].startswith(f"{FAILED_MARKER}: [hardware]")
+    assert "systemd-udevd" in rep.lines[-1]
+    assert rep.phases() == ["hardware"]
 
 
 def test_plan_only_is_a_dry_run_too(machine: Machine, dhcp: FakeDhcp) -> None:
