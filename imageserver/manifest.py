@@ -199,12 +199,23 @@ def build(tree: Path, reuse: Reuse | None = None,
 
 
 # --- files ------------------------------------------------------------------
-def save(entries: Iterable[Entry], path: Path) -> str:
-    """Write a manifest; returns the sha256 of the file written."""
+# One encoder for every line: json.dumps with arguments of its own builds an
+# encoder per call, a fifth of the time a manifest's lines take.
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
+def line(e: Entry) -> str:
+    """An entry as a line of a manifest file (and of what entries_sha256
+    is taken over)."""
+    return _ENCODER.encode(e.to_dict()) + "\n"
+
+
+def save(entries: Iterable[Entry], path: Path, lines: Iterable[str] | None = None) -> str:
+    """Write a manifest (`lines`: the entries' lines, made already);
+    returns the sha256 of the file written."""
     tmp = path.with_name(path.name + ".tmp")
     with gzip.open(tmp, "wt", encoding="utf-8", compresslevel=6) as f:
-        for e in entries:
-            f.write(json.dumps(e.to_dict(), separators=(",", ":")) + "\n")
+        f.writelines(map(line, entries) if lines is None else lines)
     tmp.replace(path)
     return sha256_file(path)
 

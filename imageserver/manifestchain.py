@@ -32,16 +32,20 @@ DELTA = "manifest.delta.jsonl.gz"
 MAX_CHAIN = 16
 
 
-def _line(e: Entry) -> str:
-    return json.dumps(e.to_dict(), separators=(",", ":")) + "\n"
+def lines_of(entries: list[Entry]) -> list[str]:
+    """Each entry's manifest line, made once for both save() and
+    entries_digest() (each made them itself: 0.03 s of a capture's 0.19 s
+    sealing, for the demo image's 10,900 paths)."""
+    return [manifest.line(e) for e in entries]
 
 
-def entries_digest(entries: list[Entry]) -> str:
+def entries_digest(entries: list[Entry], lines: list[str] | None = None) -> str:
     """The sha256 of a manifest's entries as whole-manifest lines, however
-    the file holding them is written."""
+    the file holding them is written.  `lines`: lines_of(entries)."""
+    lines = lines_of(entries) if lines is None else lines
     h = hashlib.sha256()
-    for e in sorted(entries, key=lambda e: _order(e.path)):
-        h.update(_line(e).encode("utf-8", "surrogatepass"))
+    for i in sorted(range(len(entries)), key=lambda i: _order(entries[i].path)):
+        h.update(lines[i].encode("utf-8", "surrogatepass"))
     return h.hexdigest()
 
 
@@ -103,12 +107,14 @@ def _order(path: str) -> tuple[str, ...]:
     return tuple(path.split("/"))
 
 
-def save(vdir: Path, entries: list[Entry], base: tuple[int, list[Entry]] | None) -> str:
+def save(vdir: Path, entries: list[Entry], base: tuple[int, list[Entry]] | None,
+         lines: list[str] | None = None) -> str:
     """Write the manifest of the version being made in `vdir`: a delta
-    against `base` (its number and entries) if given, else whole.  Returns
-    the sha256 of the file written."""
+    against `base` (its number and entries) if given, else whole.  `lines`:
+    lines_of(entries).  Returns the sha256 of the file written."""
+    lines = lines_of(entries) if lines is None else lines
     if base is None:
-        return manifest.save(entries, vdir / FULL)
+        return manifest.save(entries, vdir / FULL, lines)
     number, old = base
     before = {e.path: e for e in old}
     now = {e.path for e in entries}
@@ -116,9 +122,9 @@ def save(vdir: Path, entries: list[Entry], base: tuple[int, list[Entry]] | None)
     tmp = path.with_name(path.name + ".tmp")
     with gzip.open(tmp, "wt", encoding="utf-8", compresslevel=6) as f:
         f.write(json.dumps({"base": number}) + "\n")
-        for e in entries:
+        for e, text in zip(entries, lines, strict=True):
             if before.get(e.path) != e:
-                f.write(_line(e))
+                f.write(text)
         for p in sorted(before.keys() - now):
             f.write(json.dumps({"p": p, "gone": 1}, separators=(",", ":")) + "\n")
     tmp.replace(path)

@@ -117,14 +117,16 @@ def seal(v: Versions, s: Staging, new: NewVersion,
         added = max(0, added - d.bytes)
     for fname, data in new.files.items():
         (s.dir / fname).write_bytes(data)
+    lines = manifestchain.lines_of(walk.entries)
     digest = manifestchain.save(s.dir, walk.entries, _delta_base(v, s, base_entries,
-                                                                 adopt_entries is not None))
+                                                                 adopt_entries is not None),
+                                lines)
     usage = counter.result()
     info = VersionInfo(version=0, created=time.time(), origin=new.origin, source=new.source,
                        details=new.details, parent=s.parent, usage=_asdict(usage),
                        entries=len(walk.entries), manifest_sha256=digest, added_bytes=added,
                        excludes=new.excludes, warnings=new.warnings,
-                       entries_sha256=manifestchain.entries_digest(walk.entries))
+                       entries_sha256=manifestchain.entries_digest(walk.entries, lines))
     if adopt_entries is None:
         n = v.commit(s, info)
     else:

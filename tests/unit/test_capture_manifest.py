@@ -4,10 +4,11 @@ compared, saved and loaded; unchanged files shared with a stored version."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
-from imageserver import manifest
+from imageserver import manifest, manifestchain
 from imageserver.dedupe import dedupe
 
 
@@ -49,6 +50,20 @@ def test_save_and_load_round_trip(tmp_path):
     digest = manifest.save(entries, tmp_path / "m.jsonl.gz")
     assert digest == manifest.sha256_file(tmp_path / "m.jsonl.gz")
     assert manifest.load(tmp_path / "m.jsonl.gz") == entries
+
+
+def test_lines_are_the_format_stored_manifests_have(tmp_path):
+    """The shared encoder writes what json.dumps wrote before it: stored
+    manifests and their entries_sha256 keep verifying (odd names too)."""
+    entries = manifest.build(tree(tmp_path / "t")).entries
+    for e in entries:
+        assert manifest.line(e) == json.dumps(e.to_dict(), separators=(",", ":")) + "\n"
+    lines = manifestchain.lines_of(entries)
+    shuffled = entries[::-1]  # the digest is of manifest order, however given
+    assert manifestchain.entries_digest(entries, lines) == \
+        manifestchain.entries_digest(shuffled) == manifestchain.entries_digest(entries)
+    manifestchain.save(tmp_path, entries, None, lines)
+    assert manifest.load(tmp_path / manifestchain.FULL) == entries
 
 
 def test_compare_says_what_changed(tmp_path):
