@@ -36,7 +36,7 @@ from imageserver.goldenlayout import GoldenLayout, golden_layout
 from imageserver.names import check_name
 from imageserver.prehash import OUT_FORMAT, Prehasher, reuse_from
 from imageserver.prepare.golden import skipped_mounts
-from imageserver.probe import read_facts
+from imageserver.probe import RestOfFacts, read_facts
 from imageserver.seal import NewVersion, Sealed, seal
 from imageserver.sources import DaemonSource, LocalSource, Source, SshSource, read_secret
 from imageserver.sparsefiles import SparseFiles
@@ -88,9 +88,8 @@ def capture(state: StateRoot, opts: CaptureOptions, progress: Progress | None = 
     with v.lock(name), _secret_file(state, opts.source) as password, \
             _one_connection(opts.source) as source:
         say(f"reading {source.describe()}")
-        facts = read_facts(source, password)
-        golden = None if isinstance(opts.source, LocalSource) else \
-            golden_layout(facts, exact=opts.exact_geometry)
+        facts = read_facts(source, password, before_pull=True)
+        rest = RestOfFacts(source, facts) if isinstance(source, SshSource) else None
         rules = [*ex.skipped_mount_rules(skipped_mounts(fact_out(facts, "findmnt"))),
                  *_store_rules(state, opts.source), *user_rules]
         with v.stage(name, from_parent=True) as s:
@@ -103,6 +102,9 @@ def capture(state: StateRoot, opts: CaptureOptions, progress: Progress | None = 
                 vanished = _pull(v, s, source, password, rules, say, pre, sparse)
             finally:
                 hashes = pre.close()
+            facts = {**facts, **rest.result()} if rest is not None else facts
+            golden = None if isinstance(opts.source, LocalSource) else \
+                golden_layout(facts, exact=opts.exact_geometry)
             _generalize(s.tree, rules)
             sealed = _store(v, s, NewVersion(
                 origin="capture", source=opts.source.describe(),

@@ -12,26 +12,37 @@ from __future__ import annotations
 import json
 import secrets
 import tempfile
+import threading
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-from imageserver.prepare.golden import fact_script, parse_fact_stream
+from imageserver.prepare.golden import FACTS, fact_script, parse_fact_stream
 from imageserver.sources import DaemonSource, LocalSource, Source, SshSource
 from imageserver.transfer import CaptureError, explain, run_rsync
 from sysclone.run import run
 
 PROBE_TIMEOUT = 180
 
+# What a capture over SSH needs before its pull: that rsync is there, the
+# mounts (what to skip) and the disks' use (is there room).  The rest of
+# FACTS (partition tables, blkid, RAID, LVM, modules...) is read beside the
+# pull over the same connection (RestOfFacts): over a 1 Gbit/s link, the
+# first session took 0.19 s instead of 0.22 (the login is 0.18 of either).
+BEFORE_PULL = ("rsync", "lsblk", "findmnt")
 
-def ssh_facts(src: SshSource) -> dict[str, Any]:
+
+def ssh_facts(src: SshSource, names: Collection[str] | None = None) -> dict[str, Any]:
+    """The facts (those `names`, else all) from the client's own /bin/sh."""
     nonce = secrets.token_hex(8)
     argv = [*src.ssh_argv(master=True), src.host, "/bin/sh", "-s"]
-    res = run(argv, input=fact_script(nonce), check=False, timeout=PROBE_TIMEOUT)
+    res = run(argv, input=fact_script(nonce, names), check=False, timeout=PROBE_TIMEOUT)
     if res.returncode == 255 or f"@@{nonce} out" not in res.stdout:
         raise explain(res.returncode, (res.stderr or res.stdout).splitlines(),
                       f"cannot read the golden client {src.describe()}")
     facts = parse_fact_stream(res.stdout, nonce)
-    if (facts.get("rsync") or {}).get("rc") != 0 and not src.rsync_path:
+    if (names is None or "rsync" in names) and (facts.get("rsync") or {}).get("rc") != 0 \
+            and not src.rsync_path:
         raise CaptureError(f"rsync is not installed on the golden client {src.describe()}",
                            hint="install it there (apt-get install rsync)")
     return facts
@@ -68,9 +79,36 @@ def local_facts(src: LocalSource) -> dict[str, Any]:
     return {"findmnt": {"rc": 0, "out": json.dumps({"filesystems": below}), "err": ""}}
 
 
-def read_facts(src: Source, password_file: Path | None) -> dict[str, Any]:
+class RestOfFacts:
+    """The facts of an SSH client that BEFORE_PULL left out, read in a
+    thread while the pull runs; result() waits for them."""
+
+    def __init__(self, src: SshSource, have: Collection[str]) -> None:
+        self.names = [n for n, _ in FACTS if n not in have]
+        self.facts: dict[str, Any] = {}
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._read, args=(src,), name="facts",
+                                       daemon=True)  # a lost connection ends it
+        self.thread.start()
+
+    def _read(self, src: SshSource) -> None:
+        try:
+            self.facts = ssh_facts(src, self.names)
+        except BaseException as e:  # raised in the capture's thread by result()
+            self.error = e
+
+    def result(self) -> dict[str, Any]:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.facts
+
+
+def read_facts(src: Source, password_file: Path | None, *, before_pull: bool = False
+               ) -> dict[str, Any]:
+    """The client's facts; `before_pull`: over SSH only BEFORE_PULL's."""
     if isinstance(src, SshSource):
-        return ssh_facts(src)
+        return ssh_facts(src, BEFORE_PULL if before_pull else None)
     if isinstance(src, DaemonSource):
         assert password_file is not None
         return daemon_facts(src, password_file)

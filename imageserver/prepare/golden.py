@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Collection
 
 LVM_IN_USE = "lsblk -nro TYPE 2>/dev/null | grep -qx lvm || exit 0; "
 
@@ -94,14 +95,16 @@ class PrepareError(Exception):
 
 
 # --- facts ------------------------------------------------------------------
-def fact_script(nonce: str) -> str:
-    """One POSIX sh script printing every fact between marker lines; the
-    nonce keeps a fact's output from faking a marker."""
+def fact_script(nonce: str, names: Collection[str] | None = None) -> str:
+    """One POSIX sh script printing every fact (or those `names`) between
+    marker lines; the nonce keeps a fact's output from faking a marker."""
     out = ["export LANG=C.UTF-8 LC_ALL=C.UTF-8 LVM_SUPPRESS_FD_WARNINGS=1",
            "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
            # No writable /tmp (a read-only root): run the facts all the same.
            't=$(mktemp 2>/dev/null) || t=/dev/null']
     for name, snippet in FACTS:
+        if names is not None and name not in names:
+            continue
         out += [f"printf '@@{nonce} out {name}\\n'",
                 f"( {snippet} ) 2>\"$t\" </dev/null",
                 "rc=$?",

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from imageserver.prepare import SCRIPT
+from imageserver.prepare.golden import FACTS
 from imageserver.store import ImageStore
 from sysclone.cli import main
 from sysclone.paths import StateRoot
@@ -111,6 +112,10 @@ def test_capture_over_ssh_from_a_golden_client(tmp_path, state, capsys):
         assert shown["source"] == f"root@127.0.0.1:{s.port}"
         assert {"facts.json", "manifest.jsonl.gz", "excludes"} <= set(shown["records"])
         assert any(r.startswith("- /tmp/\\*\\*") or r == "- /tmp/**" for r in shown["excludes"])
+        # Every fact is kept: those read before the pull and those read beside it.
+        facts = json.loads((store.versions.version_dir("golden", 1) / "facts.json").read_text())
+        assert set(facts) == {name for name, _ in FACTS}
+        assert facts["uname"]["rc"] == 0 and facts["uname"]["out"].startswith("Linux")
         # The other way to give the port, and a second version sharing files.
         (g.data / "plain").write_text("changed on the golden client\n")
         rc, err = cli(state, capsys, "image", "capture", "golden", *s.source_args("option"))

@@ -111,6 +111,29 @@ def test_ssh_probe(fake_commands, monkeypatch):
         probe.ssh_facts(src)
 
 
+def test_ssh_probe_of_some_facts_and_the_rest_beside_the_pull(fake_commands, monkeypatch):
+    """Before the pull only BEFORE_PULL's facts are asked; RestOfFacts asks
+    the others (without rsync's check, made already) and hands over what
+    came, or the reason nothing did."""
+    monkeypatch.setattr(probe.secrets, "token_hex", lambda n: "n0nce")
+    src = parse_source("root@golden")
+    fake_commands.add(["ssh"], FakeResult(stdout=stream("n0nce", {
+        "rsync": (0, "rsync  version 3.2.7"), "lsblk": (0, "{}"), "findmnt": (0, "{}")})))
+    first = probe.read_facts(src, None, before_pull=True)
+    assert set(first) == set(probe.BEFORE_PULL)
+    script = probe.fact_script("n0nce", probe.BEFORE_PULL)
+    assert [n for n, _ in FACTS if f"@@n0nce out {n}\\n" in script] == list(probe.BEFORE_PULL)
+    others = {n: (0, f"{n} output") for n, _ in FACTS if n not in probe.BEFORE_PULL}
+    fake_commands.add(["ssh"], FakeResult(stdout=stream("n0nce", others)))
+    rest = probe.RestOfFacts(src, first)
+    assert rest.names == list(others)
+    assert {n: f["out"] for n, f in rest.result().items()} == \
+        {n: out for n, (_, out) in others.items()}
+    fake_commands.add(["ssh"], FakeResult(stderr="Connection reset by peer", returncode=255))
+    with pytest.raises(CaptureError, match="connection to the golden client failed"):
+        probe.RestOfFacts(src, first).result()
+
+
 def test_local_probe_sees_the_mounts_below(fake_commands, tmp_path):
     mounts = {"filesystems": [
         {"target": "/", "source": "/dev/vda", "fstype": "ext4", "fsroot": "/"},

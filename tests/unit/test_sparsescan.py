@@ -100,6 +100,13 @@ def test_split_pull_argv(tmp_path: Path) -> None:
         in holes
 
 
+class NoMoreFacts:
+    """The facts read beside the pull: none here."""
+
+    def result(self) -> dict[str, object]:
+        return {}
+
+
 @pytest.mark.parametrize(("scan", "runs"), [
     (rec(1, 2, 1, 1 << 20, 0, b"/var/img"), 2),  # one sparse file: the bulk, then it
     (b"", 1),  # none: one run, without -S
@@ -109,8 +116,9 @@ def test_capture_pulls_in_one_or_two_runs(scan: bytes, runs: int, tmp_path: Path
                                           fake_commands, monkeypatch) -> None:
     from sysclone.paths import StateRoot
 
-    monkeypatch.setattr(capture_mod, "read_facts", lambda src, pw: {
+    monkeypatch.setattr(capture_mod, "read_facts", lambda src, pw, before_pull: {
         "findmnt": {"rc": 0, "out": MOUNTS, "err": ""}})
+    monkeypatch.setattr(capture_mod, "RestOfFacts", lambda src, have: NoMoreFacts())
     lists: list[tuple[str, str]] = []
 
     def rsync(argv: list[str]) -> FakeResult:
