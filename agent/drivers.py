@@ -53,13 +53,14 @@ class KmodPerThread:
 
 
 def load_drivers() -> hardware.HardwareReport:
-    """Load the modules of every device (coldplug) while udev starts."""
+    """Load the modules of every device (coldplug) while udev starts; its
+    work on the devices goes on after (settle() waits for it)."""
     kmod = Kmod()
     loaders = KmodPerThread(kmod)
     # Between passes, udev settles -- when it ran before the agent (a
     # reinstall from a running system: its rules may load modules too).
     # In the boot environment it starts now, beside the coldplug, and is
-    # settled once at the end.
+    # settled once, later: the network comes up meanwhile (agent.flow).
     udev_ran = UDEV_CONTROL.exists()
     udev = None if udev_ran else UdevStart()
     try:
@@ -77,9 +78,13 @@ def load_drivers() -> hardware.HardwareReport:
         kmod.close()
         if udev is not None:
             udev.join()
-    if udev is not None:
-        run(["udevadm", "settle", "--timeout=10"], check=False)
     return report
+
+
+def settle() -> None:
+    """Wait for udev's work on the devices found (/dev/disk/by-*, the
+    properties pyudev and the inventory read)."""
+    run(["udevadm", "settle", "--timeout=10"], check=False)
 
 
 class UdevStart:
