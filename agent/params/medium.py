@@ -31,7 +31,6 @@ from sysclone.run import run
 log = logging.getLogger(__name__)
 
 LABEL = "SYSCLONECFG"  # mkmedia.usb.DATA_LABEL
-SYSFS = Path("/sys")
 MOUNTPOINT = Path("/run/sysclone/medium")
 LOCAL_CFG = "local.cfg"
 LOGS = "logs"
@@ -66,25 +65,12 @@ class Medium:
         run(["umount", str(self.mountpoint)], check=False)
 
 
-def partitions(sysfs: Path | None = None) -> list[str]:
-    """Every partition's device node, from sysfs."""
-    base = (sysfs or SYSFS) / "class/block"
-    if not base.is_dir():
-        return []
-    return [f"/dev/{d.name}" for d in sorted(base.iterdir()) if (d / "partition").exists()]
-
-
-def labelled(label: str, sysfs: Path | None = None) -> str | None:
-    """The partition holding the filesystem labelled `label`, if any:
-    blkid reads them itself (no cache file).  Only partitions: SYSCLONECFG
-    is one on a sysclone USB disk (mkmedia.usb), and a CD drive's probe
-    waited on udev's own (0.24 s under TCG instead of 0.05).  Two of them:
-    the first, with a warning."""
-    candidates = partitions(sysfs)
-    if not candidates:
-        return None
-    res = run(["blkid", "-c", "/dev/null", "-o", "device", "-t", f"LABEL={label}",
-               *candidates], check=False)
+def labelled(label: str) -> str | None:
+    """The device of the filesystem labelled `label`, if any: blkid reads
+    every block device itself (no cache file).  Two of them: the first,
+    with a warning."""
+    res = run(["blkid", "-c", "/dev/null", "-o", "device", "-t", f"LABEL={label}"],
+              check=False)
     devices = res.stdout.split()
     if res.returncode == 2 or (res.returncode == 0 and not devices):
         return None  # 2: no such filesystem

@@ -32,7 +32,6 @@ from agent import disks as disklib
 from agent import drivers, flow, hardware, inventory, network, session, start
 from agent.disks import Disk
 from agent.logsetup import LogTargets
-from agent.params import medium as mediumlib
 from agent.phases import Steps
 from agent.planner import make_plan
 from agent.report import DONE_MARKER, FAILED_MARKER, READY_MARKER, Reporter
@@ -156,7 +155,6 @@ def machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(flow, "TARGET", tmp_path / "sysroot")
     monkeypatch.setattr(drivers, "UDEV_CONTROL", tmp_path / "run/udev/control")
     monkeypatch.setattr(network, "SYSFS", sysfs)
-    monkeypatch.setattr(mediumlib, "SYSFS", sysfs)
     monkeypatch.setattr(network, "RESOLV_CONF", m.resolv_conf)
     # Hardware: the fake sysfs, and no module to load.
     monkeypatch.setattr(hardware, "coldplug", functools.partial(hardware.coldplug,
@@ -180,6 +178,9 @@ def machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     # Commands, by argv.
     fake_commands.add(["udevadm"], "")
     fake_commands.add(["/usr/lib/systemd/systemd-udevd"], "")
+    # No boot medium (blkid finds no SYSCLONECFG filesystem: exit code 2).
+    fake_commands.add(["blkid", "-c", "/dev/null", "-o", "device", "-t"],
+                      FakeResult(returncode=2))
     fake_commands.add(["rsync", "--list-only"], rsync_listing())
     fake_commands.add(["setsid", "cttyhack", "sh"], m.shell)
     yield m
