@@ -53,14 +53,13 @@ class KmodPerThread:
 
 
 def load_drivers() -> hardware.HardwareReport:
-    """Load the modules of every device (coldplug) while udev starts; its
-    work on the devices goes on after (settle() waits for it)."""
+    """Load the modules of every device (coldplug) while udev starts."""
     kmod = Kmod()
     loaders = KmodPerThread(kmod)
     # Between passes, udev settles -- when it ran before the agent (a
     # reinstall from a running system: its rules may load modules too).
     # In the boot environment it starts now, beside the coldplug, and is
-    # settled once, later: the network comes up meanwhile (agent.flow).
+    # settled once at the end.
     udev_ran = UDEV_CONTROL.exists()
     udev = None if udev_ran else UdevStart()
     try:
@@ -78,13 +77,9 @@ def load_drivers() -> hardware.HardwareReport:
         kmod.close()
         if udev is not None:
             udev.join()
+    if udev is not None:
+        run(["udevadm", "settle", "--timeout=10"], check=False)
     return report
-
-
-def settle() -> None:
-    """Wait for udev's work on the devices found (/dev/disk/by-*, the
-    properties pyudev and the inventory read)."""
-    run(["udevadm", "settle", "--timeout=10"], check=False)
 
 
 class UdevStart:

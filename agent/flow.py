@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import disks as disklib
-from agent import drivers, hardware, initramfs, network, session
+from agent import hardware, initramfs, network, session
 from agent.blockdev.assemble import assemble
 from agent.chroot import chroot_target
 from agent.configure import bootloader as bootlib
@@ -789,10 +789,6 @@ def install(s: Session, plan_only: bool,
     hw = detected()  # the hardware phase: agent.session ran it while this was imported
     read_medium(s)
     net = bring_up_network(s)
-    # udev went on with the devices while the network came up (the DHCP
-    # exchange took as long as its settle, 0.25 s under TCG); everything
-    # from here reads its work: the inventory, the disks, by-uuid.
-    drivers.settle()
     server = connect_monitor(s, hw, net)
     instr = fetch_instructions(s, server, net)
     plan = validate_plan(s, instr, server, net)

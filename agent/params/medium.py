@@ -6,10 +6,8 @@ for the same purpose, which anyone can edit on any computer, and where the
 agent leaves its log after each install.
 
 The medium is looked for once the hardware phase has loaded the drivers
-(a USB stick is invisible before), by blkid's own probe of every block
-device: udev is still at work on the devices then (its settle waits until
-the network is up, agent.flow), so /dev/disk/by-label may not be there
-yet.  It stays mounted while the agent works: that keeps
+(a USB stick is invisible before) and udev has named the filesystems
+(/dev/disk/by-label).  It stays mounted while the agent works: that keeps
 it out of the disks the install may use (agent.targets skips a mounted
 disk), and lets the log be written at the end.
 
@@ -31,6 +29,7 @@ from sysclone.run import run
 log = logging.getLogger(__name__)
 
 LABEL = "SYSCLONECFG"  # mkmedia.usb.DATA_LABEL
+BY_LABEL = Path("/dev/disk/by-label")
 MOUNTPOINT = Path("/run/sysclone/medium")
 LOCAL_CFG = "local.cfg"
 LOGS = "logs"
@@ -65,30 +64,14 @@ class Medium:
         run(["umount", str(self.mountpoint)], check=False)
 
 
-def labelled(label: str) -> str | None:
-    """The device of the filesystem labelled `label`, if any: blkid reads
-    every block device itself (no cache file).  Two of them: the first,
-    with a warning."""
-    res = run(["blkid", "-c", "/dev/null", "-o", "device", "-t", f"LABEL={label}"],
-              check=False)
-    devices = res.stdout.split()
-    if res.returncode == 2 or (res.returncode == 0 and not devices):
-        return None  # 2: no such filesystem
-    if res.returncode != 0:
-        raise SyscloneError(f"blkid cannot look for the {label} filesystem: "
-                            + ((res.stderr or res.stdout).strip() or
-                               f"exit code {res.returncode}"))
-    if len(devices) > 1:
-        log.warning("%s on %s: using %s", label, ", ".join(devices), devices[0])
-    return devices[0]
-
-
-def find_medium(mountpoint: Path | None = None) -> Medium | None:
+def find_medium(by_label: Path | None = None, mountpoint: Path | None = None
+                ) -> Medium | None:
     """Mount the SYSCLONECFG filesystem if the machine has one (read-write;
     read-only if it is write-protected)."""
-    device = labelled(LABEL)
-    if device is None:
+    link = (by_label or BY_LABEL) / LABEL
+    if not link.exists():
         return None
+    device = str(link.resolve())
     where = mountpoint or MOUNTPOINT
     where.mkdir(parents=True, exist_ok=True)
     # flush: written data reaches the stick at once; it may be pulled out

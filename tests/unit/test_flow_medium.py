@@ -11,7 +11,6 @@ import pytest
 
 from agent.params import Source, parse_local_cfg, resolve
 from agent.params import medium as mediumlib
-from sysclone.errors import SyscloneError
 from tests.conftest import FakeResult
 from tests.unit.netfakes import FakeDhcp
 from tests.unit.test_flow import Machine, dhcp, machine  # noqa: F401  (fixtures)
@@ -19,12 +18,16 @@ from tests.unit.test_flow import Machine, dhcp, machine  # noqa: F401  (fixtures
 
 @pytest.fixture
 def stick(machine: Machine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:  # noqa: F811
-    """blkid finds the SYSCLONECFG filesystem on /dev/sdb2; mount is
-    faked, so the mount point is the partition's contents."""
+    """/dev/disk/by-label/SYSCLONECFG -> a device; mount is faked, so the
+    mount point is the partition's contents."""
+    by_label = tmp_path / "by-label"
+    by_label.mkdir()
+    dev = tmp_path / "sdb2"
+    dev.write_bytes(b"")
+    (by_label / "SYSCLONECFG").symlink_to(dev)
     where = tmp_path / "medium"
     where.mkdir()
-    machine.commands.add(["blkid", "-c", "/dev/null", "-o", "device", "-t",
-                          "LABEL=SYSCLONECFG"], "/dev/sdb2\n")
+    monkeypatch.setattr(mediumlib, "BY_LABEL", by_label)
     monkeypatch.setattr(mediumlib, "MOUNTPOINT", where)
     machine.commands.add(["mount", "-t", "vfat"], "")
     machine.commands.add(["umount"], "")
@@ -54,6 +57,7 @@ def test_the_mediums_local_cfg_beats_the_command_line_and_the_initrds(
 
 def test_without_a_medium_nothing_is_mounted(machine: Machine, dhcp: FakeDhcp,  # noqa: F811
                                             tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(mediumlib, "BY_LABEL", tmp_path / "none")
     rc, rep = machine.install("IMAGESERVER=10.0.2.2 si.dry-run")
     assert rc == 0, rep.lines
     assert not any(c[0] in ("mount", "umount") for c in machine.ran())
@@ -96,21 +100,3 @@ def test_the_medium_layer_ranks_below_the_server():
     assert resolve([medium, disk]).params.image_name == "b"
     assert Source.LOCAL_CFG_MEDIUM.is_local_cfg
     assert Source.LOCAL_CFG_MEDIUM < Source.SERVER
-
-
-def test_the_medium_is_found_by_blkid_not_by_udev(fake_commands, caplog) -> None:
-    """blkid reads the devices itself (udev may not have named them yet):
-    none, one, two (the first, with a warning), or a blkid that fails."""
-    argv = ["blkid", "-c", "/dev/null", "-o", "device", "-t", "LABEL=SYSCLONECFG"]
-    fake_commands.add(argv, FakeResult(returncode=2))
-    assert mediumlib.labelled("SYSCLONECFG") is None
-    fake_commands.add(argv, "/dev/sdb2\n")
-    assert mediumlib.labelled("SYSCLONECFG") == "/dev/sdb2"
-    fake_commands.add(argv, "/dev/sdb2\n/dev/sdc1\n")
-    assert mediumlib.labelled("SYSCLONECFG") == "/dev/sdb2"
-    assert "SYSCLONECFG on /dev/sdb2, /dev/sdc1: using /dev/sdb2" in caplog.text
-    fake_commands.add(argv, FakeResult(stderr="blkid: bad usage", returncode=4))
-    with pytest.raises(SyscloneError, match="blkid cannot look for the SYSCLONECFG "
-                                            "filesystem: blkid: bad usage"):
-        mediumlib.labelled("SYSCLONECFG")
-    assert fake_commands.calls == [argv] * 4
