@@ -95,6 +95,35 @@ def test_modaliases_cover_every_bus_sorted_and_unique(tmp_path: Path) -> None:
     assert len(aliases) == 11
 
 
+def test_a_rescan_reads_only_the_devices_that_came_since(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """ModaliasScan: known devices are not read again; a device whose
+    directory came before its modalias (sysfs makes the directory first) is
+    read again until it has one."""
+    fs = FakeSysfs.captured(tmp_path / "sys", with_virtio=False)
+    reads: list[str] = []
+    read = hardware._read
+
+    def counted(p: Path) -> str:
+        reads.append(p.parent.name)
+        return read(p)
+
+    monkeypatch.setattr(hardware, "_read", counted)
+    scan = hardware.ModaliasScan(tmp_path / "sys")
+    first = scan()
+    assert first == modaliases(tmp_path / "sys")
+    reads.clear()
+    assert scan() == first and reads == []  # nothing new: nothing read
+    fs.virtio("virtio7", "0000:00:03.0", "virtio:d00000001v00001AF4")
+    half = tmp_path / "sys/bus/virtio/devices/virtio8"
+    half.mkdir()  # its attributes are not there yet
+    assert scan() == sorted([*first, "virtio:d00000001v00001AF4"])
+    assert sorted(reads) == ["virtio7", "virtio8"]
+    reads.clear()
+    (half / "modalias").write_text("virtio:d00000002v00001AF4\n")
+    assert "virtio:d00000002v00001AF4" in scan() and reads == ["virtio8"]
+
+
 def test_coldplug_loads_bus_driver_then_the_devices_it_reveals(tmp_path: Path) -> None:
     fs = FakeSysfs.captured(tmp_path / "sys", with_virtio=False)
     kernel = FakeKernel(fs, broken=("vmw_vsock_virtio_transport",))
