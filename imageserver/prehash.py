@@ -6,7 +6,10 @@ capture; instead rsync names each file as it finishes it (--out-format) and
 worker threads hash it while the transfer goes on, in time a slow network
 or the client's disk leaves idle.  The manifest then takes the hash when
 the file is still the one that was hashed (same inode, size and mtime) and
-reads it itself otherwise.
+reads it itself otherwise.  The workers read each file's extended
+attributes too, which the manifest takes while the file's ctime says they
+cannot have changed since (a new name of a hard-linked file changes it:
+those are read again).
 """
 
 from __future__ import annotations
@@ -16,10 +19,10 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
-from imageserver.manifest import sha256_file
+from imageserver.manifest import Prehashed, Xattrs, read_xattrs, sha256_file
 
 # rsync's --out-format: the 11-character itemize string, the bytes sent and
 # the name (relative to the tree, unprintable bytes as \#ooo).  With %b in
@@ -41,7 +44,14 @@ def unescape(name: str) -> str:
     return os.fsdecode(raw)
 
 
-Hashed = tuple[int, int, int, int, str]  # dev, ino, size, mtime_ns, sha256
+class Hashed(NamedTuple):
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    sha256: str
+    xattrs: Xattrs
 
 
 class Prehasher:
@@ -83,13 +93,15 @@ class Prehasher:
             try:
                 st = os.lstat(path)
                 digest = sha256_file(path)
+                xattrs = read_xattrs(path)
                 after = os.lstat(path)
             except OSError:
                 time.sleep(RETRY_SECONDS)
                 continue
-            if (st.st_ino, st.st_size, st.st_mtime_ns) == \
-                    (after.st_ino, after.st_size, after.st_mtime_ns):
-                return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, digest
+            if (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) == \
+                    (after.st_ino, after.st_size, after.st_mtime_ns, after.st_ctime_ns):
+                return Hashed(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+                              st.st_ctime_ns, digest, xattrs)
             time.sleep(RETRY_SECONDS)
         return None
 
@@ -102,13 +114,15 @@ class Prehasher:
         return {rel: r for rel, r in self.results.items() if r is not None}
 
 
-def reuse_from(hashes: dict[str, Hashed]) -> Callable[[str, os.stat_result], str | None]:
+def reuse_from(hashes: dict[str, Hashed]) -> Prehashed:
     """The hashes as manifest.build() takes them: valid while the file is
-    the one that was hashed."""
-    def known(rel: str, st: os.stat_result) -> str | None:
+    the one that was hashed; its extended attributes while nothing changed
+    the inode since either (ctime)."""
+    def known(rel: str, st: os.stat_result) -> tuple[str, Xattrs | None] | None:
         h = hashes.get(rel)
-        if h and h[:4] == (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns):
-            return h[4]
+        if h and (h.dev, h.ino, h.size, h.mtime_ns) == \
+                (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns):
+            return h.sha256, h.xattrs if h.ctime_ns == st.st_ctime_ns else None
         return None
     return known
 

@@ -40,7 +40,7 @@ class NewVersion:
     # their hashes are known, nothing needs reading.
     hashes_from: tuple[Path, list[manifest.Entry]] | None = None
     # New files already hashed while rsync copied them (imageserver.prehash).
-    prehashed: manifest.Reuse | None = None
+    prehashed: manifest.Prehashed | None = None
 
 
 @dataclass(frozen=True)
