@@ -25,15 +25,18 @@ import stat
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
-_TYPES = ((stat.S_ISREG, "f"), (stat.S_ISDIR, "d"), (stat.S_ISLNK, "l"), (stat.S_ISCHR, "c"),
-          (stat.S_ISBLK, "b"), (stat.S_ISFIFO, "p"), (stat.S_ISSOCK, "s"))
+# By the format bits of st_mode: one lookup, not a test per type (a tenth of
+# the manifest's walk went to trying them in turn).
+_TYPES = {stat.S_IFREG: "f", stat.S_IFDIR: "d", stat.S_IFLNK: "l", stat.S_IFCHR: "c",
+          stat.S_IFBLK: "b", stat.S_IFIFO: "p", stat.S_IFSOCK: "s"}
 
 
 def file_type(mode: int) -> str:
-    return next((t for test, t in _TYPES if test(mode)), "?")
+    return _TYPES.get(stat.S_IFMT(mode), "?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,10 +125,13 @@ class Walk:
     new_bytes: int = 0  # allocated bytes of inodes not shared with it
 
 
+_name = attrgetter("name")
+
+
 def _listing(root: str, rel: str) -> list[tuple[str, os.stat_result]]:
     with os.scandir(root + rel if rel else root) as it:
-        entries = sorted((e.name, e) for e in it)
-    return [(f"{rel}/{name}", e.stat(follow_symlinks=False)) for name, e in entries]
+        entries = sorted(it, key=_name)
+    return [(f"{rel}/{e.name}", e.stat(follow_symlinks=False)) for e in entries]
 
 
 def walk_tree(tree: Path) -> Iterator[tuple[str, os.stat_result]]:
