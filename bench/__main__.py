@@ -312,12 +312,12 @@ def bench_storage(state: StateRoot, runs: int, res: Results) -> None:
 def bench_capture(runs: int, res: Results) -> None:
     import tempfile
 
-    from bench import capture
+    from bench import capture, golden
 
     cache = Path(os.environ.get("SYSCLONE_CACHE") or "/var/cache/sysclone")
     with tempfile.TemporaryDirectory(prefix="sysclone-bench-capture.") as work, \
-            capture.golden_over_ssh(Path(work), cache) as g:
-        with capture.over_link(g) as lan:
+            golden.golden_over_ssh(Path(work), cache) as g:
+        with golden.over_link(g) as lan:
             sp = capture.speed(lan, Path(work), max(runs, 4))
         res.record("capture", sp)
         res.ratio("capture", sp["ratio"], f"capture {sp['capture_s']:.2f}s vs plain rsync "

@@ -15,7 +15,7 @@ the same run:
     python -m bench.update [--rounds N] [--json FILE]
 
 The image is the debootstrapped demo image from $SYSCLONE_CACHE if one is
-cached, else a copy of /usr/share (bench.capture.realistic_tree), stored
+cached, else a copy of /usr/share (bench.golden.realistic_tree), stored
 twice with `capture` (the second time with 1 % of its files changed); the
 image server (rsync daemon + API) runs on loopback and the clients are
 local trees (updateclient --root).  Needs root.
@@ -92,7 +92,7 @@ def change_files(tree: Path, share: float = CHANGE, seed: int = 42) -> int:
 
 @contextmanager
 def update_lab(work: Path, cache: Path) -> Iterator[UpdateLab]:
-    from bench.capture import realistic_tree
+    from bench.golden import realistic_tree
 
     state = StateRoot.from_options(work / "state", cache)
     src = work / "src"

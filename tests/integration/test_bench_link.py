@@ -1,7 +1,7 @@
-"""bench.capture's golden client behind a shaped link: a network namespace,
+"""bench.golden's client behind a shaped link: a network namespace,
 a veth pair, tc's token bucket on both ends, and a capture across it; and
 nothing of it left behind.  (Its choice of addresses: tests/unit/
-test_bench_capture.py.)"""
+test_bench_golden.py.)"""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from bench import capture as bc
+from bench import golden
 from imageserver.store import ImageStore
 
 
@@ -37,10 +38,10 @@ def bench_links() -> tuple[list[str], list[str]]:
 
 def test_a_capture_across_a_shaped_link(tmp_path: Path, root_only: None,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(bc, "realistic_tree", small_tree)
+    monkeypatch.setattr(golden, "realistic_tree", small_tree)
     before = bench_links()
-    with bc.golden_over_ssh(tmp_path / "work", tmp_path / "cache") as g, \
-            bc.over_link(g, "100mbit") as lan:
+    with golden.golden_over_ssh(tmp_path / "work", tmp_path / "cache") as g, \
+            golden.over_link(g, "100mbit") as lan:
         assert lan.link == "100mbit" and lan.source.host != g.source.host
         spaces, ends = bench_links()
         (ns,) = set(spaces) - set(before[0])

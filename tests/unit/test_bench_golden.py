@@ -1,4 +1,4 @@
-"""bench.capture's link to the golden client: the addresses it takes."""
+"""bench.golden's link to the golden client: the addresses it takes."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from bench import capture as bc
+from bench import golden
 
 
 def test_the_link_takes_a_network_no_route_covers(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -14,9 +14,9 @@ def test_the_link_takes_a_network_no_route_covers(monkeypatch: pytest.MonkeyPatc
     candidate that no route (of any table) overlaps."""
     routes = [{"dst": "default"}, {"dst": "10.254.0.0/16"}, {"dst": "172.31.254.2"},
               {"dst": "127.0.0.0/8"}]
-    monkeypatch.setattr(bc, "output", lambda argv: json.dumps(routes))
-    assert bc._free_link_net() == ("192.168.254.1", "192.168.254.2", 30)
+    monkeypatch.setattr(golden, "output", lambda argv: json.dumps(routes))
+    assert golden._free_link_net() == ("192.168.254.1", "192.168.254.2", 30)
     routes.append({"dst": "192.168.0.0/16"})
     routes.append({"dst": "100.64.0.0/10"})
     with pytest.raises(RuntimeError, match="is routed on this machine"):
-        bc._free_link_net()
+        golden._free_link_net()
