@@ -2,11 +2,14 @@
 version of an image.
 
     check the name, the source, the exclude files and the layout file
-    -> lock the image -> read the client's facts (disks, mounts, modules)
-    -> its disk layout -> the filter (skipped mounts, excludes)
+    -> lock the image -> read the client's facts the pull needs (rsync,
+       mounts, disk use; over SSH the others -- partition tables, RAID,
+       LVM, modules -- are read beside the pull)
+    -> the filter (skipped mounts, excludes)
     -> pull / into a staging directory, unchanged files hard-linked from
        the current version (on btrfs: into a snapshot of it, rewriting only
-       what changed) -> manifest -> commit as the new current version
+       what changed) -> the client's disk layout -> manifest -> commit as
+       the new current version
 
 Nothing is written to the store before the pull, and a staging directory
 that does not get committed (an error, Ctrl-C, a full disk) is removed: the
