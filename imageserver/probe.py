@@ -32,10 +32,12 @@ PROBE_TIMEOUT = 180
 BEFORE_PULL = ("rsync", "lsblk", "findmnt")
 
 
-def ssh_facts(src: SshSource, names: Collection[str] | None = None) -> dict[str, Any]:
-    """The facts (those `names`, else all) from the client's own /bin/sh."""
+def ssh_facts(src: SshSource, names: Collection[str] | None = None, *, master: bool = True
+              ) -> dict[str, Any]:
+    """The facts (those `names`, else all) from the client's own /bin/sh;
+    `master`: this login is the connection the capture's others share."""
     nonce = secrets.token_hex(8)
-    argv = [*src.ssh_argv(master=True), src.host, "/bin/sh", "-s"]
+    argv = [*src.ssh_argv(master=master), src.host, "/bin/sh", "-s"]
     res = run(argv, input=fact_script(nonce, names), check=False, timeout=PROBE_TIMEOUT)
     if res.returncode == 255 or f"@@{nonce} out" not in res.stdout:
         raise explain(res.returncode, (res.stderr or res.stdout).splitlines(),
@@ -93,7 +95,10 @@ class RestOfFacts:
 
     def _read(self, src: SshSource) -> None:
         try:
-            self.facts = ssh_facts(src, self.names)
+            # Through the first login's connection, never a master itself:
+            # a second one would log in again, and one made after the
+            # capture closed the first would stay behind.
+            self.facts = ssh_facts(src, self.names, master=False)
         except BaseException as e:  # raised in the capture's thread by result()
             self.error = e
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -132,6 +133,16 @@ def test_ssh_probe_of_some_facts_and_the_rest_beside_the_pull(fake_commands, mon
     fake_commands.add(["ssh"], FakeResult(stderr="Connection reset by peer", returncode=255))
     with pytest.raises(CaptureError, match="connection to the golden client failed"):
         probe.RestOfFacts(src, first).result()
+    # Over the capture's shared connection: the first login is its master,
+    # the rest goes through it and never becomes one.
+    shared = replace(src, control_path="/run/sysclone-ssh/%C")
+    answers = [stream("n0nce", {"rsync": (0, "rsync  version 3.2.7")}), stream("n0nce", others)]
+    fake_commands.add(["ssh"], lambda argv: FakeResult(stdout=answers.pop(0)))
+    probe.read_facts(shared, None, before_pull=True)
+    probe.RestOfFacts(shared, first).result()
+    login, rest = fake_commands.calls[-2:]
+    assert "ControlMaster=yes" in login and "ControlPersist=120" in login
+    assert "ControlMaster=no" in rest and not any(a.startswith("ControlPersist") for a in rest)
 
 
 def test_local_probe_sees_the_mounts_below(fake_commands, tmp_path):
