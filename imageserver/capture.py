@@ -92,7 +92,6 @@ def capture(state: StateRoot, opts: CaptureOptions, progress: Progress | None = 
             _one_connection(opts.source) as source:
         say(f"reading {source.describe()}")
         facts = read_facts(source, password, before_pull=True)
-        rest = RestOfFacts(source, facts) if isinstance(source, SshSource) else None
         rules = [*ex.skipped_mount_rules(skipped_mounts(fact_out(facts, "findmnt"))),
                  *_store_rules(state, opts.source), *user_rules]
         with v.stage(name, from_parent=True) as s:
@@ -100,6 +99,9 @@ def capture(state: StateRoot, opts: CaptureOptions, progress: Progress | None = 
             say(f"pulling / from {opts.source.describe()}")
             sparse = ssh_sparse_files(source, fact_out(facts, "findmnt")) \
                 if isinstance(source, SshSource) and s.seed is None else None
+            # The other facts once the scan is done (it waits for nothing
+            # but the client): beside the pull, which gives them time.
+            rest = RestOfFacts(source, facts) if isinstance(source, SshSource) else None
             pre = Prehasher(s.tree)
             try:
                 vanished = _pull(v, s, source, password, rules, say, pre, sparse)
