@@ -14,6 +14,7 @@ from pathlib import Path
 
 from agent import hardware
 from agent.kmod import Kmod
+from sysclone.background import in_background
 from sysclone.run import run
 
 UDEV_CONTROL = Path("/run/udev/control")  # udevd's socket: there while it runs
@@ -61,7 +62,7 @@ def load_drivers() -> hardware.HardwareReport:
     # In the boot environment it starts now, beside the coldplug, and is
     # settled once at the end.
     udev_ran = UDEV_CONTROL.exists()
-    udev = None if udev_ran else UdevStart()
+    udev = None if udev_ran else in_background(start_udev, "udev")
     try:
         report = hardware.coldplug(
             kmod.lookup, loaders.load,
@@ -76,39 +77,24 @@ def load_drivers() -> hardware.HardwareReport:
         loaders.close()
         kmod.close()
         if udev is not None:
-            udev.join()
+            udev()  # raises what starting it raised
     if udev is not None:
         run(["udevadm", "settle", "--timeout=10"], check=False)
     return report
 
 
-class UdevStart:
-    """udevd starting, and its coldplug trigger, in a thread beside the
-    module loading.  udev maintains /dev/disk/by-* and device properties
-    (pyudev, blkid, the inventory), which nothing needs before the drivers
-    are loaded.  Started after them, its start and the processing of every
-    device's event came on top of the phase (0.5 s of its 2.0 under TCG);
-    beside them, udevd's workers run while ahci and sr_mod wait for their
-    probes.  Nothing is lost in between: a device that appears before udevd
-    listens is in sysfs when the trigger (which runs after that) walks it,
-    and one that appears later sends its own event."""
-
-    def __init__(self) -> None:
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._start, name="udev", daemon=True)
-        self.thread.start()
-
-    def _start(self) -> None:
-        try:
-            # --daemon forks; the parent returns once udevd listens.
-            run(["/usr/lib/systemd/systemd-udevd", "--daemon", "--resolve-names=never"],
-                capture=False)
-            run(["udevadm", "trigger", "--action=add",
-                 *(f"--subsystem-match={m}" for m in UDEV_SUBSYSTEMS)], check=False)
-        except BaseException as e:  # raised in the agent's thread by join()
-            self.error = e
-
-    def join(self) -> None:
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
+def start_udev() -> None:
+    """udevd, and its coldplug trigger, run beside the module loading (in
+    the background: load_drivers).  udev maintains /dev/disk/by-* and
+    device properties (pyudev, blkid, the inventory), which nothing needs
+    before the drivers are loaded.  Started after them, its start and the
+    processing of every device's event came on top of the phase (0.5 s of
+    its 2.0 under TCG); beside them, udevd's workers run while ahci and
+    sr_mod wait for their probes.  Nothing is lost in between: a device
+    that appears before udevd listens is in sysfs when the trigger (which
+    runs after that) walks it, and one that appears later sends its own
+    event."""
+    # --daemon forks; the parent returns once udevd listens.
+    run(["/usr/lib/systemd/systemd-udevd", "--daemon", "--resolve-names=never"], capture=False)
+    run(["udevadm", "trigger", "--action=add",
+         *(f"--subsystem-match={m}" for m in UDEV_SUBSYSTEMS)], check=False)

@@ -9,10 +9,10 @@ source that cannot be reached fails here, before any staging exists.
 
 from __future__ import annotations
 
+import functools
 import json
 import secrets
 import tempfile
-import threading
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from typing import Any
 from imageserver.prepare.golden import FACTS, fact_script, parse_fact_stream
 from imageserver.sources import DaemonSource, LocalSource, Source, SshSource
 from imageserver.transfer import CaptureError, explain, run_rsync
+from sysclone.background import in_background
 from sysclone.run import run
 
 PROBE_TIMEOUT = 180
@@ -87,26 +88,11 @@ class RestOfFacts:
 
     def __init__(self, src: SshSource, have: Collection[str]) -> None:
         self.names = [n for n, _ in FACTS if n not in have]
-        self.facts: dict[str, Any] = {}
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._read, args=(src,), name="facts",
-                                       daemon=True)  # a lost connection ends it
-        self.thread.start()
-
-    def _read(self, src: SshSource) -> None:
-        try:
-            # Through the first login's connection, never a master itself:
-            # a second one would log in again, and one made after the
-            # capture closed the first would stay behind.
-            self.facts = ssh_facts(src, self.names, master=False)
-        except BaseException as e:  # raised in the capture's thread by result()
-            self.error = e
-
-    def result(self) -> dict[str, Any]:
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
-        return self.facts
+        # Through the first login's connection, never a master itself: a
+        # second one would log in again, and one made after the capture
+        # closed the first would stay behind.
+        self.result = in_background(
+            functools.partial(ssh_facts, src, self.names, master=False), "facts")
 
 
 def read_facts(src: Source, password_file: Path | None, *, before_pull: bool = False
