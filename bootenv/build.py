@@ -282,6 +282,8 @@ def build(spec: BuildSpec, agent: FrozenAgent, out_dir: Path,
                 say(f"left out, idle on the client and their tools left out: {', '.join(idle)}")
                 chosen = drivers.choose(db, spec.modules_dir, spec.firmware_dir,
                                         spec.drivers.without(idle), spec.tool_groups)
+        if chosen.left_out:
+            say("left out, of use to a running system only: " + ", ".join(chosen.left_out))
         stacks = drivers.storage_stacks(tool_groups, tools_dropped, spec.drivers)
         # Where the agent's plan reads what it cannot build, and why.
         st.write(BOOTENV_INFO, json.dumps({"flavor": spec.flavor, "storage": stacks},

@@ -47,6 +47,25 @@ TOOL_MODULES = {"ext4": ("ext4",), "xfs": ("xfs",), "vfat": ("vfat",), "btrfs": 
                 "raid": ("md_mod",), "lvm": ("dm_mod",), "crypt": ("dm_crypt",)}
 
 
+# Modules a client's listing (`loaded`) carries that serve only a running
+# system, never an install: FUSE, binfmt_misc, the automounter, netfilter
+# (iptables, nftables), configfs (target and gadget setups).  Debian's
+# systemd alone loads fuse, autofs4, configfs and the iptables pair at
+# boot: 0.85 MB of a cloud kernel's modules, a quarter of the client's
+# list by size.  Left out of `loaded` unless --add-modules names them (or
+# a kept module depends on one); by path in the kernel's tree.
+RUNNING_SYSTEM_ONLY = ("kernel/fs/fuse/", "kernel/fs/binfmt_misc.", "kernel/fs/autofs/",
+                       "kernel/fs/configfs/", "kernel/net/netfilter/",
+                       "kernel/net/ipv4/netfilter/", "kernel/net/ipv6/netfilter/",
+                       "kernel/net/bridge/netfilter/")
+
+
+def running_system_only(path: str) -> bool:
+    """Whether a module (its path in the kernel's tree) serves only a
+    running system (RUNNING_SYSTEM_ONLY)."""
+    return path.startswith(RUNNING_SYSTEM_ONLY)
+
+
 @dataclass(frozen=True)
 class DriverRequest:
     """What `--modules`, `--modules-from` and `--add-modules` asked for."""
@@ -90,12 +109,14 @@ class DriverSet:
     firmware: tuple[str, ...]  # files carried, as the kernel tree names them
     firmware_size: int
     firmware_missing: dict[str, tuple[str, ...]]  # module -> declared, not in the tree
+    left_out: tuple[str, ...] = ()  # loaded: the client's modules of no use to an install
 
 
 def choose(db: ModuleDB, modules_dir: Path, firmware_dir: Path | None, req: DriverRequest,
            tool_groups: Sequence[str]) -> DriverSet:
     """Resolve a request against one kernel."""
     groups: tuple[str, ...] = ()
+    left_out: tuple[str, ...] = ()
     if req.how == "all":
         wanted = [m.name for m in db.loadable]
     elif req.how == "loaded":
@@ -109,7 +130,10 @@ def choose(db: ModuleDB, modules_dir: Path, firmware_dir: Path | None, req: Driv
         if gone:
             log.warning("kernel %s has no module %s (loaded on the client)", db.kver,
                         ", ".join(gone))
-        wanted = known
+        added = set(db.match(req.add))
+        left_out = tuple(sorted(n for n in known if n not in added
+                                and running_system_only(db.modules[n].path)))
+        wanted = [n for n in known if n not in left_out]
     elif req.how in ("standard", "list"):
         groups = groups_lib.groups_for(req.groups, tuple(tool_groups)) \
             if req.how == "standard" or req.groups else ()
@@ -137,7 +161,8 @@ def choose(db: ModuleDB, modules_dir: Path, firmware_dir: Path | None, req: Driv
         if lacking:
             missing[n] = tuple(lacking)
     return DriverSet(req.how, groups, tuple(names), tuple(sorted(paths)), size,
-                     tuple(sorted(carried)), fw_size, missing)
+                     tuple(sorted(carried)), fw_size, missing,
+                     tuple(n for n in left_out if n not in names))
 
 
 def usable_tools(tool_groups: Sequence[str], db: ModuleDB, chosen: DriverSet,
@@ -246,6 +271,7 @@ def manifest(db: ModuleDB, drivers: DriverSet) -> dict[str, Any]:
                for m in sorted(db.modules.values(), key=lambda m: m.name)
                if m.builtin and m.aliases]
     return {"how": drivers.how, "groups": list(drivers.groups), "count": len(mods),
+            "left_out": list(drivers.left_out),
             "bytes": drivers.size, "list": mods, "builtin": builtin,
             "builtin_names": sorted(m.name for m in db.modules.values() if m.builtin)}
 

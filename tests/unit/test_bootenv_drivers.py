@@ -114,6 +114,35 @@ def test_loaded_keeps_the_clients_modules_with_their_closure(cloud):
     assert set(more.names) - set(d.names) >= {"virtio_scsi", "scsi_mod"}
 
 
+RUNNING_ONLY = {"fuse", "autofs4", "configfs", "binfmt_misc", "ip_tables", "x_tables"}
+
+
+def test_loaded_leaves_out_what_serves_a_running_system_only(cloud):
+    db, mdir, fw = cloud
+    req = DriverRequest.parse("loaded", loaded=loaded_modules(GOLDEN_MODULES))
+    assert set(req.names) >= RUNNING_ONLY  # the golden VM had them loaded
+    d = drivers.choose(db, mdir, fw, req, TOOLS)
+    assert set(d.left_out) == RUNNING_ONLY and not RUNNING_ONLY & set(d.names)
+    assert {"virtio_blk", "virtio_net", "loop", "qemu_fw_cfg"} <= set(d.names)
+    assert drivers.manifest(db, d)["left_out"] == sorted(RUNNING_ONLY)
+    # --add-modules brings one back, with what it needs (x_tables)
+    more = drivers.choose(db, mdir, fw, DriverRequest("loaded", (), req.names, ("ip_tables",)),
+                          TOOLS)
+    assert {"ip_tables", "x_tables"} <= set(more.names)
+    assert set(more.left_out) == RUNNING_ONLY - {"ip_tables", "x_tables"}
+    # other choices take what they name
+    listed = drivers.choose(db, mdir, fw, DriverRequest.parse("fuse"), TOOLS)
+    assert "fuse" in listed.names and listed.left_out == ()
+
+
+@pytest.mark.parametrize("path, only", [
+    ("kernel/fs/fuse/fuse.ko", True), ("kernel/fs/binfmt_misc.ko", True),
+    ("kernel/net/ipv6/netfilter/ip6_tables.ko", True), ("kernel/net/packet/af_packet.ko", False),
+    ("kernel/fs/ext4/ext4.ko", False), ("kernel/fs/fuse-ish/x.ko", False), ("", False)])
+def test_running_system_only_by_path(path, only):
+    assert drivers.running_system_only(path) is only
+
+
 def test_loaded_from_another_kernel_build_warns(cloud, caplog):
     db, mdir, fw = cloud
     d = drivers.choose(db, mdir, fw, DriverRequest("loaded", (), ("virtio_blk", "zfs")), TOOLS)
