@@ -269,6 +269,11 @@ def render_rsyncd(work: str, port: int, module: str, hosts: list, address: str) 
     return "\n".join(lines)
 
 
+# The transfer statuses after which the image server keeps the capture
+# (imageserver.transfer): 0, and 24, files that vanished while being read,
+# which a live system's always may.  Any other leaves the export waiting.
+CAPTURED = ("0", "24")
+
 POST_XFER = """#!/bin/sh
 # Run by rsyncd after each transfer of the root module: tell `prepare`
 # how it ended, so it stops the daemon after the first complete capture.
@@ -369,7 +374,7 @@ def _serve(a: argparse.Namespace, proc: subprocess.Popen, work: str, hosts: list
                 lines = f.read().splitlines()
             for line in lines[seen:]:
                 status, _, addr = line.partition(" ")
-                if status == "0":
+                if status in CAPTURED:
                     print(f"sysclone prepare: captured by {addr}; export stopped", flush=True)
                     return 0
                 print(f"sysclone prepare: a transfer to {addr} failed (rsync status {status}); "

@@ -101,6 +101,43 @@ def test_post_xfer_hook_reports_status_and_peer():
     assert "'/tmp/w/transfers'" in hook
 
 
+class _Daemon:
+    """The rsync daemon `_serve` watches: running until told otherwise."""
+
+    returncode = None
+
+    def poll(self):
+        return self.returncode
+
+
+def _serve(tmp_path, transfers: list[str], timeout: float = 5.0) -> int:
+    (tmp_path / "transfers").write_text("".join(f"{t}\n" for t in transfers))
+    a = argparse.Namespace(port=8730, module="sysclone", timeout=timeout)
+    return golden._serve(a, _Daemon(), str(tmp_path), ["127.0.0.1"], "s3cret")
+
+
+@pytest.mark.parametrize("status", ["0", "24"])
+def test_the_export_stops_after_a_capture_the_server_keeps(tmp_path, capsys, status):
+    # 24: files vanished while being read -- the image server keeps such a
+    # capture (imageserver.transfer.VANISHED), so the export must stop too.
+    assert _serve(tmp_path, [f"{status} 10.0.0.1"]) == 0
+    assert "captured by 10.0.0.1; export stopped" in capsys.readouterr().out
+
+
+def test_a_failed_transfer_leaves_the_export_waiting_until_the_timeout(tmp_path, capsys):
+    assert _serve(tmp_path, ["23 10.0.0.1", "5 10.0.0.1"], timeout=0.5) == 1
+    out, err = capsys.readouterr()
+    assert "a transfer to 10.0.0.1 failed (rsync status 23); still waiting" in out
+    assert "(rsync status 5)" in out
+    assert "nobody captured this machine in 0.5 s; export stopped" in err
+
+
+def test_the_export_waits_an_hour_by_default():
+    p = argparse.ArgumentParser()
+    golden.add_prepare_arguments(p)
+    assert p.parse_args(["--server", "10.0.0.1"]).timeout == golden.DEFAULT_TIMEOUT == 3600
+
+
 def test_the_api_serves_the_script_and_a_zipapp(tmp_path):
     from sysclone.paths import StateRoot
 
