@@ -54,6 +54,7 @@ from imageserver.transfer import (
     unshare_hard_links,
 )
 from imageserver.versions import Staging, VersionInfo, Versions
+from sysclone.errors import ConfigError
 from sysclone.paths import StateRoot
 from sysclone.run import run
 
@@ -68,6 +69,17 @@ class CaptureOptions:
     excludes: ex.ExcludeOptions = field(default_factory=ex.ExcludeOptions)
     layout_file: Path | None = None  # overrides the one read from the client
     exact_geometry: bool = False
+
+    def __post_init__(self) -> None:
+        # --explicit-geometry shapes the layout read from the golden client:
+        # with none read (a local directory) or one given (--layout, used
+        # as written) it would do nothing, so it is refused, not ignored.
+        if self.exact_geometry and isinstance(self.source, LocalSource):
+            raise ConfigError("--explicit-geometry: a local directory has no disk layout to "
+                              "keep exactly", hint="--layout FILE records one, as written")
+        if self.exact_geometry and self.layout_file is not None:
+            raise ConfigError("--explicit-geometry and --layout: the layout file is recorded "
+                              "as written", hint="drop --explicit-geometry")
 
 
 @dataclass(frozen=True)

@@ -183,6 +183,10 @@ def parse_source(text: str, *, ssh_key: str | None = None, ssh_options: tuple[st
         raise ConfigError(f"--from {text!r} is not a source",
                           hint="[ssh://][user@]host[:port], rsync://host[:port]/module or "
                                "a directory")
+    if rsync_path and (text.startswith("rsync://")
+                       or ("/" in text and not text.startswith("ssh://"))):
+        # It names the client's rsync as ssh starts it: nothing else runs one.
+        raise ConfigError("--rsync-path is for SSH sources, not rsync:// or a directory")
     if text.startswith("rsync://"):
         if ssh_key or ssh_options:
             raise ConfigError("--ssh-key and --ssh-option are for SSH sources, not rsync://")

@@ -16,7 +16,10 @@
 Options are SystemImager 4.x's, with its single-dash spellings and unique
 abbreviations (-golden-client, -im).  Options for things sysclone does
 differently are accepted and ignored with a note (listed in DROPPED and in
-the README), so old scripts keep running.  The state root is
+the README), so old scripts keep running.  Those that would do something
+else than asked if ignored (leave a disk out of the layout, skip the
+export, act on another server) are refused with one line naming what to
+use instead (REFUSED).  The state root is
 $SYSCLONE_ROOT (default /var/lib/sysclone), as for `sysclone`.
 """
 
@@ -42,7 +45,7 @@ DROPPED = {
     "--my-modules": "UYOK boot environments are not built on the golden client",
     "--no-uyok": "UYOK boot environments are not built on the golden client",
     "--yes": "sysclone asks no questions",
-    "--force": "nothing to confirm",
+    "--force": "nothing to confirm; an image is never overwritten",
     "--verbose": "sysclone is verbose by default (-q for less)",
     "--server": "si_lsimage lists this server's own store",
     "--configure-from": "--autoinstall reads the live network of the default route's NIC",
@@ -55,6 +58,22 @@ DROPPED = {
     "--kernel": "the boot environment comes from `sysclone bootenv build`",
     "--initrd": "the boot environment comes from `sysclone bootenv build`",
     "--flavor": "the boot environment comes from `sysclone bootenv build`",
+    "--ssh-key": "UYOK boot environments are not built on the golden client",
+    "--authorized-keys": "UYOK boot environments are not built on the golden client",
+    "--modules-dir": "UYOK boot environments are not built on the golden client",
+    "--filesystem": "UYOK boot environments are not built on the golden client",
+    "--image": "UYOK boot environments are not built on the golden client",
+}
+
+# option -> why it is refused, and what does the job
+REFUSED = {
+    "--no-rsyncd": "the one-shot export is what si_prepareclient is for; to capture "
+                   "without it: si_getimage --ssh-user USER",
+    "--explicit-geometry": "give it to the capture: sysclone image capture "
+                           "--explicit-geometry (every disk's sizes kept exactly)",
+    "--exclude-disk": "the layout records every disk; capture, then record an edited "
+                      "one: sysclone image capture --layout FILE",
+    "--copy-server": "sysclone copies within this server's store; run si_cpimage there",
 }
 
 
@@ -78,6 +97,25 @@ def _dropped(ap: argparse.ArgumentParser, *names: str, flag: bool = False) -> No
                         help=f"ignored: {DROPPED[n]}", **kw)  # type: ignore[arg-type]
 
 
+def _refused(ap: argparse.ArgumentParser, *names: str, flag: bool = False,
+             why: str | None = None) -> None:
+    for n in names:
+        kw: dict[str, object] = {} if flag else {"metavar": "VALUE"}
+        ap.add_argument(n, "-" + n.lstrip("-"), dest=f"refused_{n.strip('-')}",
+                        action="store_true" if flag else "store",
+                        help=f"refused: {why or REFUSED[n]}", **kw)  # type: ignore[arg-type]
+
+
+def _refusal(prog: str, a: argparse.Namespace, why: dict[str, str] | None = None
+             ) -> str | None:
+    """The one line saying why an option given is refused, if one is."""
+    for k, v in vars(a).items():
+        if k.startswith("refused_") and v not in (None, False):
+            opt = "--" + k.removeprefix("refused_")
+            return f"{prog}: {opt} is not supported: {(why or REFUSED)[opt]}"
+    return None
+
+
 def _notes(a: argparse.Namespace) -> None:
     for k, v in vars(a).items():
         if k.startswith("dropped_") and v not in (None, False):
@@ -86,7 +124,12 @@ def _notes(a: argparse.Namespace) -> None:
                   file=sys.stderr)
 
 
-def _run(argv: list[str], a: argparse.Namespace) -> int:
+def _run(argv: list[str], a: argparse.Namespace, prog: str = "",
+         why: dict[str, str] | None = None) -> int:
+    refusal = _refusal(prog, a, why)
+    if refusal:
+        print(refusal, file=sys.stderr)
+        return 2
     _notes(a)
     return cli.main([*(["-q"] if a.quiet else []), *argv])
 
@@ -109,6 +152,10 @@ def si_getimage(args: Sequence[str] | None = None) -> int:
     a = ap.parse_args(args)
     host = a.golden_client
     argv = ["image", "capture", a.image]
+    if (a.ssh_user or a.ssh_key) and a.secret_file:
+        print("si_getimage: --secret-file is for a si_prepareclient export, not with "
+              "--ssh-user or --ssh-key (SSH)", file=sys.stderr)
+        return 2
     if a.ssh_user or a.ssh_key:
         argv += ["--from", f"ssh://{a.ssh_user or 'root'}@{host}"]
         argv += ["--ssh-key", a.ssh_key] if a.ssh_key else []
@@ -119,7 +166,7 @@ def si_getimage(args: Sequence[str] | None = None) -> int:
         argv += ["--exclude", e]
     for f in a.exclude_file:
         argv += ["--exclude-from", f]
-    return _run(argv, a)
+    return _run(argv, a, "si_getimage")
 
 
 def si_prepareclient(args: Sequence[str] | None = None) -> int:
@@ -130,11 +177,15 @@ def si_prepareclient(args: Sequence[str] | None = None) -> int:
     _opt(ap, "port", type=int, default=873)
     _opt(ap, "secret-file", metavar="FILE")
     _dropped(ap, "--my-modules", "--no-uyok", "--yes", flag=True)
+    _dropped(ap, "--ssh-key", "--authorized-keys", "--modules-dir", "--filesystem", "--image")
+    _refused(ap, "--no-rsyncd", flag=True)
+    _refused(ap, "--explicit-geometry", "--exclude-disk")
+    ap.add_argument("-e", dest="refused_exclude-disk", metavar="DEVICE", help=argparse.SUPPRESS)
     a = ap.parse_args(args)
     argv = ["client", "prepare", "--server", a.server, "--timeout", str(a.timeout),
             "--port", str(a.port)]
     argv += ["--secret-file", a.secret_file] if a.secret_file else []
-    return _run(argv, a)
+    return _run(argv, a, "si_prepareclient")
 
 
 def si_lsimage(args: Sequence[str] | None = None) -> int:
@@ -157,18 +208,20 @@ def si_cpimage(args: Sequence[str] | None = None) -> int:
     ap.add_argument("source")
     ap.add_argument("destination")
     _dropped(ap, "--directory")
-    _dropped(ap, "--verbose", flag=True)
+    _dropped(ap, "--verbose", "--force", flag=True)
+    _refused(ap, "--server", "--ssh-user", why=REFUSED["--copy-server"])
     a = ap.parse_args(args)
-    return _run(["image", "copy", a.source, a.destination], a)
+    return _run(["image", "copy", a.source, a.destination], a, "si_cpimage",
+                {o: REFUSED["--copy-server"] for o in ("--server", "--ssh-user")})
 
 
 def si_mvimage(args: Sequence[str] | None = None) -> int:
     ap = _parser("si_mvimage", "Rename an image (sysclone image rename).")
     ap.add_argument("source")
     ap.add_argument("destination")
-    _dropped(ap, "--verbose", flag=True)
+    _dropped(ap, "--verbose", "--force", flag=True)
     a = ap.parse_args(args)
-    return _run(["image", "rename", a.source, a.destination], a)
+    return _run(["image", "rename", a.source, a.destination], a, "si_mvimage")
 
 
 def _words(values: list[str]) -> list[str]:

@@ -170,7 +170,13 @@ def test_capture_checks_everything_before_running_anything(tmp_path, capsys, fak
             (["web", "--from", "golden", "--ssh-option", "Port 22"], "is not Key=Value"),
             (["web"], "image capture needs --from SOURCE"),
             (["web", "--from", str(tmp_path), "--layout", str(bad)], "not well-formed XML"),
-            (["w/eb", "--from", "golden"], "image name 'w/eb' is not valid")):
+            (["w/eb", "--from", "golden"], "image name 'w/eb' is not valid"),
+            (["web", "--from", str(tmp_path), "--rsync-path", "sudo rsync"],
+             "--rsync-path is for SSH sources"),
+            (["web", "--from", str(tmp_path), "--explicit-geometry"],
+             "--explicit-geometry: a local directory has no disk layout"),
+            (["web", "--from", "golden", "--layout", str(bad), "--explicit-geometry"],
+             "--explicit-geometry and --layout")):
         assert main([*root_args(tmp_path), "image", "capture", *argv]) == 1
         err = [line for line in capsys.readouterr().err.splitlines()
                if not line.startswith("==>")]
@@ -202,6 +208,10 @@ def test_capture_help_says_what_is_left_out(capsys):
     (sicompat.si_rmimage, ["web", "--force"], ["image", "delete", "web"]),
     (sicompat.si_cpimage, ["web", "web2"], ["image", "copy", "web", "web2"]),
     (sicompat.si_mvimage, ["-q", "web", "www"], ["-q", "image", "rename", "web", "www"]),
+    (sicompat.si_cpimage, ["web", "web2", "--force"], ["image", "copy", "web", "web2"]),
+    (sicompat.si_mvimage, ["web", "www", "-force"], ["image", "rename", "web", "www"]),
+    (sicompat.si_prepareclient, ["--server", "s", "--ssh-key", "/k", "--image", "web"],
+     ["client", "prepare", "--server", "s", "--timeout", "3600", "--port", "873"]),
 ])
 def test_systemimager_names(fn, argv, expected, monkeypatch, capsys):
     seen: list[list[str]] = []
@@ -235,3 +245,28 @@ def test_ctrl_c_during_rsync_is_raised_once_rsync_has_stopped(fake_commands, req
         run_rsync(["rsync", "x"], "capture", on_item=on_item)
     assert seen == [">f+++++++++ 1 a", ">f+++++++++ 1 b"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.parametrize(("fn", "argv", "says"), [
+    (sicompat.si_prepareclient, ["--server", "s", "--no-rsyncd"],
+     "si_prepareclient: --no-rsyncd is not supported: the one-shot export"),
+    (sicompat.si_prepareclient, ["--server", "s", "-e", "/dev/sdb"],
+     "si_prepareclient: --exclude-disk is not supported"),
+    (sicompat.si_prepareclient, ["--server", "s", "--explicit-geometry", "/dev/sda"],
+     "sysclone image capture --explicit-geometry"),
+    (sicompat.si_cpimage, ["a", "b", "--server", "other"],
+     "si_cpimage: --server is not supported: sysclone copies within this server's store"),
+    (sicompat.si_cpimage, ["a", "b", "--ssh-user", "root"], "si_cpimage: --ssh-user"),
+    (sicompat.si_getimage, ["--golden-client", "g", "--image", "w", "--ssh-user", "root",
+                            "--secret-file", "/s"],
+     "si_getimage: --secret-file is for a si_prepareclient export"),
+])
+def test_systemimager_options_that_would_do_otherwise_are_refused(fn, argv, says,
+                                                                    monkeypatch, capsys):
+    """Ignored, these would do something else than asked (export anyway,
+    keep the disk, act on this server): one line, nothing run."""
+    seen: list[list[str]] = []
+    monkeypatch.setattr(sicompat.cli, "main", lambda a: seen.append(list(a)) or 0)
+    assert fn(argv) == 2 and seen == []
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and says in err[0], err

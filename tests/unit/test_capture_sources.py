@@ -93,6 +93,9 @@ def test_local_directory(tmp_path):
     ("rsync://golden/a/b", {"secret_file": "/s"}, "rsync module 'a/b' is not valid"),
     ("rsync://golden/m", {"secret_file": "/s", "ssh_key": "/k"}, "are for SSH sources"),
     ("/no/such/dir", {}, "is not a directory"),
+    ("rsync://golden/m", {"secret_file": "/s", "rsync_path": "sudo rsync"},
+     "--rsync-path is for SSH sources"),
+    ("/srv/old", {"rsync_path": "sudo rsync"}, "--rsync-path is for SSH sources"),
 ])
 def test_bad_sources(text, kw, says):
     with pytest.raises(ConfigError, match=None) as e:
