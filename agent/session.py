@@ -22,7 +22,7 @@ from agent.params import (
     read_local_cfg,
     resolve,
 )
-from agent.params.static import static_network
+from agent.params.checked import checked
 from agent.phases import PARAMS_STEP, Steps, break_names, canonical
 from agent.report import FAILED_MARKER, READY_MARKER, Reporter
 from sysclone.errors import SyscloneError
@@ -135,9 +135,7 @@ def read_parameters(reporter: Reporter, cmdline: Path, logs: LogTargets
         shell(PARAMS_STEP)
     if LOCAL_CFG.is_file() and not local_cfg_skipped(layers):
         layers.append(read_local_cfg(LOCAL_CFG))
-    resolved = resolve(layers, break_steps=break_names())
-    resolved.require_supported()
-    static_network(resolved.params, resolved.origin)
+    resolved = checked(layers)
     for w in resolved.warnings:
         reporter.say(f"warning: {w}")
     for s in resolved.effective.get("si.break", ()):

@@ -92,6 +92,24 @@ class Monitor:
             return [vars(s).copy() for s in self.clients.values()]
 
 
+def read_events(path: Path) -> tuple[list[Event], int]:
+    """A client's event log: its events, and how many lines are not one (a
+    line cut short by a full disk or a crash while it was written, or one
+    edited by hand): those are skipped, not fatal."""
+    events: list[Event] = []
+    bad = 0
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            ev = json.loads(line)
+        except json.JSONDecodeError:
+            ev = None
+        if isinstance(ev, dict):
+            events.append(ev)
+        elif line.strip():
+            bad += 1
+    return events, bad
+
+
 def inventory_path(log_dir: Path, client: str) -> Path:
     return log_dir / f"{_SAFE.sub('_', client)[:64]}.inventory.json"
 

@@ -12,6 +12,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from sysclone import checks, imagecli, layoutcli, mediacli, updatecli
 from sysclone.errors import ConfigError, SyscloneError
@@ -239,11 +240,14 @@ def _check_local_cfg(path: Path, ui: Ui) -> None:
     """A local.cfg to embed is read now, as the agent will: a mistake in it
     is found at build time, not on every client at install time."""
     from agent.params import read_local_cfg
+    from agent.params.checked import checked
 
     if not path.is_file():
         raise ConfigError(f"--local-cfg {path}: no such file")
-    for w in read_local_cfg(path).warnings:
+    layer = read_local_cfg(path)
+    for w in layer.warnings:
         ui.info(f"warning: {w}")
+    checked([layer])  # as the agent resolves it, on its own or under the cmdline
 
 
 def _split(v: str | None) -> tuple[str, ...] | None:
@@ -337,12 +341,16 @@ def cmd_clients(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
             raise ConfigError(f"clients: expected `clients`, `clients show NAME` or `clients "
                               f"reinstall NAME`, got {' '.join(a.show)!r}")
         return cmd_clients_show(a.show[1], a.json, state)
+    from imageserver.monitor import read_events
+
     rows = []
     for f in sorted(state.logs.glob("*.jsonl")) if state.logs.is_dir() else []:
-        last = {}
+        last: dict[str, Any] = {}
         phase = ""
-        for line in f.read_text().splitlines():
-            ev = json.loads(line)
+        events, bad = read_events(f)
+        if bad:
+            ui.info(f"warning: {f}: {bad} line{'s' if bad > 1 else ''} not an event, skipped")
+        for ev in events:
             last = ev
             phase = ev.get("phase") or phase
         rows.append({"client": f.stem, "last": last.get("kind", ""), "phase": phase,
@@ -352,10 +360,14 @@ def cmd_clients(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
 
 
 def cmd_clients_show(name: str, as_json: bool, state: StateRoot) -> int:
-    from imageserver.monitor import read_inventory
+    from imageserver.monitor import inventory_path, read_inventory
     from sysclone.inventorycli import render
 
     inv = read_inventory(state.logs, name)
+    path = inventory_path(state.logs, name)
+    if inv is None and path.is_file():
+        raise ConfigError(f"the inventory of client {name!r} ({path}) is not a JSON object",
+                          hint="the client sends a new one at its next install")
     if inv is None:
         known = sorted(p.name.removesuffix(".inventory.json")
                        for p in state.logs.glob("*.inventory.json")) \

@@ -44,13 +44,30 @@ def _local_cfg(a: argparse.Namespace, ui: Ui) -> str | None:
     return text
 
 
+def check_install_params(append: str, local_cfg: str | None = None,
+                         what: str = "the APPEND line", cfg_name: str = "local.cfg") -> None:
+    """The parameters a boot entry or medium gives, resolved and checked
+    as the agent will at its start (agent.params.checked): a refused
+    parameter, an unknown si.break step or static addressing that does not
+    fit is one error here, not a stopped install on every client."""
+    from agent.params import parse_cmdline, parse_local_cfg
+    from agent.params.checked import checked
+
+    layers = [parse_cmdline(append, name=what)]
+    if local_cfg is not None:
+        layers.append(parse_local_cfg(local_cfg, name=cfg_name))
+    checked(layers)
+
+
 def _medium(a: argparse.Namespace, state: StateRoot, ui: Ui) -> Any:
     from mkmedia.iso import MediumSpec
 
     bootenv = checks.bootenv_dir(a.bootenv, state)
     _timeout(a.timeout)
-    return MediumSpec(bootenv / "kernel", bootenv / "initrd.img", _append(a, ui),
-                      _local_cfg(a, ui), a.timeout)
+    append, local_cfg = _append(a, ui), _local_cfg(a, ui)
+    check_install_params(append, local_cfg, cfg_name=f"local.cfg at {a.local_cfg}")
+    return MediumSpec(bootenv / "kernel", bootenv / "initrd.img", append, local_cfg,
+                      a.timeout)
 
 
 def _warn_unsigned(kernel: Path, ui: Ui) -> None:
@@ -69,11 +86,13 @@ def _timeout(seconds: int) -> None:
         raise ConfigError(f"--timeout {seconds}: seconds from 0 to 3600")
 
 
-def _output_file(value: str, state: StateRoot) -> Path:
+def _output_file(value: str, state: StateRoot, option: str = "--output") -> Path:
+    """A file sysclone writes: not a directory, and in a directory
+    checks.output_dir accepts (never inside an image)."""
     path = Path(value).absolute()
     if path.is_dir():
-        raise ConfigError(f"--output {value} is a directory", hint="name the file to write")
-    checks.output_dir(str(path.parent), "--output", state)
+        raise ConfigError(f"{option} {value} is a directory", hint="name the file to write")
+    checks.output_dir(str(path.parent), option, state)
     return path
 
 
@@ -139,7 +158,9 @@ def _client_entries(a: argparse.Namespace, default: str) -> list[Any]:
     out: dict[str, Any] = {}
     for selector, words in a.client or ():
         key = parse_selector(selector).name
-        out[key] = ClientEntry(key, "install", f"{default} {check_append(words)}".strip())
+        append = f"{default} {check_append(words)}".strip()
+        check_install_params(append, what=f"--client {selector}")
+        out[key] = ClientEntry(key, "install", append)
     for selector in a.local or ():
         key = parse_selector(selector).name
         old = out.get(key)
@@ -164,6 +185,7 @@ def cmd_media_pxe(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
                               hint="choose from " + ", ".join(LOADERS))
     _timeout(a.timeout)
     append = _append(a, ui)
+    check_install_params(append)
     clients = _client_entries(a, append)
     info = TreeInfo(append, loaders, switch=not a.no_switch, timeout=a.timeout)
     tree = build_tree(out, bootenv / "kernel", bootenv / "initrd.img", info, clients)
@@ -198,7 +220,8 @@ def cmd_bootserver(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
     from imageserver import bootserver
 
     cfg = bootserver.config_from_options(state, a)
-    conf = Path(a.output).absolute() if a.output else state.run / "dnsmasq.conf"
+    conf = _output_file(a.output, state) if a.output else state.run / "dnsmasq.conf"
+    snippet = _output_file(a.dhcpd, state, "--dhcpd") if a.dhcpd else None
     text = bootserver.render_dnsmasq(cfg)
     conf.parent.mkdir(parents=True, exist_ok=True)
     conf.write_text(text)
@@ -206,8 +229,7 @@ def cmd_bootserver(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
             f"{cfg.tree}, option 140 = {cfg.image_server})")
     for w in cfg.warnings:
         ui.info(f"warning: {w}")
-    if a.dhcpd:
-        snippet = Path(a.dhcpd).absolute()
+    if snippet is not None:
         snippet.write_text(bootserver.render_dhcpd(cfg))
         ui.info(f"ISC dhcpd configuration in {snippet} (include it from dhcpd.conf)")
     if a.run:

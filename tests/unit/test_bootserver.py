@@ -196,3 +196,22 @@ def test_bootserver_command_writes_both(state, tmp_path, capsys):
     assert "subnet 192.168.77.0" in dhcpd.read_text()
     err = capsys.readouterr().err
     assert f"dnsmasq configuration in {conf} (full DHCP on lab0" in err
+
+
+@pytest.mark.parametrize("option", ["--output", "--dhcpd"])
+def test_bootserver_files_are_checked_before_anything_is_written(state, tmp_path, capsys,
+                                                                  option):
+    """Neither file may land in the image store (clients would receive it)
+    or in place of a directory; nothing is written when one is refused."""
+    conf, dhcpd = tmp_path / "d.conf", tmp_path / "dhcpd.inc"
+    paths = {"--output": conf, "--dhcpd": dhcpd}
+    base = ["--root", str(state.root), "bootserver", "--interface", "lab0", "--address",
+            "192.168.77.1/24", "--dnsmasq-user", "root"]
+    for bad, says in ((state.images / "web.conf", "is inside the image store"),
+                      (tmp_path, "is a directory")):
+        argv = [*base, *(x for o, p in {**paths, option: bad}.items() for x in (o, str(p)))]
+        assert main(argv) == 1
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and option in err[0] and says in err[0], err
+        assert not conf.exists() and not dhcpd.exists()
+        assert not (state.images / "web.conf").exists()

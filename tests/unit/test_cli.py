@@ -196,6 +196,24 @@ def test_clients_shows_the_last_event_of_each(root, capsys):
     assert "x" * 53 not in out[2]
 
 
+def test_clients_skip_a_line_cut_short_and_say_so(root, capsys):
+    logs = root / "log"
+    logs.mkdir(parents=True)
+    # The last line cut short (a full disk, a crash), one not an object.
+    (logs / "node01.jsonl").write_text(
+        json.dumps({"kind": "phase", "phase": "fetch"}) + "\n[1, 2]\n" + '{"kind": "do')
+    (logs / "node02.inventory.json").write_text('{"pci": [')
+    assert main(["--root", str(root), "clients"]) == 0
+    cap = capsys.readouterr()
+    assert cap.out.splitlines()[1].split() == ["node01", "phase", "fetch"]
+    assert cap.err.splitlines() == [f"warning: {logs}/node01.jsonl: 2 lines not an event, "
+                                    "skipped"]
+    assert main(["--root", str(root), "clients", "show", "node02"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "the inventory of client 'node02'" in err[0] \
+        and "is not a JSON object" in err[0]
+
+
 def test_params_describes_the_install_parameters(root, capsys):
     assert main(["--root", str(root), "params"]) == 0
     text = capsys.readouterr().out

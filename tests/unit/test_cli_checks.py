@@ -207,6 +207,21 @@ def test_pxe_build_warns_about_deprecated_names(root: Path, syslinux: Path, boot
     assert (root / "pxe/pxelinux.cfg/default").is_file()
 
 
+@pytest.mark.parametrize("argv, says", [
+    (["si.ssh-user=root"], "si.ssh-user: 'root' is not supported by sysclone yet"),
+    (["si.ip-address=10.0.0.5", "si.netmask=24", "si.gateway=10.1.0.1"],
+     "si.gateway: '10.1.0.1' is outside 10.0.0.0/24"),
+    (["--client", "52:54:00:12:34:56", "si.break=bogus"],
+     "si.break: 'bogus' is not a step of the install (--client 52:54:00:12:34:56)"),
+])
+def test_pxe_build_refuses_what_the_agent_would(argv: list[str], says: str, root: Path,
+                                                syslinux: Path, bootenv: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(root, "pxe", "build", *argv) == 1
+    assert one_line_error(capsys).startswith(says)
+    assert not (root / "pxe").exists()
+
+
 # -- bootenv build ---------------------------------------------------------------------------
 
 def test_bootenv_build_output_must_be_a_directory(root: Path, tmp_path: Path,
@@ -225,6 +240,9 @@ def test_bootenv_build_reads_the_local_cfg_first(root: Path, tmp_path: Path,
     assert run(root, "bootenv", "build", "--local-cfg", str(cfg)) == 1
     assert one_line_error(capsys).startswith(
         f"si.imagename: unknown install parameter (local.cfg at {cfg}, line 2)")
+    cfg.write_text("IMAGESERVER=10.0.0.3\nsi.break=fetch,nowhere\n")
+    assert run(root, "bootenv", "build", "--local-cfg", str(cfg)) == 1
+    assert one_line_error(capsys).startswith("si.break: 'nowhere' is not a step")
 
 
 # -- a path that cannot be used at all -------------------------------------------------------

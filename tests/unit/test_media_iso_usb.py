@@ -188,4 +188,15 @@ def test_media_iso_command_checks_before_building(tmp_path, capsys, monkeypatch)
     assert "control character" in capsys.readouterr().err
     assert main(["--root", str(root), "media", "iso", "--output", str(tmp_path)]) == 1
     assert "is a directory" in capsys.readouterr().err
+    # Resolved as the agent resolves them at its start: what it would
+    # refuse on every client that boots the medium is refused here.
+    cfg = tmp_path / "local.cfg"
+    cfg.write_text("si.netmask=255.255.255.0\nsi.gateway=10.1.0.1\n")
+    for extra, says in ((["--append", "si.dl-protocol=torrent"], "si.dl-protocol: 'torrent'"),
+                        (["--append", "si.break=bogus"], "si.break: 'bogus' is not a step"),
+                        (["--append", "si.ip-address=10.0.0.5", "--local-cfg", str(cfg)],
+                         "si.gateway: '10.1.0.1' is outside 10.0.0.0/24")):
+        assert main(["--root", str(root), "media", "iso", "--output", str(out), *extra]) == 1
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and says in err[0], err
     assert not out.exists()
