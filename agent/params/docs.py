@@ -52,7 +52,7 @@ def _notes() -> list[str]:
         "Booleans take 1/0, y/n, yes/no; a bare name means on. The last occurrence wins, "
         "except for si.break, which adds up.",
         "Precedence, lowest first: default < DHCP < kernel command line < local.cfg in the "
-        "initrd < local.cfg on the target disk < local.cfg on the boot medium (a sysclone USB "
+        "initrd < local.cfg on the boot medium (a sysclone USB "
         "disk's SYSCLONECFG partition) < server config. si.skip-local-cfg on the "
         "kernel command line ignores the local.cfg files.",
         "Every SystemImager 4.9 name is also accepted with the older rd.sis. prefix "

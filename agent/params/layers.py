@@ -35,14 +35,15 @@ them is an error wherever it is read, never ignored."""
 class Source(IntEnum):
     """Kinds of sources, lowest precedence first: a later one overrides an
     earlier one (SystemImager 4.9: a server config beats the command line;
-    local.cfg beats DHCP, the one on the disk beats the initrd's, and the
-    one on the boot medium -- 4.3's floppy -- beats every other local.cfg)."""
+    local.cfg beats DHCP, and the one on the boot medium -- 4.3's floppy --
+    beats the initrd's).  SystemImager also read a /local.cfg left on the
+    client's old disk; sysclone does not mount a disk it is about to
+    overwrite to look for one."""
 
     DEFAULT = 0
     DHCP = 1
     CMDLINE = 2
     LOCAL_CFG_INITRD = 3
-    LOCAL_CFG_DISK = 4
     LOCAL_CFG_MEDIUM = 5
     SERVER = 6
 
@@ -52,7 +53,7 @@ class Source(IntEnum):
 
     @property
     def is_local_cfg(self) -> bool:
-        return self in (Source.LOCAL_CFG_INITRD, Source.LOCAL_CFG_DISK, Source.LOCAL_CFG_MEDIUM)
+        return self in (Source.LOCAL_CFG_INITRD, Source.LOCAL_CFG_MEDIUM)
 
 
 _LABELS = {
@@ -60,7 +61,6 @@ _LABELS = {
     Source.DHCP: "DHCP",
     Source.CMDLINE: "kernel command line",
     Source.LOCAL_CFG_INITRD: "local.cfg in the initrd",
-    Source.LOCAL_CFG_DISK: "local.cfg on the target disk",
     Source.LOCAL_CFG_MEDIUM: "local.cfg on the boot medium",
     Source.SERVER: "server config",
 }

@@ -2,7 +2,7 @@
 
 Precedence, lowest first (SystemImager's rules, see Source): defaults <
 DHCP < kernel command line < local.cfg in the initrd < local.cfg on the
-target disk < local.cfg on the boot medium < server config.  A scalar
+boot medium < server config.  A scalar
 takes its value from the highest layer that sets it; a repeatable
 (si.break) collects the values of every layer.  si.skip-local-cfg, from
 the kernel command line, drops the local.cfg layers.

@@ -96,7 +96,7 @@ def test_a_bad_local_cfg_on_the_medium_stops_the_install(
 
 def test_the_medium_layer_ranks_below_the_server():
     medium = parse_local_cfg("IMAGENAME=b", source=Source.LOCAL_CFG_MEDIUM, name="stick")
-    disk = parse_local_cfg("IMAGENAME=a", source=Source.LOCAL_CFG_DISK, name="disk")
-    assert resolve([medium, disk]).params.image_name == "b"
+    initrd = parse_local_cfg("IMAGENAME=a", source=Source.LOCAL_CFG_INITRD, name="initrd")
+    assert resolve([medium, initrd]).params.image_name == "b"
     assert Source.LOCAL_CFG_MEDIUM.is_local_cfg
     assert Source.LOCAL_CFG_MEDIUM < Source.SERVER

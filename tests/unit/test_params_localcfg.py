@@ -71,8 +71,8 @@ def test_compat_template_uncommented_reads_every_documented_variable(compat):
 
 def test_filled_in_local_cfg():
     path = DATA / "local.cfg"
-    layer = read_local_cfg(path, source=Source.LOCAL_CFG_DISK)
-    assert layer.source is Source.LOCAL_CFG_DISK
+    layer = read_local_cfg(path, source=Source.LOCAL_CFG_MEDIUM)
+    assert layer.source is Source.LOCAL_CFG_MEDIUM
     assert values(layer) == {
         "si.hostname": "server7",
         "si.domainname": "mydomain.com",
