@@ -105,7 +105,30 @@ def static_network(params: InstallParams, origin: Callable[[str], str] = _no_ori
             raise error("si.gateway-iface", f"'{params.gateway_iface}' is not the install "
                         f"interface {wanted}: the agent configures only that one",
                         hint=f"set it to {wanted} or leave it out")
+    if not params.dns_servers:
+        # Without DHCP and without si.dns-servers nothing resolves a name:
+        # the install would stop at its first contact, as "unreachable".
+        for name in NAMED_SERVERS:
+            host = value(name)
+            host = getattr(host, "host", host)
+            if host is not None and not _is_address(str(host)):
+                raise error(name, f"'{host}' is a host name, and a static install without "
+                            "si.dns-servers cannot look it up",
+                            hint=f"give {name} as an IP address, or set si.dns-servers "
+                                 "(DNS_SERVERS in local.cfg)")
     return StaticNetwork(iface, gateway, tuple(params.dns_servers), params.gateway_iface)
+
+
+# The servers an install reaches by name or address.
+NAMED_SERVERS = ("si.image-server", "si.monitor-server", "si.log-server")
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _network(params: InstallParams,

@@ -91,6 +91,22 @@ def test_settings_that_do_not_fit(cmdline: str, message: str) -> None:
     assert error(cmdline).message == message
 
 
+@pytest.mark.parametrize("name, word", [("si.image-server", "IMAGESERVER=imgsrv.lab"),
+                                        ("si.monitor-server", "si.monitor-server=mon"),
+                                        ("si.log-server", "si.log-server=logs.lab")])
+def test_a_server_by_name_needs_dns_servers_when_static(name: str, word: str) -> None:
+    e = error(f"IPADDR=10.0.0.5 NETMASK=24 {word}")
+    assert e.message.startswith(f"{name}: '{word.split('=')[1]}' is a host name, and a static "
+                                "install without si.dns-servers cannot look it up")
+    assert "si.dns-servers (DNS_SERVERS in local.cfg)" in (e.hint or "")
+    # with a DNS server, by address, or with DHCP: fine
+    assert static(f"IPADDR=10.0.0.5 NETMASK=24 {word} si.dns-servers=10.0.0.53") is not None
+    assert static(f"IPADDR=10.0.0.5 NETMASK=24 {word.split('=')[0]}=10.0.0.9:8873"
+                  if name == "si.image-server" else
+                  f"IPADDR=10.0.0.5 NETMASK=24 {word.split('=')[0]}=10.0.0.9") is not None
+    assert static(word) is None
+
+
 def test_a_point_to_point_address_may_use_both_ends() -> None:
     net = static("si.ip-address=10.0.0.0 si.netmask=31 si.gateway=10.0.0.1")
     assert net is not None and net.address == "10.0.0.0"
