@@ -209,8 +209,12 @@ def test_prepare_and_rsync_capture_with_a_secret(installer: Installer, golden_di
             time.sleep(2)
         else:
             raise AssertionError("the export did not stop after the capture")
-    versions = sysclone(installer.state, "image", "versions", CAPTURED).stdout
-    assert "2" in versions
+    versions = sysclone(installer.state, "image", "versions", CAPTURED).stdout.splitlines()
+    # VERSION CREATED ...: 1 over SSH, then 2 -- current (*) -- from the export
+    rows = [row.split() for row in versions[1:]]
+    assert [r[0] for r in rows] == ["1", "2"] and rows[1][1] == "*" and "*" not in rows[0], \
+        versions
+    assert f"@127.0.0.1:{rsync_port}/sysclone" in versions[2], versions
     second = ImageStore(installer.state).tree(_ref(f"{CAPTURED}@2"))
     diffs = _differences(second, golden_disk, tmp_path / "root", second.parent / "excludes")
     diffs.pop("lost+found", None)
