@@ -64,11 +64,12 @@ from agent.params import (
     read_local_cfg,
     server_layer,
 )
+from agent.params.checked import given
 from agent.params.medium import LOGS as LOGS_DIR
 from agent.params.medium import find_medium
 from agent.params.static import static_network
 from agent.partition import partition
-from agent.phases import InstallFailed, Stopped
+from agent.phases import AFTER_PLAN, InstallFailed, Stopped, canonical
 from agent.plan import InstallPlan, firmware
 from agent.planner import make_plan
 from agent.report import DONE_MARKER, FAILED_MARKER
@@ -256,8 +257,8 @@ def validate_plan(s: Session, instr: dict[str, Any], server: ImageServer,
                              targets=list(targets.disks), fw=firmware(),
                              ram_bytes=_ram_bytes(), choices=targets.choices,
                              have_module=lambda m: bool(kmod.lookup(m)))
-        if s.params.rsync_port != 873:
-            # Asked for explicitly on the command line: it wins over the server's word.
+        if s.resolved is not None and given(s.resolved, "si.rsync-port"):
+            # Asked for explicitly (even for rsync's own 873): it wins over the server's word.
             plan = replace(plan, image=replace(plan.image, rsync_port=s.params.rsync_port))
         _check_image(plan)
         plan = replace(plan, keys=_luks_keys(s, plan, server))
@@ -308,6 +309,9 @@ def _luks_keys(s: Session, plan: InstallPlan, server: ImageServer) -> dict[str, 
     """Every LUKS volume's key, before anything is written: si.luks-key
     for all, else each from the image server."""
     if not plan.crypts:
+        if s.params.luks_key:
+            s.reporter.say(f"warning: si.luks-key is set, but layout {plan.layout_name} has no "
+                           "LUKS volume: the key is not used")
         return {}
     if s.params.luks_key:
         s.reporter.say(f"LUKS key from si.luks-key ({s.resolved.origin('si.luks-key')})"
@@ -794,6 +798,10 @@ def install(s: Session, plan_only: bool,
     plan = validate_plan(s, instr, server, net)
     if plan_only or s.params.dry_run:
         s.reporter.say("dry run: nothing was written")
+        later = [b for b in s.params.breaks if canonical(b) in AFTER_PLAN]
+        if later:
+            s.reporter.say(f"warning: si.break={','.join(later)}: a dry run ends after the plan "
+                           "and never reaches it")
         return plan
     scripts = scriptlib.from_instructions(instr)
     netcfg = pre_install(s, plan, instr, net, scripts["pre-install"])

@@ -68,6 +68,8 @@ line can ask for it."""
 
 BY_NAME = {p.name: p for p in PHASES}
 ALIASES = {si: p.name for p in PHASES for si in p.si_names}
+# The phases a dry run (or `sysclone-agent plan`) never reaches.
+AFTER_PLAN = frozenset(p.name for p in PHASES[[p.name for p in PHASES].index("plan") + 1:])
 
 
 def break_names() -> frozenset[str]:

@@ -15,6 +15,7 @@ refusals that come before any phase."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import logging
@@ -340,6 +341,89 @@ def test_break_runs_the_shell_before_the_phase_and_goes_on(machine: Machine, dhc
     assert shell == ["setsid", "cttyhack", "sh", "-l"]
 
 
+ALL_PHASES = ["hardware", "network", "monitor", "instructions", "plan", "pre-install",
+              "partition", "assemble", "format", "mount", "fetch", "overrides", "fetch-rest",
+              "configure", "initrd", "host-keys", "bootloader", "post-install", "finish"]
+
+
+# Run side by side (Steps.concurrently): their starts come in any order,
+# unless a break is set on one of them.  initrd always follows configure.
+SIDE_BY_SIDE = {"fetch-rest", "configure", "initrd", "host-keys", "bootloader"}
+
+
+def settled(seq: list[str]) -> list[str]:
+    """`seq` with the side-by-side phases in a fixed order."""
+    side = [x for x in seq if x in SIDE_BY_SIDE]
+    assert side.index("initrd") > side.index("configure"), seq
+    at = seq.index(side[0])
+    return [*seq[:at], *sorted(side), *seq[at + len(side):]]
+
+
+@pytest.fixture
+def writes(machine: Machine, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The install past its plan with what writes disks faked at its lowest
+    level (partitioning, mkfs, mounts, rsync, chroot), and the chrooted
+    steps each entering its phase: the flow's own order and breaks run."""
+    done: list[str] = []
+
+    def record(name: str, result: Any = None) -> Callable[..., Any]:
+        return lambda *a, **k: done.append(name) or result
+
+    for name in ("partition", "assemble", "make_filesystems", "mount_all"):
+        monkeypatch.setattr(flow, name, record(name))
+    monkeypatch.setattr(flow, "use_swap", lambda fss, stack: flow.SwapOn([]))
+    monkeypatch.setattr(flow, "used_bytes", lambda mounts: 0)
+    for name in ("pull_except", "pull_only", "pull_sparse"):
+        monkeypatch.setattr(flow, name, record(name, flow.FetchResult(0, 0.0)))
+    monkeypatch.setattr(flow, "chroot_target", lambda root, efi: contextlib.nullcontext())
+
+    def in_phase(phase: str) -> Callable[..., None]:
+        def step(s: session.Session, *a: Any, **k: Any) -> None:
+            with s.steps.phase(phase):
+                done.append(phase)
+        return step
+
+    monkeypatch.setattr(flow, "configure_system", in_phase("configure"))
+    monkeypatch.setattr(flow, "initrd", in_phase("initrd"))
+    monkeypatch.setattr(flow, "host_keys", in_phase("host-keys"))
+    monkeypatch.setattr(flow, "install_bootloader", in_phase("bootloader"))
+    machine.commands.add(["wipefs"], "")
+    machine.commands.add(["sync"], "")
+    return done
+
+
+def test_an_install_runs_every_phase_in_order(machine: Machine, dhcp: FakeDhcp,
+                                              writes: list[str]) -> None:
+    rc, rep = machine.install("IMAGESERVER=10.0.2.2 si.post-action=poweroff")
+    assert rc == 0, rep.lines
+    assert settled(order(machine)) == settled(ALL_PHASES)
+    assert sorted(rep.phases("done")) == sorted(ALL_PHASES)  # each one ended, none failed
+    # The disks are written only after the plan, in the plan's order (the
+    # default layout has no RAID, LUKS or LVM to assemble).
+    assert writes[:4] == ["partition", "make_filesystems", "mount_all", "pull_except"]
+    assert rep.lines[-1].startswith(f"{DONE_MARKER} in ")
+    assert machine.post_action() == "poweroff"
+
+
+@pytest.mark.parametrize(("steps", "before"), [
+    ("partition", ["partition"]), ("prepare-disks,download-image", ["partition", "fetch"]),
+    ("se-linux", ["configure"]), ("boot-loader", ["bootloader"]),
+    ("terminate-transfer", ["finish"]), ("post-install,finished", ["post-install", "finish"]),
+])
+def test_breaks_after_the_plan_stop_before_their_phase(machine: Machine, dhcp: FakeDhcp,
+                                                       writes: list[str], steps: str,
+                                                       before: list[str]) -> None:
+    rc, rep = machine.install(f"IMAGESERVER=10.0.2.2 si.break={steps}")
+    assert rc == 0, rep.lines
+    expected = [x for p in ALL_PHASES for x in (["shell", p] if p in before else [p])]
+    if SIDE_BY_SIDE & set(before):  # one phase at a time, in the flow's order
+        assert order(machine) == expected
+    else:
+        assert settled(order(machine)) == settled(expected)
+    for p in before:
+        assert f"breakpoint before {p}: exit the shell to continue" in rep.lines
+
+
 def test_several_breaks(machine: Machine, dhcp: FakeDhcp) -> None:
     rc, _ = machine.install("IMAGESERVER=10.0.2.2 si.dry-run si.break=hardware,plan")
     assert rc == 0
@@ -555,6 +639,8 @@ def test_a_dhcp_option_asking_for_what_sysclone_lacks_stops_the_install(
     ("si.dl-protocol=torrent", "si.dl-protocol: 'torrent' is not implemented by sysclone yet"),
     ("si.ip-address=fe80::1", "si.ip-address: 'fe80::1' is an IPv6 address; the install "
                               "network is IPv4 only"),
+    ("si.monitor-port=9000", "si.monitor-port: 9000 is set without si.monitor-server (kernel "
+                             "command line): the agent reports to the image server"),
 ])
 def test_refused_before_any_phase(machine: Machine, cmdline: str, message: str) -> None:
     rc, rep = machine.install(f"IMAGESERVER=10.0.2.2 {cmdline}")
@@ -594,6 +680,33 @@ def test_debug_and_term_are_followed(machine: Machine, dhcp: FakeDhcp) -> None:
     assert "TERM=vt220" in rep.lines
     # The break shell gets it through sysclone.run's environment.
     assert os.environ["TERM"] == "vt220"
+
+
+@pytest.mark.parametrize("words, port", [("", 8873), ("si.rsync-port=873", 873),
+                                         ("si.rsync-port=10873", 10873)])
+def test_an_rsync_port_given_wins_over_the_servers_even_873(machine: Machine, dhcp: FakeDhcp,
+                                                            words: str, port: int) -> None:
+    machine.answers["image"]["rsync_port"] = 8873
+    rc, rep = machine.install(f"IMAGESERVER=10.0.2.2 si.dry-run {words}")
+    assert rc == 0, rep.lines
+    assert f"install image deb12 from rsync://10.0.2.2:{port}/deb12/ as node-from-server" \
+        in rep.lines
+
+
+def test_a_dry_run_says_which_breaks_it_never_reaches(machine: Machine,
+                                                      dhcp: FakeDhcp) -> None:
+    rc, rep = machine.install("IMAGESERVER=10.0.2.2 si.dry-run si.break=plan,fetch,boot-loader")
+    assert rc == 0, rep.lines
+    assert ("warning: si.break=fetch,boot-loader: a dry run ends after the plan and never "
+            "reaches it") in rep.lines
+    assert [e for e in machine.log if e == ("shell",)] == [("shell",)]  # plan's, before it
+
+
+def test_a_luks_key_without_luks_is_said_unused(machine: Machine, dhcp: FakeDhcp) -> None:
+    rc, rep = machine.install("IMAGESERVER=10.0.2.2 si.dry-run si.luks-key=s3cret-words")
+    assert rc == 0, rep.lines
+    assert ("warning: si.luks-key is set, but layout built-in default (bios, gpt) has no LUKS "
+            "volume: the key is not used") in rep.lines
 
 
 def test_the_files_configure_wrote_are_reported_as_absolute_paths() -> None:
