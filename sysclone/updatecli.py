@@ -30,12 +30,15 @@ def cmd_updateclient(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
     if problem:
         raise ConfigError(problem)
     network = None
+    check = None
     if a.autoinstall:
         from sysclone.livenet import read_live_network
+        from sysclone.mediacli import check_install_params
 
         network = read_live_network().to_dict()
+        check = check_install_params  # the installer's own parser, before any reboot
     try:
-        result = client.dispatch(a, network)
+        result = client.dispatch(a, network, check)
     except client.UpdateError as e:
         raise SyscloneError(e.message, hint=e.hint or None, status=e.status) from None
     if a.json:

@@ -55,7 +55,7 @@ import subprocess
 import sys
 import time
 from collections import namedtuple
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 
 # glob, hashlib, shlex, shutil and tempfile are imported where they are used,
@@ -1190,7 +1190,7 @@ def locked(root: str) -> Iterator[str]:
 def _check_root(root: str) -> str:
     root = os.path.abspath(root)
     if not os.path.isdir(root):
-        raise UpdateError(f"--root {root}: no such directory")
+        raise UpdateError(f"the system's root {root}: no such directory")
     if os.geteuid() != 0:
         raise UpdateError("run as root (every file of the system may change)")
     return root
@@ -1363,10 +1363,58 @@ def rollback(a: argparse.Namespace) -> dict:
 
 # ------------------------------------------------------------ autoinstall ---
 
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def _host_name_ok(name: str) -> bool:
+    """RFC 1123, as the installer checks host and domain names."""
+    return len(name) <= 253 and all(_LABEL.fullmatch(p) for p in name.split("."))
+
+
+def _ipv4(text: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(text).version == 4
+    except ValueError:
+        return False
+
+
+def check_install_words(server: Server, host: str | None, net: dict) -> None:
+    """What the installer would refuse at its start, found before this
+    machine reboots into it (it would stop there, at a shell): the host
+    name, the search domain and a static network it cannot use."""
+    if host is not None and not _host_name_ok(host):
+        raise UpdateError(f"this machine's host name {host!r} is not one the installer takes "
+                          "(RFC 1123: letters, digits and '-')", "give --hostname NAME")
+    if net.get("method") != "static" or not net.get("address"):
+        return
+    if net.get("domain") and not _host_name_ok(str(net["domain"])):
+        raise UpdateError(f"this machine's search domain {net['domain']!r} is not one the "
+                          "installer takes (RFC 1123)",
+                          "give the network with --append si.ip-address=... si.netmask=... "
+                          "si.domainname=...")
+    import ipaddress
+
+    iface = ipaddress.ip_interface(str(net["address"]))
+    gateway = net.get("gateway")
+    if gateway and (ipaddress.ip_address(gateway) not in iface.network
+                    or iface.network.prefixlen == 32):
+        raise UpdateError(f"this machine's default route via {gateway} is not inside its "
+                          f"network {iface.network}, which the installer needs",
+                          "give the install network with --append si.ip-address=... "
+                          "si.netmask=... si.gateway=...")
+    if not _ipv4(server.host) and not [d for d in net.get("dns") or () if _ipv4(d)]:
+        raise UpdateError(f"the image server {server.host!r} is a name, and this machine has "
+                          "no IPv4 DNS server for the installer to look it up",
+                          "give --server as an IP address")
+
+
 def cmdline_params(server: Server, image: str, host: str | None, net: dict,
                    extra: list, console: list) -> list:
     """The agent's install parameters for this machine, from its live
-    network: DHCP when it got its address so, else the same static one."""
+    network: DHCP when it got its address so, else the same static one
+    (its IPv4 DNS servers: the install network is IPv4 only)."""
     words = [f"IMAGESERVER={server.host}", f"si.server-port={server.port}",
              f"IMAGENAME={image}", "si.post-action=reboot"]
     if host:
@@ -1378,8 +1426,9 @@ def cmdline_params(server: Server, image: str, host: str | None, net: dict,
         words += [f"si.ip-address={address}", f"si.netmask={prefix or '24'}"]
         if net.get("gateway"):
             words.append(f"si.gateway={net['gateway']}")
-        if net.get("dns"):
-            words.append("si.dns-servers=" + ",".join(net["dns"]))
+        dns = [d for d in net.get("dns") or () if _ipv4(d)]
+        if dns:
+            words.append("si.dns-servers=" + ",".join(dns))
         if net.get("domain"):
             words.append(f"si.domainname={net['domain']}")
     return [*console, *words, *extra]
@@ -1466,10 +1515,13 @@ def grub_entry(root: str, kernel: str, initrd: str, cmdline: list) -> str:
             "}\n")
 
 
-def autoinstall(a: argparse.Namespace, network: dict | None = None) -> dict:
+def autoinstall(a: argparse.Namespace, network: dict | None = None,
+                check: Callable[[str], None] | None = None) -> dict:
     """Reinstall this machine at its next boot: the boot environment into
     /boot/sysclone, a one-shot entry (grub-reboot), or kexec straight into
-    it.  No media, no network boot, the firmware's boot order untouched."""
+    it.  No media, no network boot, the firmware's boot order untouched.
+    `check` (sysclone updateclient: the installer's own parser) gets the
+    install parameters before anything is written."""
     root = _check_root(a.system_root)
     if not a.server or not a.image:
         raise UpdateError("--autoinstall needs --server SERVER and --image NAME")
@@ -1482,7 +1534,10 @@ def autoinstall(a: argparse.Namespace, network: dict | None = None) -> dict:
     answer = server.get_json("/v1/update", {"hostname": host, "image": a.image})
     manifest = json.loads(server.get("/v1/bootenv/manifest.json"))
     net = network if network is not None else live_network()
+    check_install_words(server, host, net)
     words = cmdline_params(server, a.image, host, net, list(a.append), _console_words())
+    if check is not None:
+        check(" ".join(words))
     target = os.path.join(root, "boot/sysclone")
     os.makedirs(target, exist_ok=True)
     kernel, initrd = os.path.join(target, "kernel"), os.path.join(target, "initrd.img")
@@ -1619,13 +1674,15 @@ def main(argv: list | None = None, network: dict | None = None) -> int:
     return run_parsed(build_parser().parse_args(argv), network)
 
 
-def dispatch(a: argparse.Namespace, network: dict | None = None) -> dict:
+def dispatch(a: argparse.Namespace, network: dict | None = None,
+             check: Callable[[str], None] | None = None) -> dict:
     """Do what the (checked) options ask; `network` (sysclone updateclient)
-    replaces the iproute2 reading of the live network for --autoinstall."""
+    replaces the iproute2 reading of the live network for --autoinstall,
+    and `check` checks its install parameters as the installer will."""
     if a.rollback:
         return rollback(a)
     if a.autoinstall:
-        return autoinstall(a, network)
+        return autoinstall(a, network, check)
     return update(a)
 
 

@@ -285,3 +285,58 @@ def test_an_unreachable_server(system, fake_commands):
     with pytest.raises(client.UpdateError, match="unreachable"):
         autoinstall(dead, system)
     assert not (system / "boot/sysclone").exists()
+
+
+@pytest.mark.parametrize("change, says", [
+    ({"hostname": "node_1"}, "this machine's host name 'node_1' is not one the installer takes"),
+    ({"net": {"method": "static", "address": "10.0.2.15/24", "gateway": "10.0.2.2",
+              "domain": "lab_x.example", "dns": ["10.0.2.3"]}},
+     "search domain 'lab_x.example' is not one the installer takes"),
+    ({"net": {"method": "static", "address": "10.0.2.15/32", "gateway": "10.0.2.2",
+              "dns": ["10.0.2.3"]}},
+     "default route via 10.0.2.2 is not inside its network 10.0.2.15/32"),
+])
+def test_what_the_installer_would_refuse_stops_before_anything(server, system, fake_commands,
+                                                               change, says):
+    """Refused at the installer's start, these would leave the machine at a
+    shell after its reboot: they are found here, before a file is written."""
+    a = client.build_parser().parse_args(
+        ["--autoinstall", "--server", "127.0.0.1", "--port", str(server.port), "--image", "web",
+         "--hostname", change.get("hostname", "node1"), "--root", str(system)])
+    with pytest.raises(client.UpdateError, match=None) as e:
+        client.autoinstall(a, {**NET, **change.get("net", {})})
+    assert says in str(e.value)
+    assert not (system / "boot/sysclone").exists() and fake_commands.calls == []
+
+
+def test_a_server_by_name_needs_an_ipv4_dns_server_when_static():
+    static = {"method": "static", "address": "10.0.2.15/24", "gateway": "10.0.2.2",
+              "dns": ["fd00::53"]}
+    with pytest.raises(client.UpdateError, match="the image server 'imgsrv.lab' is a name, "
+                                                 "and this machine has no IPv4 DNS server"):
+        client.check_install_words(client.Server("imgsrv.lab", 8181), "node1", static)
+    client.check_install_words(client.Server("imgsrv.lab", 8181), "node1",
+                               {**static, "dns": ["10.0.2.3"]})
+    client.check_install_words(client.Server("imgsrv.lab", 8181), "node1",
+                               {**static, "method": "dhcp"})
+
+
+def test_static_words_keep_only_ipv4_dns_servers():
+    server = client.Server("10.0.2.2", 18181)
+    net = {"method": "static", "address": "10.0.2.15/24", "gateway": "10.0.2.2",
+           "dns": ["fd00::53", "10.0.2.3"]}
+    assert "si.dns-servers=10.0.2.3" in client.cmdline_params(server, "web", None, net, [], [])
+
+
+def test_sysclone_updateclient_checks_the_words_with_the_installers_parser(server, system):
+    """`sysclone updateclient --autoinstall` passes the words through the
+    agent's own parser too (sysclone.mediacli.check_install_params)."""
+    from sysclone.errors import ConfigError
+    from sysclone.mediacli import check_install_params
+
+    a = client.build_parser().parse_args(
+        ["--autoinstall", "--server", "127.0.0.1", "--port", str(server.port), "--image", "web",
+         "--hostname", "node1", "--root", str(system), "--append", "si.break=nowhere"])
+    with pytest.raises(ConfigError, match="si.break: 'nowhere' is not a step"):
+        client.dispatch(a, NET, check_install_params)
+    assert not (system / "boot/sysclone").exists()
