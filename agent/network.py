@@ -115,6 +115,8 @@ def choose_nic(nics: list[Nic], wanted: str | None, bootif: str | None,
         for n in nics:
             if n.bootif == bootif.lower():
                 return n
+        log.warning("BOOTIF=%s names no interface of this machine (%s): the first with a "
+                    "link is used", bootif, ", ".join(f"{n.name} {n.mac}" for n in nics))
     for n in nics:
         if carrier(n):
             return n

@@ -292,7 +292,10 @@ def _is_ip(text: str) -> bool:
 def _range(text: str | None, address: ipaddress.IPv4Interface) -> tuple[str, str]:
     net = address.network
     if text:
-        start_s, _, end_s = text.partition(",")
+        start_s, comma, end_s = text.partition(",")
+        if not comma or not start_s.strip() or not end_s.strip():
+            raise ConfigError(f"--range {text}: give both ends, START,END",
+                              hint=f"e.g. {net.network_address + 100},{net.network_address + 199}")
         start = ipaddress.IPv4Address(_ip(start_s.strip(), "--range"))
         end = ipaddress.IPv4Address(_ip(end_s.strip(), "--range"))
         if start not in net or end not in net or end < start:

@@ -556,8 +556,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     ui = Ui(quiet=args.quiet)
-    state = StateRoot.from_options(args.root, args.cache)
     try:
+        state = StateRoot.from_options(args.root, args.cache)
         return int(args.fn(args, state, ui))
     except SyscloneError as e:
         if args.debug:

@@ -17,6 +17,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sysclone import checks
 from sysclone.errors import ConfigError
 from sysclone.imagecli import Add
 from sysclone.paths import StateRoot
@@ -139,6 +140,9 @@ def cmd_layout_plan(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
     from agent.initramfs import module_name
     from agent.planner import make_plan
 
+    if a.hostname != "HOSTNAME":  # the placeholder the plan prints when none is given
+        checks.host_name(a.hostname, "--hostname")
+    checks.positive(a.ram, "--ram")
     path = Path(a.file)
     try:
         text = path.read_text()

@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from sysclone.errors import ConfigError
+
 DEFAULT_ROOT = Path("/var/lib/sysclone")
 
 
@@ -24,6 +26,10 @@ class StateRoot:
     def from_options(cls, root: str | os.PathLike[str] | None = None,
                      cache: str | os.PathLike[str] | None = None) -> StateRoot:
         r = Path(root or os.environ.get("SYSCLONE_ROOT") or DEFAULT_ROOT).absolute()
+        if r.exists() and not r.is_dir():
+            # Every command would go on as if the state were empty.
+            raise ConfigError(f"state root {r} (--root or SYSCLONE_ROOT) exists and is not "
+                              "a directory")
         c = cache or os.environ.get("SYSCLONE_CACHE")
         return cls(root=r, cache_dir=Path(c).absolute() if c else r / "cache")
 

@@ -320,7 +320,9 @@ PARAMS: tuple[Param, ...] = (
           "DNS domain name (default: from DHCP).",
           aliases=_a("DOMAINNAME"), dhcp=(15,), origin="4.3"),
     Param("si.install-iface", Kind.IFACE, None,
-          "Network interface used for the install (default: detected).",
+          "Network interface used for the install, by name or MAC (default: the one "
+          "BOOTIF= names -- pxelinux's IPAPPEND 2 and sysclone's PXE entries add it -- "
+          "else the first with a link).",
           aliases=_a("DEVICE")),
     Param("si.ip-address", Kind.IP, None,
           "Static IPv4 address of the install interface (default: DHCP). The installed "

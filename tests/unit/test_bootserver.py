@@ -144,6 +144,8 @@ def test_dhcpd_fragment(state):
     ({"address": "192.168.77.1"}, "give the prefix too"),
     ({"address": "nonsense/24"}, "is not ADDR/PREFIX"),
     ({"address": "192.168.77.1/24", "range": "192.168.78.1,192.168.78.9"}, "both ends in"),
+    ({"address": "192.168.77.1/24", "range": "192.168.77.5"}, "give both ends, START,END"),
+    ({"address": "192.168.77.1/24", "range": ",192.168.77.9"}, "give both ends, START,END"),
     ({"address": "192.168.77.150/24"}, "holds this server's own address"),
     ({"address": "192.168.77.1/28"}, "too small for the default range"),
     ({"address": "192.168.77.1/24", "host": ["nonsense"]}, "is not valid"),

@@ -275,3 +275,29 @@ def test_demo_names_an_initrd_too_big_for_the_vm(tmp_path: Path) -> None:
     assert str(err).startswith("node-install: the kernel could not unpack the boot "
                                "environment's 31 MiB initrd in 128 MiB of RAM (give the VM more")
     assert unpack_failure("Kernel panic - not syncing: other", "n", tmp_path, 128) is None
+
+
+# -- layout plan, --root ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv, says", [
+    (["--hostname", "../x"], "--hostname '../x' is not a valid host name"),
+    (["--hostname", "a b"], "--hostname 'a b' is not a valid host name"),
+    (["--ram", "0"], "--ram 0 must be a positive number"),
+    (["--ram", "-5"], "--ram -5 must be a positive number"),
+])
+def test_layout_plan_checks_what_it_is_told_about_the_machine(
+        argv: list[str], says: str, root: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    layout = tmp_path / "l.xml"
+    layout.write_text("<config/>")
+    assert run(root, "layout", "plan", str(layout), "--disk", "20G", *argv) == 1
+    assert one_line_error(capsys) == says
+
+
+def test_a_state_root_that_is_a_file_is_one_line(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "afile"
+    f.write_text("x")
+    assert main(["--root", str(f), "image", "list"]) == 1
+    assert one_line_error(capsys) == (f"state root {f} (--root or SYSCLONE_ROOT) exists and "
+                                      "is not a directory")

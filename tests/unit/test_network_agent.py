@@ -119,9 +119,11 @@ def test_choose_the_pxe_boot_nic(nics: list[Nic]) -> None:
     assert choose_nic(nics, None, "01-D8-9E-F3-12-AB-CD", no_link).name == "eno1"
 
 
-def test_choose_first_with_link_then_first(nics: list[Nic], sysfs: Path) -> None:
-    # BOOTIF of a NIC this machine does not have: fall back to carrier.
+def test_choose_first_with_link_then_first(nics: list[Nic], sysfs: Path,
+                                          caplog: pytest.LogCaptureFixture) -> None:
+    # BOOTIF of a NIC this machine does not have: fall back to carrier, and say so.
     assert choose_nic(nics, None, "01-aa-bb-cc-dd-ee-ff", _carrier(sysfs)).name == "eth0"
+    assert "BOOTIF=01-aa-bb-cc-dd-ee-ff names no interface of this machine" in caplog.text
     assert choose_nic(nics, None, None, lambda n: False).name == "eno1"
 
 
