@@ -258,7 +258,9 @@ def _check_space(facts: dict[str, Any], where: Path, first: bool) -> None:
     while stack:
         d = stack.pop()
         stack += d.get("children") or []
-        if d.get("fstype") not in ("swap", None) and any(d.get("mountpoints") or []):
+        # util-linux 2.37 and later list every mount point; older ones one.
+        mounted = any(d.get("mountpoints") or []) or bool(d.get("mountpoint"))
+        if d.get("fstype") not in ("swap", None) and mounted:
             with suppress(ValueError):
                 used += int(d.get("fsused") or 0)
     free = shutil.disk_usage(where).free

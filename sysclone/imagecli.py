@@ -111,6 +111,8 @@ def add_capture(isub: Any, add: Add) -> None:
         "  2. --exclude and --exclude-from (rsync filter syntax: '- PAT', '+ PAT', PAT);\n"
         f"  3. {SERVER_FILE} on this server, if it exists;\n"
         "  4. these defaults (--no-default-excludes drops them):\n" + help_text() + "\n"
+        "An rsync:// export (`client prepare`) itself never serves /proc, /sys, /dev, /run\n"
+        "(their directories are kept) nor its own work directory, whatever the rules say.\n"
         "Each capture records them with the version (`image show NAME`).")
     p.add_argument("name", help="image name (a new version if it exists)")
     p.add_argument("--from", dest="source", metavar="SOURCE",

@@ -19,6 +19,7 @@ from imageserver.prepare.golden import FACTS
 from imageserver.store import ImageStore
 from sysclone.cli import main
 from sysclone.paths import StateRoot
+from tests.conftest import DATA
 from tests.integration.capturekit import (
     PY39,
     Golden,
@@ -85,6 +86,37 @@ def test_capture_from_a_local_directory_keeps_everything(tmp_path, state, capsys
     rc, err = cli(state, capsys, "image", "verify", "awk")
     assert rc == 0, err
     assert "all" in err and "paths match the manifest" in err
+
+
+def test_a_local_capture_records_the_layout_given(tmp_path, state, capsys):
+    """--layout FILE is kept with the version as layout.xml, the layout the
+    installs of that image get (the lookup finds it there)."""
+    from agent.storage.sixml import load_layout, to_xml
+
+    src = tmp_path / "src"
+    (src / "etc").mkdir(parents=True)
+    (src / "etc/hostname").write_text("old\n")
+    given = DATA / "si/disks-layout-uefi.xml"
+    rc, err = cli(state, capsys, "image", "capture", "web", "--from", str(src),
+                  "--layout", str(given))
+    assert rc == 0, err
+    kept = ImageStore(state).versions.version_dir("web", 1) / "layout.xml"
+    assert to_xml(load_layout(kept)) == to_xml(load_layout(given))
+    assert "layout.xml" in ImageStore(state).describe("web")["records"]
+
+
+def test_no_default_excludes_keeps_what_they_leave_out(tmp_path, state, capsys):
+    src = tmp_path / "src"
+    (src / "var/tmp").mkdir(parents=True)
+    (src / "var/tmp/scratch").write_text("x\n")
+    assert cli(state, capsys, "image", "capture", "a", "--from", str(src))[0] == 0
+    assert cli(state, capsys, "image", "capture", "b", "--from", str(src),
+               "--no-default-excludes")[0] == 0
+    store = ImageStore(state)
+    assert not (store.path("a") / "var/tmp/scratch").exists()
+    assert (store.path("b") / "var/tmp/scratch").read_text() == "x\n"
+    assert not [r for r in store.describe("b")["excludes"] if "/var/tmp" in r]
+    assert [r for r in store.describe("a")["excludes"] if "/var/tmp" in r]
 
 
 def check_golden_capture(g: Golden, image: Path) -> None:

@@ -68,6 +68,16 @@ def test_versions_share_files_stay_exported_roll_back_and_prune(tmp_path, state,
     rc, out, _ = cli(state, capsys, "image", "versions", "web")
     assert [line.split()[0] for line in out.splitlines()[1:]] == ["1", "2"]
     assert "*" in out.splitlines()[2]
+    # image list: two versions, their size with shared files counted once
+    # (a second copy would be twice the first), the source captured from.
+    rc, out, _ = cli(state, capsys, "image", "list")
+    head, row = out.splitlines()[0].split(), out.splitlines()[1].split()
+    col = dict(zip(head, row, strict=False))
+    assert (col["NAME"], col["VERSION"], col["VERSIONS"], col["ORIGIN"]) == \
+        ("web", "2", "2", "capture")
+    assert col["SOURCE"] == str(src)
+    size_mib = int(row[head.index("SIZE")].replace(",", ""))
+    assert 0.9 * one / MiB <= size_mib <= two / MiB + 1, (size_mib, one, two)
     rc, out, _ = cli(state, capsys, "image", "diff", "web@1", "web@2")
     assert rc == 1
     assert "changed  /blobs/b03  (content, mtime)" in out

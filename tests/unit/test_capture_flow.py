@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 from dataclasses import replace
 from pathlib import Path
@@ -190,7 +191,8 @@ def test_capture_help_says_what_is_left_out(capsys):
         main(["image", "capture", "--help"])
     out = capsys.readouterr().out
     for words in ("pseudo, network and bind mounts", "/etc/sysclone/capture.exclude",
-                  "- /tmp/**", "temporary files", "--no-default-excludes", "rsync://"):
+                  "- /tmp/**", "temporary files", "--no-default-excludes", "rsync://",
+                  "export (`client prepare`) itself never serves /proc, /sys, /dev, /run"):
         assert words in out
 
 
@@ -270,3 +272,29 @@ def test_systemimager_options_that_would_do_otherwise_are_refused(fn, argv, says
     assert fn(argv) == 2 and seen == []
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and says in err[0], err
+
+
+def _lsblk_facts(*children: dict) -> dict:
+    tree = {"blockdevices": [{"name": "vda", "type": "disk", "children": list(children)}]}
+    return {"lsblk": {"rc": 0, "out": json.dumps(tree)}}
+
+
+@pytest.mark.parametrize("mounted", [{"mountpoints": ["/"]}, {"mountpoint": "/"}],
+                         ids=["util-linux 2.37+", "older util-linux"])
+def test_a_first_capture_checks_the_store_has_room_before_the_pull(tmp_path, monkeypatch,
+                                                                    mounted):
+    """What the client's mounted filesystems hold, against the store's free
+    space, before anything is pulled (swap and unmounted ones do not count)."""
+    from imageserver import capture as cap
+
+    monkeypatch.setattr(cap.shutil, "disk_usage",
+                        lambda p: shutil._ntuple_diskusage(100 << 30, 90 << 30, 10 << 30))
+    facts = _lsblk_facts({"name": "vda1", "fstype": "ext4", "fsused": str(12 << 30), **mounted},
+                         {"name": "vda2", "fstype": "swap", "fsused": None},
+                         {"name": "vda3", "fstype": "ext4", "fsused": str(50 << 30)})
+    with pytest.raises(DiskFull, match=r"the golden client holds 12\.0 GiB, the image store "
+                                       r"has 10\.0 GiB free"):
+        cap._check_space(facts, tmp_path, first=True)
+    cap._check_space(facts, tmp_path, first=False)  # later versions share unchanged files
+    small = _lsblk_facts({"name": "vda1", "fstype": "ext4", "fsused": str(9 << 30), **mounted})
+    cap._check_space(small, tmp_path, first=True)

@@ -291,7 +291,7 @@ def test_layout_plan_checks_what_it_is_told_about_the_machine(
     layout = tmp_path / "l.xml"
     layout.write_text("<config/>")
     assert run(root, "layout", "plan", str(layout), "--disk", "20G", *argv) == 1
-    assert one_line_error(capsys) == says
+    assert one_line_error(capsys).startswith(says)
 
 
 def test_a_state_root_that_is_a_file_is_one_line(tmp_path: Path,

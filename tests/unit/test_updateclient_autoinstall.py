@@ -312,8 +312,8 @@ def test_what_the_installer_would_refuse_stops_before_anything(server, system, f
 def test_a_server_by_name_needs_an_ipv4_dns_server_when_static():
     static = {"method": "static", "address": "10.0.2.15/24", "gateway": "10.0.2.2",
               "dns": ["fd00::53"]}
-    with pytest.raises(client.UpdateError, match="the image server 'imgsrv.lab' is a name, "
-                                                 "and this machine has no IPv4 DNS server"):
+    with pytest.raises(client.UpdateError, match=r"the image server 'imgsrv\.lab' is a name, "
+                                                 r"and this machine has no IPv4 DNS server"):
         client.check_install_words(client.Server("imgsrv.lab", 8181), "node1", static)
     client.check_install_words(client.Server("imgsrv.lab", 8181), "node1",
                                {**static, "dns": ["10.0.2.3"]})
@@ -337,6 +337,6 @@ def test_sysclone_updateclient_checks_the_words_with_the_installers_parser(serve
     a = client.build_parser().parse_args(
         ["--autoinstall", "--server", "127.0.0.1", "--port", str(server.port), "--image", "web",
          "--hostname", "node1", "--root", str(system), "--append", "si.break=nowhere"])
-    with pytest.raises(ConfigError, match="si.break: 'nowhere' is not a step"):
+    with pytest.raises(ConfigError, match=r"si\.break: 'nowhere' is not a step"):
         client.dispatch(a, NET, check_install_params)
     assert not (system / "boot/sysclone").exists()
