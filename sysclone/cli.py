@@ -247,7 +247,9 @@ def _check_local_cfg(path: Path, ui: Ui) -> None:
     layer = read_local_cfg(path)
     for w in layer.warnings:
         ui.info(f"warning: {w}")
-    checked([layer])  # as the agent resolves it, on its own or under the cmdline
+    # What each parameter says on its own; how they fit together depends on
+    # the command lines of the media and PXE entries that boot it.
+    checked([layer], partial=True)
 
 
 def _split(v: str | None) -> tuple[str, ...] | None:

@@ -16,15 +16,19 @@ from agent.params.table import param
 from sysclone.errors import ConfigError
 
 
-def checked(layers: Sequence[Layer]) -> Resolved:
+def checked(layers: Sequence[Layer], *, partial: bool = False) -> Resolved:
     """`layers` resolved in order (the kernel command line first), or the
-    ConfigError the agent would stop with."""
+    ConfigError the agent would stop with.  `partial`: not every layer the
+    agent will have is known yet (a boot environment's local.cfg, under
+    command lines still to be written), so only what each parameter says
+    on its own is checked, not how they fit together."""
     from agent.phases import break_names  # the agent's phases name si.break's steps
 
     resolved = resolve(layers, break_steps=break_names())
     resolved.require_supported()
-    static_network(resolved.params, resolved.origin)
-    _monitor_port(resolved)
+    if not partial:
+        static_network(resolved.params, resolved.origin)
+        _monitor_port(resolved)
     return resolved
 
 

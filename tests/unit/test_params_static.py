@@ -132,3 +132,17 @@ def test_without_origins_the_message_is_plain() -> None:
     with pytest.raises(ConfigError) as e:
         static_network(params)
     assert e.value.message == "si.gateway: '10.0.0.1' needs a static address"
+
+
+def test_checked_whole_or_partial() -> None:
+    """agent.params.checked: the agent's own start-up check, also run where
+    media are made; a boot environment's local.cfg alone is partial (the
+    command lines that will boot it may bring the netmask or DNS)."""
+    from agent.params.checked import checked
+
+    cfg = parse_local_cfg("IPADDR=10.0.0.5\nIMAGESERVER=imgsrv\n", name="local.cfg")
+    with pytest.raises(ConfigError, match="needs a netmask"):
+        checked([cfg])
+    assert str(checked([cfg], partial=True).params.ip_address) == "10.0.0.5"
+    with pytest.raises(ConfigError, match="is not a step"):
+        checked([parse_local_cfg("si.break=nowhere\n", name="local.cfg")], partial=True)
