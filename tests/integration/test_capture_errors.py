@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from imageserver.store import ImageStore
 from sysclone.cli import main
 from sysclone.paths import StateRoot
 from tests.integration.capturekit import (
+    REPO,
     capture_process,
     fingerprint,
     free_port,
@@ -121,6 +124,57 @@ def test_store_filesystem_too_small(tmp_path, state, capsys):
         sh("umount", state.images)
 
 
+def _processes_in(root: Path, pattern: str) -> list[int]:
+    """The processes running chrooted in `root` whose command line holds
+    `pattern` (never one of this machine's own)."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            if os.readlink(d / "root") != str(root):
+                continue
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if pattern in cmd:
+            found.append(int(d.name))
+    return found
+
+
+def test_a_connection_lost_mid_capture_leaves_the_store_as_it_was(tmp_path, state, stored):
+    """The golden client goes away while its tree is copied (its rsync and
+    SSH session killed, as by a crash or a cable pulled): one line saying
+    so, the store exactly as before, the next capture starts cleanly."""
+    with golden_client(tmp_path / "g") as g, sshd(g, tmp_path / "keys") as s:
+        for i in range(200):
+            (g.data / f"big{i:03}").write_bytes(os.urandom(1 << 20))
+        before = fingerprint(state.images)
+        staging = state.images / ".versions/web"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sysclone.cli", "--root", str(state.root), "image",
+             "capture", "web", *s.source_args()],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not list(staging.glob(".new-*/tree/data/big*")):
+            time.sleep(0.01)
+        assert list(staging.glob(".new-*/tree/data/big*")), "the copy never began"
+        victims = _processes_in(g.root, "rsync --server --sender")
+        assert victims
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+        _out, err = proc.communicate(timeout=120)
+        lines = [line for line in err.splitlines() if not line.startswith("==> ")]
+        assert proc.returncode == 1, err
+        assert len(lines) == 1, err
+        assert "the connection to the golden client failed or was lost" in lines[0]
+        assert "nothing was stored" in lines[0]
+        assert fingerprint(state.images) == before
+        assert main(["--root", str(state.root), "image", "capture", "web",
+                     *s.source_args()]) == 0
+        assert ImageStore(state).versions.numbers("web") == [1, 2]
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_capture_leaves_no_trace(sig, tmp_path, state, stored, capsys):
     big = tmp_path / "big"
@@ -141,6 +195,8 @@ def test_interrupted_capture_leaves_no_trace(sig, tmp_path, state, stored, capsy
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "capture of web interrupted: nothing was stored, the image store is unchanged" in err
+    assert [line for line in err.splitlines() if not line.startswith("==> ")] == [
+        "sysclone: capture of web interrupted: nothing was stored, the image store is unchanged"]
     assert fingerprint(state.images) == before
     # The next capture starts cleanly.
     assert main(["--root", str(state.root), "image", "capture", "web", "--from", str(big)]) == 0
