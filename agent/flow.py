@@ -64,7 +64,6 @@ from agent.params import (
     read_local_cfg,
     server_layer,
 )
-from agent.params.checked import given
 from agent.params.medium import LOGS as LOGS_DIR
 from agent.params.medium import find_medium
 from agent.params.static import static_network
@@ -257,7 +256,7 @@ def validate_plan(s: Session, instr: dict[str, Any], server: ImageServer,
                              targets=list(targets.disks), fw=firmware(),
                              ram_bytes=_ram_bytes(), choices=targets.choices,
                              have_module=lambda m: bool(kmod.lookup(m)))
-        if s.resolved is not None and given(s.resolved, "si.rsync-port"):
+        if s.resolved is not None and s.resolved.given("si.rsync-port"):
             # Asked for explicitly (even for rsync's own 873): it wins over the server's word.
             plan = replace(plan, image=replace(plan.image, rsync_port=s.params.rsync_port))
         _check_image(plan)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from agent.params.layers import Layer, Source
+from agent.params.layers import Layer
 from agent.params.resolve import Resolved, resolve
 from agent.params.static import static_network
 from agent.params.table import param
+from agent.phases import break_names  # the agent's phases name si.break's steps
 from sysclone.errors import ConfigError
 
 
@@ -22,8 +23,6 @@ def checked(layers: Sequence[Layer], *, partial: bool = False) -> Resolved:
     agent will have is known yet (a boot environment's local.cfg, under
     command lines still to be written), so only what each parameter says
     on its own is checked, not how they fit together."""
-    from agent.phases import break_names  # the agent's phases name si.break's steps
-
     resolved = resolve(layers, break_steps=break_names())
     resolved.require_supported()
     if not partial:
@@ -32,18 +31,12 @@ def checked(layers: Sequence[Layer], *, partial: bool = False) -> Resolved:
     return resolved
 
 
-def given(resolved: Resolved, name: str) -> bool:
-    """Whether a parameter was set by some source, not left at its default."""
-    s = resolved.setting(name)
-    return s is not None and s.source is not Source.DEFAULT
-
-
 def _monitor_port(resolved: Resolved) -> None:
     """si.monitor-port is the port of si.monitor-server: without one the
     agent reports to the image server's API port (si.server-port), and the
     port would be ignored.  Nothing after this can set a monitor server
     in time (the server's config arrives after the monitor phase)."""
-    if given(resolved, "si.monitor-port") and resolved.params.monitor_server is None:
+    if resolved.given("si.monitor-port") and resolved.params.monitor_server is None:
         port = param("si.monitor-port").format_value(resolved.params.monitor_port)
         raise ConfigError(f"si.monitor-port: {port} is set without si.monitor-server "
                           f"({resolved.origin('si.monitor-port')}): the agent reports to the "

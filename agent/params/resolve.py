@@ -146,6 +146,11 @@ class Resolved:
         found = self.effective.get(name)
         return found[-1] if found else None
 
+    def given(self, name: str) -> bool:
+        """Whether some source set the parameter, rather than its default."""
+        s = self.setting(name)
+        return s is not None and s.source is not Source.DEFAULT
+
     def origin(self, name: str) -> str:
         """Where a parameter's value came from: 'default', 'kernel command
         line', 'local.cfg at /local.cfg, line 3 (as IMAGESERVER)', or 'unset'."""

@@ -19,6 +19,7 @@ import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from agent.params.kinds import is_hostname
 from agent.params.resolve import InstallParams
 from agent.params.table import param
 from sysclone.errors import ConfigError
@@ -111,7 +112,7 @@ def static_network(params: InstallParams, origin: Callable[[str], str] = _no_ori
         for name in NAMED_SERVERS:
             host = value(name)
             host = getattr(host, "host", host)
-            if host is not None and not _is_address(str(host)):
+            if host is not None and is_hostname(str(host)):
                 raise error(name, f"'{host}' is a host name, and a static install without "
                             "si.dns-servers cannot look it up",
                             hint=f"give {name} as an IP address, or set si.dns-servers "
@@ -121,14 +122,6 @@ def static_network(params: InstallParams, origin: Callable[[str], str] = _no_ori
 
 # The servers an install reaches by name or address.
 NAMED_SERVERS = ("si.image-server", "si.monitor-server", "si.log-server")
-
-
-def _is_address(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def _network(params: InstallParams,
