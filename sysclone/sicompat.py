@@ -73,8 +73,9 @@ REFUSED = {
                            "--explicit-geometry (every disk's sizes kept exactly)",
     "--exclude-disk": "the layout records every disk; capture, then record an edited "
                       "one: sysclone image capture --layout FILE",
-    "--copy-server": "sysclone copies within this server's store; run si_cpimage there",
 }
+# si_cpimage's --server and --ssh-user
+COPY_ELSEWHERE = "sysclone copies within this server's store; run si_cpimage there"
 
 
 def _parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -82,6 +83,8 @@ def _parser(prog: str, description: str) -> argparse.ArgumentParser:
                                  epilog="Single-dash spellings (-image) and unique "
                                         "abbreviations (-im) work as in SystemImager.")
     ap.add_argument("-q", "--quiet", "-quiet", action="store_true")
+    # Where _refusal finds the command's name and why each refused option is.
+    ap.set_defaults(prog=prog, refusal_reasons={})
     return ap
 
 
@@ -89,30 +92,34 @@ def _opt(ap: argparse.ArgumentParser, name: str, **kw: object) -> None:
     ap.add_argument(f"--{name}", f"-{name}", **kw)  # type: ignore[arg-type]
 
 
-def _dropped(ap: argparse.ArgumentParser, *names: str, flag: bool = False) -> None:
-    for n in names:
+def _special(ap: argparse.ArgumentParser, kind: str, reasons: dict[str, str],
+             flag: bool) -> None:
+    """4.x options sysclone does not act on: `kind` dropped (accepted, a
+    note) or refused (one line, nothing run), each with its reason."""
+    for n, why in reasons.items():
         kw: dict[str, object] = {} if flag else {"metavar": "VALUE"}
-        ap.add_argument(n, "-" + n.lstrip("-"), dest=f"dropped_{n.strip('-')}",
+        ap.add_argument(n, "-" + n.lstrip("-"), dest=f"{kind}_{n.strip('-')}",
                         action="store_true" if flag else "store",
-                        help=f"ignored: {DROPPED[n]}", **kw)  # type: ignore[arg-type]
+                        help=f"{'ignored' if kind == 'dropped' else 'refused'}: {why}",
+                        **kw)  # type: ignore[arg-type]
+
+
+def _dropped(ap: argparse.ArgumentParser, *names: str, flag: bool = False) -> None:
+    _special(ap, "dropped", {n: DROPPED[n] for n in names}, flag)
 
 
 def _refused(ap: argparse.ArgumentParser, *names: str, flag: bool = False,
              why: str | None = None) -> None:
-    for n in names:
-        kw: dict[str, object] = {} if flag else {"metavar": "VALUE"}
-        ap.add_argument(n, "-" + n.lstrip("-"), dest=f"refused_{n.strip('-')}",
-                        action="store_true" if flag else "store",
-                        help=f"refused: {why or REFUSED[n]}", **kw)  # type: ignore[arg-type]
+    reasons = {n: why or REFUSED[n] for n in names}
+    ap.set_defaults(refusal_reasons={**ap.get_default("refusal_reasons"), **reasons})
+    _special(ap, "refused", reasons, flag)
 
 
-def _refusal(prog: str, a: argparse.Namespace, why: dict[str, str] | None = None
-             ) -> str | None:
+def _refusal(a: argparse.Namespace) -> str | None:
     """The one line saying why an option given is refused, if one is."""
-    for k, v in vars(a).items():
-        if k.startswith("refused_") and v not in (None, False):
-            opt = "--" + k.removeprefix("refused_")
-            return f"{prog}: {opt} is not supported: {(why or REFUSED)[opt]}"
+    for opt, why in a.refusal_reasons.items():
+        if getattr(a, f"refused_{opt.strip('-')}") not in (None, False):
+            return f"{a.prog}: {opt} is not supported: {why}"
     return None
 
 
@@ -124,9 +131,8 @@ def _notes(a: argparse.Namespace) -> None:
                   file=sys.stderr)
 
 
-def _run(argv: list[str], a: argparse.Namespace, prog: str = "",
-         why: dict[str, str] | None = None) -> int:
-    refusal = _refusal(prog, a, why)
+def _run(argv: list[str], a: argparse.Namespace) -> int:
+    refusal = _refusal(a)
     if refusal:
         print(refusal, file=sys.stderr)
         return 2
@@ -166,7 +172,7 @@ def si_getimage(args: Sequence[str] | None = None) -> int:
         argv += ["--exclude", e]
     for f in a.exclude_file:
         argv += ["--exclude-from", f]
-    return _run(argv, a, "si_getimage")
+    return _run(argv, a)
 
 
 def si_prepareclient(args: Sequence[str] | None = None) -> int:
@@ -185,7 +191,7 @@ def si_prepareclient(args: Sequence[str] | None = None) -> int:
     argv = ["client", "prepare", "--server", a.server, "--timeout", str(a.timeout),
             "--port", str(a.port)]
     argv += ["--secret-file", a.secret_file] if a.secret_file else []
-    return _run(argv, a, "si_prepareclient")
+    return _run(argv, a)
 
 
 def si_lsimage(args: Sequence[str] | None = None) -> int:
@@ -209,10 +215,9 @@ def si_cpimage(args: Sequence[str] | None = None) -> int:
     ap.add_argument("destination")
     _dropped(ap, "--directory")
     _dropped(ap, "--verbose", "--force", flag=True)
-    _refused(ap, "--server", "--ssh-user", why=REFUSED["--copy-server"])
+    _refused(ap, "--server", "--ssh-user", why=COPY_ELSEWHERE)
     a = ap.parse_args(args)
-    return _run(["image", "copy", a.source, a.destination], a, "si_cpimage",
-                {o: REFUSED["--copy-server"] for o in ("--server", "--ssh-user")})
+    return _run(["image", "copy", a.source, a.destination], a)
 
 
 def si_mvimage(args: Sequence[str] | None = None) -> int:
@@ -221,7 +226,7 @@ def si_mvimage(args: Sequence[str] | None = None) -> int:
     ap.add_argument("destination")
     _dropped(ap, "--verbose", "--force", flag=True)
     a = ap.parse_args(args)
-    return _run(["image", "rename", a.source, a.destination], a, "si_mvimage")
+    return _run(["image", "rename", a.source, a.destination], a)
 
 
 def _words(values: list[str]) -> list[str]:
