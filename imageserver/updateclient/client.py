@@ -1367,8 +1367,13 @@ _LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 
 
 def _host_name_ok(name: str) -> bool:
-    """RFC 1123, as the installer checks host and domain names."""
-    return len(name) <= 253 and all(_LABEL.fullmatch(p) for p in name.split("."))
+    """RFC 1123, as the installer checks host and domain names (this file
+    cannot import agent.params.kinds.is_hostname: the same rule, kept in
+    step by tests/unit/test_updateclient_autoinstall.py)."""
+    name = name[:-1] if name.endswith(".") else name
+    labels = name.split(".")
+    return 0 < len(name) <= 253 and not all(p.isdigit() for p in labels) \
+        and all(_LABEL.fullmatch(p) for p in labels)
 
 
 def _ipv4(text: str) -> bool:

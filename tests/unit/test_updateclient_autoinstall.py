@@ -321,6 +321,14 @@ def test_a_server_by_name_needs_an_ipv4_dns_server_when_static():
                                {**static, "method": "dhcp"})
 
 
+@pytest.mark.parametrize("name", ["node1", "node-1.lab.example", "lab.example.", "1234",
+                                  "10.0.0", "node_1", "-node", "a..b", "", "x" * 64])
+def test_the_host_name_rule_is_the_installers(name):
+    from agent.params.kinds import is_hostname
+
+    assert client._host_name_ok(name) is is_hostname(name)
+
+
 def test_static_words_keep_only_ipv4_dns_servers():
     server = client.Server("10.0.2.2", 18181)
     net = {"method": "static", "address": "10.0.2.15/24", "gateway": "10.0.2.2",
