@@ -85,7 +85,10 @@ FALSE_WORDS = frozenset({"0", "n", "no", "false", "off"})
 
 # RFC 1123 labels: letters, digits and inner hyphens, at most 63 characters.
 _LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
-_IFACE = re.compile(r"[^\s/]{1,15}\Z")
+# The kernel's own rule for a device name (dev_valid_name): at most 15
+# bytes, no '/', ':' or white space.  A MAC address names an interface too.
+_IFACE = re.compile(r"[^\s/:]{1,15}\Z")
+_MAC = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}\Z")
 _NAME = re.compile(r"[^\s/\x00]+\Z")
 _STEP = re.compile(r"[a-z0-9][a-z0-9_-]*\Z")
 
@@ -228,9 +231,14 @@ def parse_netmask(raw: str) -> int:
 
 
 def parse_iface(raw: str) -> str:
+    """An interface by name (eth0, enp1s0) or by MAC (lower-cased, as
+    sysfs spells it)."""
     text = raw.strip()
+    if _MAC.match(text):
+        return text.lower()
     if not _IFACE.match(text) or text in (".", ".."):
-        raise BadValue("is not a network interface name (at most 15 characters, no '/')")
+        raise BadValue("is neither a network interface name (at most 15 characters, no '/', "
+                       "':' or spaces) nor a MAC address (52:54:00:12:34:56)")
     return text
 
 

@@ -375,7 +375,11 @@ def test_bad_value_under_a_legacy_name_names_both():
     ("si.netmask=64", "si.netmask: '64' is not an IPv4 prefix length (0-32); the install "
                       "network is IPv4 only"),
     ("si.install-iface=averyveryverylongname", "si.install-iface: 'averyveryverylongname' is "
-                                               "not a network interface name"),
+                                               "neither a network interface name"),
+    # ':' is in no device name (the kernel refuses it), and this is no MAC.
+    ("si.install-iface=zz:zz:zz", "si.install-iface: 'zz:zz:zz' is neither a network "
+                                  "interface name"),
+    ("DEVICE=52:54:00:12:34", "DEVICE (si.install-iface): '52:54:00:12:34' is neither"),
     ("si.image-name=../etc", "si.image-name: '../etc' is not a plain name"),
     ("si.hostname=-bad-", "si.hostname: '-bad-' is not a valid host name"),
     ("si.hostname=10.0.0.1", "si.hostname: '10.0.0.1' is not a valid host name"),
@@ -443,3 +447,15 @@ def test_compat_append_line_with_the_manuals_parameters(compat):
         "si.ssh-client": True,
     }
     assert len(layer.warnings) == 4  # each old name is deprecated on the command line
+
+
+@pytest.mark.parametrize("word, name, value", [
+    ("si.install-iface=52:54:00:AB:cd:56", "si.install-iface", "52:54:00:ab:cd:56"),
+    ("DEVICE=enp0s2", "si.install-iface", "enp0s2"),
+    ("si.gateway-iface=52:54:00:12:34:56", "si.gateway-iface", "52:54:00:12:34:56"),
+])
+def test_interfaces_by_name_or_mac(word, name, value):
+    """si.install-iface and si.gateway-iface take a name or a MAC, as
+    documented and as the network phase matches them (lower-cased, as
+    sysfs spells a MAC)."""
+    assert parse_cmdline(word).value(name) == value
