@@ -477,9 +477,11 @@ def apply_overrides(s: Session, plan: InstallPlan, root: Path) -> None:
         if not plan.overrides:
             s.reporter.say("no overrides for this client")
             return
-        # Applied least important first, so the most important one wins.
+        # Applied least important first, so the most important one wins;
+        # the server exports each as module override.NAME (imageserver.rsyncd).
         for name in reversed(plan.overrides):
-            pull(rsync_url(plan.image.server, plan.image.rsync_port, name), root)
+            s.reporter.say(f"override {name}")
+            pull(rsync_url(plan.image.server, plan.image.rsync_port, f"override.{name}"), root)
 
 
 def pre_install(s: Session, plan: InstallPlan, instr: dict[str, Any],

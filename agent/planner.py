@@ -12,6 +12,7 @@ si.disk rule that chose more of them than the layout uses is refused here.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -378,12 +379,29 @@ def make_plan(*, instructions: dict[str, Any], server: str, hostname: str,
     return InstallPlan(hostname=hostname, image=image, layout=layout, layout_name=layout_name,
                        disks=tuple(disk_plans), filesystems=tuple(fs_plans), firmware=fw,
                        boot_disks=boot.boot_disks,
-                       overrides=tuple(instructions.get("overrides") or ()),
+                       overrides=_overrides(instructions.get("overrides")),
                        notes=tuple(notes), disk_choice=disk_choice, arrays=arrays,
                        crypts=crypts, groups=group_plans,
                        esp_mountpoint=boot.esp_mountpoint,
                        boot_raid_disks=boot.boot_raid_disks, kernel_args=boot.kernel_args,
                        root_stack=boot.root_stack)
+
+
+# An override's name, as the image store names images: it becomes the
+# rsync module override.NAME, so nothing in it may read as a path.
+_OVERRIDE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
+
+
+def _overrides(value: Any) -> tuple[str, ...]:
+    """The instructions' overrides, most important first: plain names."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or len(value) > 64:
+        raise ConfigError("the server's instructions: overrides is not a list of names")
+    for o in value:
+        if not isinstance(o, str) or not _OVERRIDE.fullmatch(o) or ".." in o:
+            raise ConfigError(f"the server's instructions: override {o!r} is not a plain name")
+    return tuple(value)
 
 
 def _deferred(value: Any) -> tuple[str, ...]:

@@ -193,17 +193,20 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _scripts(self, q: dict[str, str]) -> None:
         """What a client would run, without the contents (ReaR's `rear -s`)."""
-        from imageserver import clientfiles
+        from imageserver import clientfiles, cluster
 
         state = self.server.state
+        host = q.get("hostname") or None
         try:
-            image = (q.get("image") or self.server.policy.default_image or "").split("@")[0]
-            scripts = clientfiles.scripts_for(state.scripts, q.get("hostname") or None, (),
-                                              image or None, q.get("script") or None,
-                                              with_data=False)
-            net = clientfiles.network_config_for(state.scripts, q.get("hostname") or None, (),
-                                                 image or None, q.get("network_config") or None,
-                                                 None)
+            # As the instructions choose (imageserver.instructions.resolve).
+            groups = cluster.load(state.scripts)
+            image = (q.get("image") or groups.image_for(host)
+                     or self.server.policy.default_image or "").split("@")[0]
+            names = tuple(g.name for g in groups.groups_of(host))
+            scripts = clientfiles.scripts_for(state.scripts, host, names, image or None,
+                                              q.get("script") or None, with_data=False)
+            net = clientfiles.network_config_for(state.scripts, host, names, image or None,
+                                                 q.get("network_config") or None, None)
         except SyscloneError as e:
             self._send(HTTPStatus.NOT_FOUND, e.to_dict())
             return

@@ -62,12 +62,17 @@ class ServerPolicy:
 def resolve(state: StateRoot, q: ClientQuery, policy: ServerPolicy,
             store: ImageStore | None = None) -> dict[str, Any]:
     """The instructions for one client, or ConfigError (sent as 404/400)."""
+    from imageserver import cluster as clusterlib
+
     store = store or ImageStore(state)
-    wanted = q.image or policy.default_image
+    # cluster.xml: the client's groups, the image its group names, overrides.
+    cluster = clusterlib.load(state.scripts)
+    groups = tuple(g.name for g in cluster.groups_of(q.hostname))
+    wanted = q.image or cluster.image_for(q.hostname) or policy.default_image
     if not wanted:
         raise ConfigError("no image named for this client",
-                          hint="pass IMAGENAME= on the kernel command line or set a default "
-                               "image on the server")
+                          hint="pass IMAGENAME= on the kernel command line, name one for its "
+                               "group in cluster.xml or set a default image on the server")
     ref = ImageRef.parse(wanted)
     image = ref.name
     info = store.info(ref)  # raises "unknown image" with the known ones
@@ -81,7 +86,7 @@ def resolve(state: StateRoot, q: ClientQuery, policy: ServerPolicy,
             raise ConfigError(f"disks layout {q.layout!r} not found in {layout_dir}")
         layout = layout_file(found)
     else:
-        names = [n for n in candidates(q.hostname, (), image) if n != "default"]
+        names = [n for n in candidates(q.hostname, groups, image) if n != "default"]
         found = find_file(layout_dir, names, LAYOUT_SUFFIXES)
         captured = store.versions.version_dir(image, version) / "layout.xml" \
             if version is not None else None
@@ -94,10 +99,9 @@ def resolve(state: StateRoot, q: ClientQuery, policy: ServerPolicy,
                 layout = layout_file(found)
     usage = info.usage
     # Pre/post-install scripts and the network configuration, chosen by the
-    # same names (imageserver.clientfiles); groups come with cluster.xml.
+    # same names (imageserver.clientfiles), cluster.xml's groups among them.
     from imageserver import clientfiles, fetchorder, sparsefiles
 
-    groups: tuple[str, ...] = ()
     scripts = clientfiles.scripts_for(state.scripts, q.hostname, groups, image, q.script)
     network = clientfiles.network_config_for(state.scripts, q.hostname, groups, image,
                                              q.network_config, store.tree(ref))
@@ -120,7 +124,10 @@ def resolve(state: StateRoot, q: ClientQuery, policy: ServerPolicy,
                        else sparsefiles.sparse_of_version(store.tree(ref))).instructions(),
         },
         "layout": layout,
-        "overrides": [],
+        # Most important first; each is served as rsync module override.NAME.
+        "overrides": list(clusterlib.overrides_for(cluster, q.hostname, image,
+                                                   state.overrides)),
+        "groups": list(groups),
         "scripts": scripts,
         "network_config": network,
         "params": {"si.post-action": policy.post_action} if policy.post_action else {},

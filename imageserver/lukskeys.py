@@ -48,8 +48,11 @@ def find_key(scripts: Path, hostname: str | None, image: str | None,
              volume: str) -> tuple[Path, bytes]:
     if not _VOLUME.fullmatch(volume):
         raise ConfigError(f"{volume!r} is not a LUKS volume name")
+    from imageserver import cluster
+
     base = scripts / KEY_DIR
-    for name in candidates(hostname, (), image):
+    groups = tuple(g.name for g in cluster.load(scripts).groups_of(hostname))
+    for name in candidates(hostname, groups, image):
         if "/" in name or name in (".", ".."):  # names come from clients
             continue
         for p in (base / name / f"{volume}.key", base / f"{name}.key"):
@@ -57,7 +60,7 @@ def find_key(scripts: Path, hostname: str | None, image: str | None,
                 return p, read_key(p)
     raise ConfigError(f"no LUKS key for volume {volume} of {hostname or 'this client'}",
                       hint=f"put one in {base}/<host name>.key (or <host>/{volume}.key, "
-                           "<image>.key, default.key), or pass si.luks-key")
+                           "<group>.key, <image>.key, default.key), or pass si.luks-key")
 
 
 def answer(scripts: Path, query: dict[str, str]) -> dict[str, Any]:

@@ -37,9 +37,12 @@ class _Refused(Exception):
         self.line, self.message, self.hint = line, message, hint
 
 
-def read_tree(data: str | bytes, source: str) -> Node:
+def read_tree(data: str | bytes, source: str, what: str = "a disk layout",
+              hint: str = HINT) -> Node:
     """The document's root element; ConfigError naming `source` and the line
-    for anything that is not well-formed or not allowed."""
+    for anything that is not well-formed or not allowed.  `what` and `hint`
+    say what kind of file it is (SystemImager's cluster.xml is read the
+    same way)."""
     parser = xml.parsers.expat.ParserCreate()
     stack: list[Node] = []
     roots: list[Node] = []
@@ -60,14 +63,14 @@ def read_tree(data: str | bytes, source: str) -> Node:
         if name == "config" and sysid in SI_SCHEMAS and not pubid and not internal:
             return  # SystemImager's own line: names its schema, declares nothing
         raise _Refused(parser.CurrentLineNumber,
-                       f"a <!DOCTYPE {name}> declaration is not allowed in a disk layout",
+                       f"a <!DOCTYPE {name}> declaration is not allowed in {what}",
                        "delete the DOCTYPE line: sysclone checks the layout itself, and a "
                        "DOCTYPE can declare entities that expand or fetch content")
 
     def entity(name: str, *args: object) -> None:
         raise _Refused(parser.CurrentLineNumber,
-                       f"entity declaration {name!r} is not allowed in a disk layout",
-                       "write the values out; layouts use no entities")
+                       f"entity declaration {name!r} is not allowed in {what}",
+                       "write the values out; SystemImager's files use no entities")
 
     parser.StartElementHandler = start
     parser.EndElementHandler = end
@@ -83,5 +86,5 @@ def read_tree(data: str | bytes, source: str) -> Node:
     except xml.parsers.expat.ExpatError as exc:
         reason = xml.parsers.expat.ErrorString(exc.code)
         raise ConfigError(f"{source}:{exc.lineno}: not well-formed XML: {reason}",
-                          hint=HINT) from None
+                          hint=hint) from None
     return roots[0]

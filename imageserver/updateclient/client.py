@@ -1214,13 +1214,12 @@ def update(a: argparse.Namespace) -> dict:
         # compare (the overrides win over the image, and are never deleted from)
         wire = Wire()
         plan = compare(url, root, excludes, delete=True, wire=wire, bwlimit=a.bwlimit)
-        overrides = [rsync_url(server, int(img["rsync_port"]), o)
+        # Each override is the server's rsync module override.NAME, listed
+        # most important first.
+        overrides = [rsync_url(server, int(img["rsync_port"]), "override." + o)
                      for o in answer.get("overrides") or ()]
-        for o in overrides:
-            extra = compare(o, root, excludes, delete=False, wire=wire, bwlimit=a.bwlimit)
-            theirs = {c.path for c in extra.changes}
-            plan.changes = [c for c in plan.changes if c.path not in theirs] + extra.changes
-            plan.transfer_bytes += extra.transfer_bytes
+        own = with_overrides(plan, overrides, root, state, excludes, wire, a.bwlimit)
+        image_paths = own.pop("")
         result = {"image": version, "changes": len(plan.changes),
                   "created": len(plan.paths("created")), "changed": len(plan.paths("changed")),
                   "deleted": len(plan.paths("deleted")), "kernel_changed": plan.kernel_changed,
@@ -1246,9 +1245,10 @@ def update(a: argparse.Namespace) -> dict:
         # fetch: the machine is untouched until every file has arrived
         stage = os.path.join(state, "stage")
         try:
-            fetch(url, root, stage, plan.transfer(), excludes, wire, a.bwlimit)
-            for o in overrides:
-                fetch_over(o, stage, plan.transfer(), wire, a.bwlimit)
+            fetch(url, root, stage, image_paths, excludes, wire, a.bwlimit)
+            for o, paths in own.items():
+                if paths:
+                    fetch_over(o, stage, paths, wire, a.bwlimit)
         except UpdateError:
             shutil.rmtree(stage, ignore_errors=True)
             drop_rollback_point(point.directory)
@@ -1299,6 +1299,36 @@ def update(a: argparse.Namespace) -> dict:
         say(f"updated to {version} in {result['seconds']:.1f}s"
             + ("; reboot into the new kernel" if plan.kernel_changed else ""))
         return result
+
+
+def with_overrides(plan: Plan, overrides: list, root: str, state: str, excludes: list,
+                   wire: Wire, bwlimit: int | None) -> dict:
+    """Add the overrides' changes to the image's `plan`, each path from the
+    most important override that holds it; the image's own changes (its
+    deletions too) to any path an override holds are dropped: it keeps
+    what the install copied from the override.  Returns what to fetch from
+    where: the image's paths under "", each override's under its URL."""
+    empty = os.path.join(state, "empty")
+    os.makedirs(empty, mode=0o700, exist_ok=True)
+    owned: dict = {}  # path -> the override that gives it
+    extras = []
+    for o in overrides:  # most important first
+        # Every path it holds, not only those that differ here: one the
+        # machine has from it already must not go back to the image's.
+        held = {c.path for c in compare(o, empty, excludes, delete=False, wire=wire,
+                                        bwlimit=bwlimit).changes if c.path != "."}
+        mine = {p for p in held if p not in owned}
+        owned.update(dict.fromkeys(mine, o))
+        extra = compare(o, root, excludes, delete=False, wire=wire, bwlimit=bwlimit)
+        extra.changes = [c for c in extra.changes if c.path in mine]
+        extras.append((o, extra))
+    plan.changes = [c for c in plan.changes if c.path not in owned]
+    fetch_from = {"": plan.transfer()}
+    for o, extra in extras:
+        plan.changes += extra.changes
+        plan.transfer_bytes += extra.transfer_bytes
+        fetch_from[o] = extra.transfer()
+    return fetch_from
 
 
 def fetch_over(url: str, stage: str, paths: list, wire: Wire, bwlimit: int | None) -> None:

@@ -372,3 +372,32 @@ def test_btrfs_root_rolls_back_from_a_snapshot(btrfs_root: Path, lab: Lab) -> No
     lab.update("--rollback", check=True)
     assert lab.differences(1) == {}
     lab.assert_local_files_untouched()
+
+
+def test_overrides_of_cluster_xml_come_with_the_update(lab: Lab) -> None:
+    """The client's overrides, as the server chooses them (cluster.xml: its
+    own, its group's, the global one), served as rsync modules override.NAME
+    by the real daemon and kept by the update; the first listed wins."""
+    (lab.state.scripts).mkdir(parents=True, exist_ok=True)
+    (lab.state.scripts / "cluster.xml").write_text(
+        "<xml><name>all</name><override>site</override>"
+        "<group><name>web</name><override>webgroup</override><node>client1</node></group>"
+        "</xml>")
+    files = {"client1": {"etc/motd": "client1's own\n"},
+             "webgroup": {"etc/motd": "the group's\n", "etc/group-only": "group\n"},
+             "site": {"etc/group-only": "the site's\n", "etc/site-only": "site\n"}}
+    for name, content in files.items():
+        for rel, text in content.items():
+            p = lab.state.overrides / name / rel
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(text)
+    lab.server.rsyncd.refresh()  # as the server's store watcher would within a second
+    lab.update("--image", "web@2", check=True)
+    c = lab.client
+    assert (c / "etc/motd").read_text() == "client1's own\n"
+    assert (c / "etc/group-only").read_text() == "group\n"
+    assert (c / "etc/site-only").read_text() == "site\n"
+    # A second run keeps them: what the machine has from an override is
+    # neither put back to the image's nor deleted as not in the image.
+    again = lab.update("--image", "web@2", "--dry-run", check=True).stdout
+    assert json.loads(again.splitlines()[-1])["changes"] == 0, again

@@ -405,6 +405,31 @@ def test_an_install_runs_every_phase_in_order(machine: Machine, dhcp: FakeDhcp,
     assert machine.post_action() == "poweroff"
 
 
+def test_overrides_go_on_top_least_important_first(machine: Machine, dhcp: FakeDhcp,
+                                                    writes: list[str],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server lists overrides most important first (cluster.xml: the
+    host's, its groups', the global ones); each is its rsync module
+    override.NAME, applied last-listed first so that the first one wins."""
+    pulled: list[str] = []
+    monkeypatch.setattr(flow, "pull", lambda url, root, **k: pulled.append(url))
+    machine.answers["overrides"] = ["node07", "compute", "all"]
+    rc, rep = machine.install("IMAGESERVER=10.0.2.2")
+    assert rc == 0, rep.lines
+    assert pulled == [f"rsync://10.0.2.2:873/override.{o}/" for o in ("all", "compute", "node07")]
+    assert order(machine).index("overrides") > order(machine).index("fetch")
+
+
+@pytest.mark.parametrize("bad", [["../images/x"], ["a/b"], ["-rf"], "all", [7]])
+def test_override_names_from_the_server_are_checked(machine: Machine, dhcp: FakeDhcp,
+                                                    writes: list[str], bad: Any) -> None:
+    machine.answers["overrides"] = bad
+    rc, rep = machine.install("IMAGESERVER=10.0.2.2")
+    assert rc != 0
+    assert "partition" not in writes  # refused with the plan, before any disk is written
+    assert any("the server's instructions: override" in line for line in rep.lines), rep.lines
+
+
 @pytest.mark.parametrize(("steps", "before"), [
     ("partition", ["partition"]), ("prepare-disks,download-image", ["partition", "fetch"]),
     ("se-linux", ["configure"]), ("boot-loader", ["bootloader"]),

@@ -174,3 +174,47 @@ def test_image_without_metadata_is_measured(state):
     (state.images / "fresh/etc/b").write_text("b")
     got = resolve(state, q(image="fresh"), POLICY)
     assert got["image"]["files"] == 2
+
+
+CLUSTER = """<xml>
+  <name>all</name>
+  <override>all</override>
+  <group>
+    <name>compute</name>
+    <priority>10</priority>
+    <image>rhel9</image>
+    <override>compute</override>
+    <node>node01-node16</node>
+  </group>
+</xml>
+"""
+
+
+def test_cluster_xml_groups_image_and_overrides(state):
+    """cluster.xml's group names the image when the client names none, joins
+    the lookup of layouts, scripts and network configurations, and brings
+    its overrides: the host's own, the group's, the global one."""
+    (state.scripts / "cluster.xml").write_text(CLUSTER)
+    for o in ("all", "compute", "node01", "deb12"):
+        (state.overrides / o).mkdir(parents=True)
+    layout(state, "compute.xml")
+    (state.scripts / "post-install").mkdir()
+    (state.scripts / "post-install" / "10compute.tune").write_text("#!/bin/sh\n")
+    got = resolve(state, q(image=None), ServerPolicy(rsync_port=8873, default_image="deb12"))
+    assert got["image"]["name"] == "rhel9"  # the group's, not the server's default
+    assert got["groups"] == ["compute"]
+    assert got["layout"]["name"] == "compute.xml"
+    assert [s["name"] for s in got["scripts"]["post-install"]] == ["10compute.tune"]
+    assert got["overrides"] == ["node01", "compute", "all"]
+    # The client's own IMAGENAME= wins over the group's image.
+    assert resolve(state, q(image="deb12"), POLICY)["image"]["name"] == "deb12"
+    # A client no group names: its image's override, no global ones.
+    other = resolve(state, q(hostname="web1", image="deb12"), POLICY)
+    assert other["groups"] == [] and other["overrides"] == ["deb12"]
+
+
+def test_cluster_xml_mistake_is_one_error(state):
+    (state.scripts / "cluster.xml").write_text("<xml><group><name>a/b</name></group></xml>")
+    with pytest.raises(ConfigError) as e:
+        resolve(state, q(), POLICY)
+    assert e.value.message.startswith(f"{state.scripts / 'cluster.xml'}:1: group name 'a/b'")
