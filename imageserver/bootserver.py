@@ -10,7 +10,9 @@ dnsmasq does DHCP and TFTP on one interface, nothing else (no DNS):
   proxy   another DHCP server hands out the addresses; dnsmasq only answers
           the PXE firmware with its boot file (proxy-DHCP).  The agent's own
           DHCP then comes from that server, without option 140: the tree's
-          command line must name the image server
+          command line must name the image server.  What only the site's
+          server can hand out (--router, --dns, --domain, --image-server as
+          option 140, an ISC dhcpd subnet) is refused, not dropped
 
 The boot file follows the firmware (DHCP option 93):
 
@@ -51,6 +53,8 @@ BIOS_LOADERS = {"pxelinux": pxe.BIOS_BOOTFILE, "ipxe": pxe.IPXE_BIOS}
 EFI_LOADERS = {"grub": pxe.EFI_BOOTFILE, "ipxe": pxe.IPXE_EFI}
 # The tree's loader each boot file needs.
 _NEEDS = {"pxelinux": "pxelinux", "grub": "grub", "ipxe": "ipxe"}
+_DHCPD_FULL_ONLY = ("--dhcpd is for full mode: its subnet hands out addresses, and in proxy "
+                    "mode the site's DHCP server does")
 
 
 @dataclass(frozen=True)
@@ -86,7 +90,7 @@ class BootServer:
     mode: str
     tree: Path
     loaders: tuple[str, ...]  # what the tree holds
-    image_server: str  # option 140
+    image_server: str | None  # option 140; None in proxy mode (not sent)
     dhcp_range: tuple[str, str] | None
     router: str | None
     dns: tuple[str, ...]
@@ -112,19 +116,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="this server on IFACE (default: IFACE's IPv4 address)")
     p.add_argument("--mode", choices=MODES, default="full",
                    help="full: hand out addresses (default); proxy: beside another DHCP "
-                        "server, answer only the PXE firmware")
+                        "server, answer only the PXE firmware (that server gives addresses, "
+                        "router, DNS and domain: --range, --host, --router, --dns, --domain, "
+                        "--image-server and --dhcpd are refused)")
     p.add_argument("--tree", help="the PXE tree to serve over TFTP (default: ROOT/pxe)")
     p.add_argument("--range", metavar="START,END",
                    help="dynamic addresses (full mode; default .100-.199 of the network)")
-    p.add_argument("--router", metavar="ADDR", help="default gateway to hand out")
-    p.add_argument("--dns", action="append", metavar="ADDR", help="name server (repeatable)")
-    p.add_argument("--domain", help="DNS domain to hand out")
+    p.add_argument("--router", metavar="ADDR",
+                   help="default gateway to hand out (full mode; in the served network)")
+    p.add_argument("--dns", action="append", metavar="ADDR",
+                   help="name server (full mode; repeatable)")
+    p.add_argument("--domain", help="DNS domain to hand out (full mode)")
     p.add_argument("--host", action="append", metavar="MAC[,IP][,NAME]",
-                   help="a static lease (repeatable)")
+                   help="a static lease (full mode; repeatable); IP in the served network")
     p.add_argument("--no-seen", action="store_true",
                    help="no static leases for the clients the monitor has seen")
     p.add_argument("--image-server", metavar="HOST",
-                   help="option 140 (default: this server's address)")
+                   help="option 140 (full mode; default: this server's address); in "
+                        "proxy mode put IMAGESERVER= on the tree's command line instead")
     p.add_argument("--http-port", type=int, default=8181,
                    help="the image server's HTTP port, for UEFI HTTP boot and iPXE "
                         "(default 8181)")
@@ -139,7 +148,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="where to write the dnsmasq configuration (default: "
                         "ROOT/run/dnsmasq.conf)")
     p.add_argument("--dhcpd", metavar="FILE",
-                   help="also write the same for ISC dhcpd (a dhcpd.conf fragment)")
+                   help="also write the same for ISC dhcpd (a dhcpd.conf subnet fragment "
+                        "that hands out addresses; full mode only: in proxy mode the site's "
+                        "DHCP server keeps its own configuration)")
     p.add_argument("--run", action="store_true",
                    help="run dnsmasq with it in the foreground until interrupted")
 
@@ -237,26 +248,19 @@ def config_from_options(state: StateRoot, a: argparse.Namespace) -> BootServer:
     if "ipxe" in info.loaders and http_base is None:
         warnings.append(f"the image server serves ROOT/pxe over HTTP, not {tree}: no UEFI HTTP "
                         "boot, and iPXE loads the boot environment over TFTP")
-    image_server = a.image_server or str(address.ip)
-    if a.image_server and not (is_hostname(a.image_server) or _is_ip(a.image_server)):
-        raise ConfigError(f"--image-server {a.image_server!r} is not a host")
+    image_server = None
     dhcp_range = None
     hosts: list[StaticLease] = []
+    router = None
     if a.mode == "full":
+        image_server = a.image_server or str(address.ip)
+        if a.image_server and not (is_hostname(a.image_server) or _is_ip(a.image_server)):
+            raise ConfigError(f"--image-server {a.image_server!r} is not a host")
         dhcp_range = _range(a.range, address)
-        given = [StaticLease.parse(h) for h in a.host or ()]
-        seen = [] if a.no_seen else seen_clients(state)
-        by_mac = {h.mac: h for h in seen}
-        by_mac.update({h.mac: h for h in given})
-        for h in by_mac.values():
-            if h.ip and ipaddress.IPv4Address(h.ip) not in address.network:
-                # An address from another network cannot be handed out here.
-                by_mac[h.mac] = StaticLease(h.mac, None, h.name)
-        hosts = list(by_mac.values())
+        hosts = _static_leases(state, a, address.network)
+        router = _router(a.router, address.network) if a.router else None
     else:
-        if a.range or a.host:
-            raise ConfigError("--range and --host are for full mode: in proxy mode another "
-                              "DHCP server hands out the addresses")
+        _refuse_in_proxy_mode(a)
         if "IMAGESERVER=" not in info.append and "si.image-server=" not in info.append:
             warnings.append("proxy mode: clients get no option 140 from the site's DHCP "
                             "server; put IMAGESERVER= on the tree's command line")
@@ -271,7 +275,6 @@ def config_from_options(state: StateRoot, a: argparse.Namespace) -> BootServer:
     if a.dnsmasq_user is not None and not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}",
                                                       a.dnsmasq_user):
         raise ConfigError(f"--dnsmasq-user {a.dnsmasq_user!r} is not a user name")
-    router = _ip(a.router, "--router") if a.router else None
     dns = tuple(_ip(d, "--dns") for d in a.dns or ())
     if a.domain and not is_hostname(a.domain):
         raise ConfigError(f"--domain {a.domain!r} is not a domain name")
@@ -279,6 +282,61 @@ def config_from_options(state: StateRoot, a: argparse.Namespace) -> BootServer:
                       dhcp_range, router, dns, a.domain, tuple(hosts), a.bios_loader,
                       a.efi_loader, http_base, state.run / "dnsmasq.leases",
                       state.run / "dnsmasq.pid", a.dnsmasq_user, warnings=tuple(warnings))
+
+
+def _refuse_in_proxy_mode(a: argparse.Namespace) -> None:
+    """Proxy mode answers the PXE firmware only: addresses and network
+    settings come from the site's DHCP server, so an option for them would
+    be dropped without a word.  It is refused instead."""
+    for option, value in (("--range", a.range), ("--host", a.host), ("--router", a.router),
+                          ("--dns", a.dns), ("--domain", a.domain)):
+        if value:
+            raise ConfigError(f"{option} is for full mode: in proxy mode the site's DHCP "
+                              "server hands out addresses and network settings",
+                              hint="set it on that server, or use --mode full")
+    if a.image_server:
+        # dnsmasq's proxy replies carry the boot file only, never option 140.
+        raise ConfigError("--image-server is for full mode: in proxy mode the site's DHCP "
+                          "server answers the agent, without option 140",
+                          hint=f"put IMAGESERVER={a.image_server} on the tree's command line "
+                               f"(sysclone media pxe --append IMAGESERVER={a.image_server})")
+    if a.dhcpd:
+        raise ConfigError(_DHCPD_FULL_ONLY,
+                          hint="for the site's dhcpd to send the boot files itself, write the "
+                               "fragment with --mode full and copy its next-server and "
+                               "filename lines")
+
+
+def _static_leases(state: StateRoot, a: argparse.Namespace,
+                   net: ipaddress.IPv4Network) -> list[StaticLease]:
+    """--host entries over the clients the monitor saw (the same MAC:
+    --host wins).  A seen client's address from another network is left
+    out (the machine moved; its name stays); a --host address outside the
+    network is refused: it was typed for this one, and dnsmasq could not
+    hand it out."""
+    given: dict[str, StaticLease] = {}
+    for text in a.host or ():
+        h = StaticLease.parse(text)
+        if h.ip and ipaddress.IPv4Address(h.ip) not in net:
+            raise ConfigError(f"--host {text}: {h.ip} is outside the served network {net}",
+                              hint="give an address in it, or only MAC,NAME")
+        given[h.mac] = h
+    by_mac: dict[str, StaticLease] = {}
+    for h in [] if a.no_seen else seen_clients(state):
+        if h.ip and ipaddress.IPv4Address(h.ip) not in net:
+            h = StaticLease(h.mac, None, h.name)
+        by_mac[h.mac] = h
+    by_mac.update(given)
+    return list(by_mac.values())
+
+
+def _router(value: str, net: ipaddress.IPv4Network) -> str:
+    """A gateway the clients can reach: on their own network."""
+    router = _ip(value, "--router")
+    if ipaddress.IPv4Address(router) not in net:
+        raise ConfigError(f"--router {value} is outside the served network {net}",
+                          hint="clients reach a gateway only on their own network")
+    return router
 
 
 def _is_ip(text: str) -> bool:
@@ -340,7 +398,7 @@ def render_dnsmasq(cfg: BootServer) -> str:
         lines.insert(2, f"user={cfg.user}")
     net = cfg.address.network
     if cfg.mode == "full":
-        assert cfg.dhcp_range
+        assert cfg.dhcp_range and cfg.image_server
         lines += ["", "# addresses",
                   f"dhcp-range={cfg.dhcp_range[0]},{cfg.dhcp_range[1]},{net.netmask},"
                   f"{cfg.lease_time}",
@@ -411,7 +469,10 @@ def run_dnsmasq(conf: Path, cfg: BootServer) -> int:
 
 def render_dhcpd(cfg: BootServer) -> str:
     """A dhcpd.conf fragment with the same choices (SystemImager's
-    mkdhcpserver wrote one like it)."""
+    mkdhcpserver wrote one like it): a subnet that hands out addresses, so
+    full mode only."""
+    if cfg.mode != "full" or cfg.image_server is None:
+        raise ConfigError(_DHCPD_FULL_ONLY)
     net = cfg.address.network
     start, end = cfg.dhcp_range or _range(None, cfg.address)
     bios = BIOS_LOADERS[cfg.bios_loader]

@@ -8,7 +8,8 @@ command line is a MAC, an IPv4 address, a network whose prefix is a whole
 number of hex digits (192.168.10.0/24 -> C0A80A), or the hex itself.
 
 iPXE has no substring operations: it finds a client by MAC or by its whole
-address (`${ip:hexraw}`, lower case), never by a network.
+address (`${ip:hexraw}`, lower case), never by a network (`media pxe` warns
+when a tree with iPXE has a network entry: mkmedia.pxe.ipxe_unmatched).
 """
 
 from __future__ import annotations
@@ -46,6 +47,14 @@ class ClientKey:
         if self.is_mac:
             return self.name
         return self.name.lower() if len(self.name) == 8 else None
+
+    @property
+    def shown(self) -> str:
+        """As a person writes it: the MAC, the address or the network."""
+        if self.is_mac:
+            return str(self.mac)
+        address = ipaddress.IPv4Address(int(self.name.ljust(8, "0"), 16))
+        return str(address) if len(self.name) == 8 else f"{address}/{len(self.name) * 4}"
 
 
 def mac_key(mac: str) -> ClientKey:

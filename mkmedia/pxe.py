@@ -26,6 +26,7 @@ agent which NIC the machine booted from.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -53,6 +54,13 @@ EFI_BOOTFILE = "bootx64.efi"
 IPXE_EFI = "ipxe.efi"
 IPXE_BIOS = "undionly.kpxe"
 IPXE_SCRIPT = "boot.ipxe"
+# Each loader's files in the tree, as the firmware (or the loader before it)
+# asks for them: a rebuild without a loader removes these, and only these.
+LOADER_FILES = {
+    "pxelinux": (BIOS_BOOTFILE, *MODULES),
+    "grub": (EFI_BOOTFILE, "grubx64.efi", "mmx64.efi"),  # shim, GRUB, MokManager
+    "ipxe": (IPXE_EFI, IPXE_BIOS),
+}
 
 
 @dataclass(frozen=True)
@@ -140,7 +148,8 @@ def _loader_files(loaders: Iterable[str]) -> list[tuple[Path, str]]:
     are missing."""
     out: list[tuple[Path, str]] = []
     if "pxelinux" in loaders:
-        pxelinux = [(PXELINUX, "pxelinux.0"), *((SYSLINUX_BIOS / m, m) for m in MODULES)]
+        pxelinux = list(zip((PXELINUX, *(SYSLINUX_BIOS / m for m in MODULES)),
+                            LOADER_FILES["pxelinux"], strict=True))
         for f, _ in pxelinux:
             if not f.is_file():
                 raise SyscloneError(f"{f} not found", hint="apt install pxelinux syslinux-common")
@@ -149,10 +158,11 @@ def _loader_files(loaders: Iterable[str]) -> list[tuple[Path, str]]:
     if "grub" in loaders:
         # shim is what the firmware runs; it fetches grubx64.efi (the netboot
         # image, whatever its Debian name) from the same directory.
-        wanted += [(bootfiles.SHIM, EFI_BOOTFILE), (bootfiles.GRUB_EFI_NET, "grubx64.efi"),
-                   (bootfiles.MOKMANAGER, "mmx64.efi")]
+        wanted += zip((bootfiles.SHIM, bootfiles.GRUB_EFI_NET, bootfiles.MOKMANAGER),
+                      LOADER_FILES["grub"], strict=True)
     if "ipxe" in loaders:
-        wanted += [(bootfiles.IPXE_EFI, IPXE_EFI), (bootfiles.IPXE_BIOS, IPXE_BIOS)]
+        wanted += zip((bootfiles.IPXE_EFI, bootfiles.IPXE_BIOS), LOADER_FILES["ipxe"],
+                      strict=True)
     paths = bootfiles.require(*(f for f, _ in wanted))
     return out + [(p, name) for p, (_, name) in zip(paths, wanted, strict=True)]
 
@@ -199,6 +209,43 @@ def client_files(info: TreeInfo, c: ClientEntry, label: str = "sysclone") -> dic
     if "ipxe" in info.loaders and key.ipxe_name:
         files[f"ipxe/{key.ipxe_name}.ipxe"] = menus.ipxe_script(entry, base="../")
     return files
+
+
+def written_files(info: TreeInfo, label: str = "sysclone") -> set[str]:
+    """Every file a build of `info` writes (and set_client since), by path
+    in the tree: what a later build may remove, as the description recorded
+    it.  Files the admin put beside them are not in it."""
+    names = {"kernel", "initrd.img", META}
+    names.update(name for loader in info.loaders for name in LOADER_FILES[loader])
+    names.update(_files_for_default(info, label))
+    for c in info.clients.values():
+        names.update(client_files(info, c, label))
+    return names
+
+
+def ipxe_unmatched(info: TreeInfo, clients: Iterable[ClientEntry]) -> str | None:
+    """One line when the tree has iPXE and some entries are networks: iPXE
+    has no substring operation for the shorter prefixes pxelinux and GRUB
+    try, so its clients there (UEFI HTTP boot too) get the default entry."""
+    if "ipxe" not in info.loaders:
+        return None
+    networks = [f"{ClientKey(c.key).shown} ({c.mode})" for c in clients
+                if not ClientKey(c.key).ipxe_name]
+    if not networks:
+        return None
+    return (f"iPXE and UEFI HTTP boot clients in {', '.join(networks)} get the default "
+            "entry: iPXE matches a MAC or a whole address, not a network (pxelinux and GRUB do)")
+
+
+def _remove_stale(root: Path, rels: Iterable[str]) -> None:
+    """Remove files an earlier build wrote, and the directories (grub/,
+    ipxe/) they leave empty; a directory holding anything else stays."""
+    for rel in sorted(rels):
+        (root / rel).unlink(missing_ok=True)
+        parent = (root / rel).parent
+        if parent != root:
+            with contextlib.suppress(OSError):
+                parent.rmdir()
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -261,12 +308,11 @@ def build_tree(out: Path, kernel: Path, initrd: Path, info: TreeInfo,
         wanted = _files_for_default(info, label)
         for c in info.clients.values():
             wanted.update(client_files(info, c, label))
-        # Entries of clients no longer listed go: they would still be found.
+        # What the last build wrote and this one does not goes: entries of
+        # clients no longer listed, a dropped loader's files and menus (a
+        # TFTP server would still hand them out, with the old parameters).
         if old is not None:
-            for c in old.clients.values():
-                for rel in client_files(old, c, label):
-                    if rel not in wanted:
-                        (out / rel).unlink(missing_ok=True)
+            _remove_stale(out, written_files(old, label) - written_files(info, label))
         for rel, text in wanted.items():
             _write_atomic(out / rel, text.encode())
         _write_atomic(out / META, info.to_json().encode())

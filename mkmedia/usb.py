@@ -39,6 +39,9 @@ DATA_LABEL = "SYSCLONECFG"  # agent.params.medium looks for it
 ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 DATA_TYPE = "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7"  # Microsoft basic data: any OS mounts it
 DEFAULT_DATA_MIB = 64
+# local.cfg and logs need little; the bound keeps the image (a file of this
+# size, then copied whole) within a stick of the default --max-size.
+MIN_DATA_MIB, MAX_DATA_MIB = 8, 32 * 1024
 DEFAULT_MAX_GB = 64
 
 LOCAL_CFG_TEMPLATE = """\
@@ -70,9 +73,17 @@ class UsbLayout:
     total: int
 
 
+def check_data_size(data_mib: int) -> int:
+    """--data-size, checked before anything is built: too large, the image
+    file fails only at the end with the file system's own error."""
+    if not MIN_DATA_MIB <= data_mib <= MAX_DATA_MIB:
+        raise ConfigError(f"--data-size {data_mib}: from {MIN_DATA_MIB} to {MAX_DATA_MIB} MiB",
+                          hint="it holds local.cfg and the install logs; 64 MiB is plenty")
+    return data_mib
+
+
 def layout(esp_payload: int, data_mib: int = DEFAULT_DATA_MIB) -> UsbLayout:
-    if data_mib < 8:
-        raise ConfigError(f"--data-size {data_mib}: at least 8 MiB")
+    check_data_size(data_mib)
     esp = fat_size(esp_payload)
     start = MiB  # partitions aligned to 1 MiB, as every partitioning tool does
     data_start = start + esp

@@ -82,6 +82,12 @@ def output_dir(value: str, option: str, state: StateRoot) -> Path:
     path = Path(value).absolute()
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{option} {value}: exists and is not a directory")
+    return outside_images(path, value, option, state)
+
+
+def outside_images(path: Path, value: str, option: str, state: StateRoot) -> Path:
+    """`path` (typed as `value`) is not in the image store: clients would
+    receive what is written there."""
     resolved, images = path.resolve(), state.images.resolve()
     if resolved == images or images in resolved.parents:
         raise ConfigError(f"{option} {value}: is inside the image store {state.images}",

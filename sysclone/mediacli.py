@@ -87,12 +87,14 @@ def _timeout(seconds: int) -> None:
 
 
 def _output_file(value: str, state: StateRoot, option: str = "--output") -> Path:
-    """A file sysclone writes: not a directory, and in a directory
-    checks.output_dir accepts (never inside an image)."""
+    """A file sysclone writes: not a directory, in a directory, and never
+    inside the image store (named as given: the user typed the file)."""
     path = Path(value).absolute()
     if path.is_dir():
         raise ConfigError(f"{option} {value} is a directory", hint="name the file to write")
-    checks.output_dir(str(path.parent), option, state)
+    if path.parent.exists() and not path.parent.is_dir():
+        raise ConfigError(f"{option} {value}: {path.parent} is not a directory")
+    checks.outside_images(path, value, option, state)
     return path
 
 
@@ -117,9 +119,13 @@ def cmd_media_iso(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
 def cmd_media_usb(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
     from mkmedia import usb
 
-    if bool(a.output) == bool(a.device):
+    if a.output and a.device:
+        raise ConfigError("media usb: --output and --device exclude each other",
+                          hint="give --output FILE for a disk image, or --device DEV for a stick")
+    if not a.output and not a.device:
         raise ConfigError("media usb: give --output FILE (a disk image) or --device DEV")
     checks.positive(a.max_size, "--max-size")
+    usb.check_data_size(a.data_size)
     facts = None
     if a.device:
         facts = usb.device_facts(a.device)
@@ -150,27 +156,33 @@ def cmd_media_usb(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
 def _client_entries(a: argparse.Namespace, default: str) -> list[Any]:
     """--client SELECTOR APPEND and --local SELECTOR as tree entries; a
     client's words come after the default's, so they win (the last
-    occurrence counts)."""
+    occurrence counts).  One client given two different entries is
+    refused: which one was meant cannot be guessed."""
     from mkmedia.clientkeys import parse_selector
     from mkmedia.menus import check_append
     from mkmedia.pxe import ClientEntry
 
-    out: dict[str, Any] = {}
+    entries: list[tuple[str, Any]] = []  # (the option as typed, its entry)
     for selector, words in a.client or ():
         key = parse_selector(selector).name
         append = f"{default} {check_append(words)}".strip()
         check_install_params(append, what=f"--client {selector}")
-        out[key] = ClientEntry(key, "install", append)
+        entries.append((f"--client {selector} {words!r}", ClientEntry(key, "install", append)))
     for selector in a.local or ():
-        key = parse_selector(selector).name
-        old = out.get(key)
-        out[key] = ClientEntry(key, "local", old.append if old else None)
-    return list(out.values())
+        entries.append((f"--local {selector}", ClientEntry(parse_selector(selector).name,
+                                                           "local")))
+    out: dict[str, tuple[str, Any]] = {}
+    for option, entry in entries:
+        first = out.setdefault(entry.key, (option, entry))
+        if first[1] != entry:
+            raise ConfigError(f"{first[0]} and {option} name the same client: give it one "
+                              "entry", hint="--client for its own parameters, or --local")
+    return [entry for _, entry in out.values()]
 
 
 def cmd_media_pxe(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
     from imageserver.netboot import register_tree
-    from mkmedia.pxe import LOADERS, TreeInfo, build_tree
+    from mkmedia.pxe import LOADERS, TreeInfo, build_tree, ipxe_unmatched
 
     bootenv = checks.bootenv_dir(a.bootenv, state)
     out = checks.output_dir(a.output, "--output", state) if a.output else state.pxe
@@ -193,6 +205,9 @@ def cmd_media_pxe(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
     files = {"pxelinux": "pxelinux.0 (BIOS)", "grub": "bootx64.efi (UEFI, shim + GRUB)",
              "ipxe": "ipxe.efi / undionly.kpxe (iPXE), then boot.ipxe"}
     ui.info(f"PXE tree in {tree}: boot files " + ", ".join(files[x] for x in loaders))
+    unmatched = ipxe_unmatched(info, clients)
+    if unmatched:
+        ui.info(f"warning: {unmatched}")
     if info.switch:
         ui.info("    clients that finish an install boot their disk next time "
                 "(sysclone clients reinstall NAME to undo)")
@@ -225,8 +240,12 @@ def cmd_bootserver(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
     text = bootserver.render_dnsmasq(cfg)
     conf.parent.mkdir(parents=True, exist_ok=True)
     conf.write_text(text)
-    ui.info(f"dnsmasq configuration in {conf} ({cfg.mode} DHCP on {cfg.interface}, TFTP from "
-            f"{cfg.tree}, option 140 = {cfg.image_server})")
+    # Only what the file holds: proxy mode sends boot files, no option 140.
+    if cfg.mode == "full":
+        what = f"full DHCP on {cfg.interface}, option 140 = {cfg.image_server}"
+    else:
+        what = f"proxy DHCP on {cfg.interface}: boot files only, the site's server the rest"
+    ui.info(f"dnsmasq configuration in {conf} ({what}; TFTP from {cfg.tree})")
     for w in cfg.warnings:
         ui.info(f"warning: {w}")
     if snippet is not None:
@@ -288,7 +307,7 @@ def add_media_commands(sub: Any, add: Add) -> None:
     p.add_argument("--max-size", type=int, default=64, metavar="GB",
                    help="refuse a larger --device without --force (default 64)")
     p.add_argument("--data-size", type=int, default=64, metavar="MiB",
-                   help="size of the local.cfg and logs partition (default 64)")
+                   help="size of the local.cfg and logs partition, 8 to 32768 (default 64)")
     _medium_options(p)
     p.add_argument("--local-cfg", metavar="FILE",
                    help="the local.cfg to put on the writable partition (default: a "

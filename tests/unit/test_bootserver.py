@@ -151,7 +151,7 @@ def test_dhcpd_fragment(state):
     ({"address": "192.168.77.1/24", "host": ["nonsense"]}, "is not valid"),
     ({"address": "192.168.77.1/24", "host": ["52:54:00:00:00:01,a b"]}, "neither an IPv4"),
     ({"address": "192.168.77.1/24", "mode": "proxy", "host": ["52:54:00:00:00:01"]},
-     "are for full mode"),
+     "--host is for full mode"),
     ({"address": "192.168.77.1/24", "mode": "proxy", "efi_loader": "ipxe"},
      "proxy mode boots pxelinux and GRUB only"),
     ({"address": "192.168.77.1/24", "router": "gw"}, "--router 'gw' is not an IPv4"),
@@ -217,3 +217,76 @@ def test_bootserver_files_are_checked_before_anything_is_written(state, tmp_path
         assert len(err) == 1 and option in err[0] and says in err[0], err
         assert not conf.exists() and not dhcpd.exists()
         assert not (state.images / "web.conf").exists()
+
+
+# -- proxy mode hands out nothing but boot files --------------------------------------------------
+
+@pytest.mark.parametrize(("kw", "option"), [
+    ({"router": "192.168.1.1"}, "--router"),
+    ({"dns": ["192.168.1.53"]}, "--dns"),
+    ({"domain": "lab.example"}, "--domain"),
+    ({"range": "192.168.1.100,192.168.1.199"}, "--range"),
+])
+def test_proxy_mode_refuses_what_the_site_server_hands_out(state, kw, option):
+    """The site's DHCP server gives router, DNS and domain: an option for
+    them in proxy mode would be dropped without a word."""
+    with pytest.raises(ConfigError, match=f"^{option} is for full mode: in proxy mode the "
+                                          "site's DHCP server hands out"):
+        config_from_options(state, opts(address="192.168.1.5/24", mode="proxy", **kw))
+
+
+def test_proxy_mode_refuses_an_image_server_it_cannot_send(state):
+    """dnsmasq's proxy replies carry no option 140: the image server must
+    come from the tree's command line, and the error says so."""
+    with pytest.raises(ConfigError, match="--image-server is for full mode") as e:
+        config_from_options(state, opts(address="192.168.1.5/24", mode="proxy",
+                                        image_server="10.0.0.3"))
+    assert "IMAGESERVER=10.0.0.3 on the tree's command line" in str(e.value.hint)
+
+
+def test_proxy_mode_writes_no_dhcpd_subnet(state):
+    """An ISC dhcpd subnet hands out addresses: beside the site's DHCP
+    server it would clash with it."""
+    with pytest.raises(ConfigError, match="--dhcpd is for full mode"):
+        config_from_options(state, opts(address="192.168.1.5/24", mode="proxy", dhcpd="x"))
+    cfg = config_from_options(state, opts(address="192.168.1.5/24", mode="proxy"))
+    assert cfg.image_server is None
+    with pytest.raises(ConfigError, match="--dhcpd is for full mode"):
+        render_dhcpd(cfg)
+
+
+def test_proxy_bootserver_command_says_only_what_it_wrote(state, tmp_path, capsys):
+    conf, dhcpd = tmp_path / "d.conf", tmp_path / "dhcpd.inc"
+    argv = ["--root", str(state.root), "bootserver", "--interface", "lab0", "--address",
+            "192.168.1.5/24", "--mode", "proxy", "--dnsmasq-user", "root", "--output", str(conf)]
+    assert main([*argv, "--dhcpd", str(dhcpd)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "--dhcpd is for full mode" in err[0], err
+    assert not conf.exists() and not dhcpd.exists()
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert f"dnsmasq configuration in {conf} (proxy DHCP on lab0: boot files only" in err
+    assert "option 140" not in err.replace("no option 140 from", "")
+    assert "dhcp-range=192.168.1.0,proxy,255.255.255.0" in conf.read_text()
+
+
+# -- addresses outside the served network ---------------------------------------------------------
+
+def test_a_host_address_outside_the_network_is_refused(state):
+    """dnsmasq cannot hand it out: dropping it silently left the machine
+    on a dynamic address."""
+    with pytest.raises(ConfigError, match=r"^--host 52:54:00:aa:bb:cc,10\.9\.9\.9,node5: "
+                                          r"10\.9\.9\.9 is outside the served network "
+                                          r"192\.168\.77\.0/24 "):
+        config_from_options(state, opts(address="192.168.77.1/24",
+                                        host=["52:54:00:aa:bb:cc,10.9.9.9,node5"]))
+    # a host by name only is still a lease
+    cfg = config_from_options(state, opts(address="192.168.77.1/24",
+                                          host=["52:54:00:aa:bb:cc,node5"]))
+    assert cfg.hosts == (StaticLease("52:54:00:aa:bb:cc", None, "node5"),)
+
+
+def test_a_router_outside_the_network_is_refused(state):
+    with pytest.raises(ConfigError, match=r"^--router 10\.0\.0\.1 is outside the served "
+                                          r"network 192\.168\.77\.0/24 "):
+        config_from_options(state, opts(address="192.168.77.1/24", router="10.0.0.1"))

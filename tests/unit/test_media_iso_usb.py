@@ -108,7 +108,7 @@ def test_usb_layout_and_partition_table():
     script = sfdisk_script(lay)
     assert 'name="sysclone-boot", attrs="LegacyBIOSBootable"' in script
     assert f"type={usb.ESP_TYPE}" in script and 'name="sysclone-data"' in script
-    with pytest.raises(ConfigError, match="at least 8 MiB"):
+    with pytest.raises(ConfigError, match="--data-size 4: from 8 to 32768 MiB"):
         layout(1, 4)
 
 
@@ -165,7 +165,8 @@ def test_media_usb_needs_one_target(tmp_path, capsys):
     assert main(["--root", str(tmp_path), "media", "usb"]) == 1
     assert "give --output FILE (a disk image) or --device DEV" in capsys.readouterr().err
     assert main(["--root", str(tmp_path), "media", "usb", "--output", "a", "--device", "b"]) == 1
-    capsys.readouterr()
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "--output and --device exclude each other" in err[0], err
     assert main(["--root", str(tmp_path), "media", "usb", "--device", "/dev/null"]) == 1
     assert "is not a block device" in capsys.readouterr().err
 
@@ -200,3 +201,23 @@ def test_media_iso_command_checks_before_building(tmp_path, capsys, monkeypatch)
         err = capsys.readouterr().err.splitlines()
         assert len(err) == 1 and says in err[0], err
     assert not out.exists()
+
+
+def test_media_usb_data_size_is_checked_up_front(tmp_path, capsys):
+    """Too large, the image file failed at the end with the file system's
+    own "File too large", naming neither the option nor its limit."""
+    out = tmp_path / "u.img"
+    assert main(["--root", str(tmp_path), "media", "usb", "--output", str(out),
+                 "--data-size", "999999999"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "--data-size 999999999: from 8 to 32768 MiB" in err[0], err
+    assert not out.exists()
+
+
+def test_an_output_file_in_the_image_store_is_named_as_given(tmp_path, capsys):
+    root = tmp_path / "root"
+    (root / "images").mkdir(parents=True)
+    out = root / "images/x.iso"
+    assert main(["--root", str(root), "media", "iso", "--output", str(out)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and f"--output {out}: is inside the image store" in err[0], err

@@ -11,7 +11,7 @@ import pytest
 
 from imageserver import netboot
 from imageserver.netboot import NetbootSwitch, register_tree
-from mkmedia.pxe import ClientEntry, TreeInfo, build_tree, read_info, set_client
+from mkmedia.pxe import ClientEntry, TreeInfo, build_tree, ipxe_unmatched, read_info, set_client
 from sysclone.cli import main
 from sysclone.errors import ConfigError, SyscloneError
 from sysclone.paths import StateRoot
@@ -84,6 +84,34 @@ def test_a_rebuild_keeps_switched_clients_and_drops_removed_ones(tmp_path, host,
     assert not (out / "grub/grub.cfg-0A000005").exists()
     assert not (out / "ipxe/0a000005.ipxe").exists()
     assert "LOCALBOOT 0" in (out / f"pxelinux.cfg/{KEY}").read_text()
+
+
+def test_a_rebuild_with_fewer_loaders_removes_their_files_only(tmp_path, host, bootenv):
+    """A TFTP server hands out whatever is in the tree: a dropped loader's
+    menus would boot clients with the old parameters.  Files the admin put
+    there stay."""
+    out = tree(tmp_path / "tftp", bootenv, [ClientEntry("0A000005", append="HOSTNAME=x")])
+    (out / "grub/site.cfg").write_text("admin's own")
+    (out / "README.site").write_text("admin's own")
+    build_tree(out, bootenv / "kernel", bootenv / "initrd.img",
+               TreeInfo("IMAGENAME=new", ("pxelinux",)))
+    assert files(out) == {"pxelinux.0", "ldlinux.c32", "kernel", "initrd.img",
+                          "pxelinux.cfg/default", "sysclone-pxe.json", "grub/site.cfg",
+                          "README.site"}
+    assert not (out / "ipxe").exists()  # left empty: gone
+    assert "IMAGENAME=new" in (out / "pxelinux.cfg/default").read_text()
+
+
+def test_networks_iPXE_cannot_match_are_named():
+    info = TreeInfo("IMAGENAME=web")
+    clients = [ClientEntry(KEY), ClientEntry("0A000005"), ClientEntry("0A0000", mode="local"),
+               ClientEntry("C0A8", append="HOSTNAME=x")]
+    assert ipxe_unmatched(info, clients) == (
+        "iPXE and UEFI HTTP boot clients in 10.0.0.0/24 (local), 192.168.0.0/16 (install) get "
+        "the default entry: iPXE matches a MAC or a whole address, not a network (pxelinux "
+        "and GRUB do)")
+    assert ipxe_unmatched(info, clients[:2]) is None
+    assert ipxe_unmatched(TreeInfo("x", ("pxelinux", "grub")), clients) is None
 
 
 def test_loaders_can_be_chosen(tmp_path, host, bootenv):
@@ -231,3 +259,51 @@ def test_media_pxe_command(state, tmp_path, capsys):
     assert main(["--root", str(state.root), "media", "pxe", "--output", str(out),
                  "--loaders", "pxelinux,uefi"]) == 1
     assert "--loaders: unknown loader 'uefi'" in capsys.readouterr().err
+
+
+@pytest.fixture
+def cli_state(state: StateRoot) -> StateRoot:
+    """`state` with the standard boot environment `media pxe` takes."""
+    be = state.bootenvs / "standard"
+    be.mkdir(parents=True)
+    (be / "kernel").write_bytes(b"k")
+    (be / "initrd.img").write_bytes(b"i")
+    return state
+
+
+def test_media_pxe_warns_of_network_entries_ipxe_cannot_match(cli_state, tmp_path, capsys):
+    argv = ["--root", str(cli_state.root), "pxe", "build", "--output", str(tmp_path / "lab"),
+            "--client", "10.0.0.0/24", "si.disk=sda"]
+    assert main(argv) == 0
+    warnings = [x for x in capsys.readouterr().err.splitlines() if x.startswith("warning: iPXE")]
+    assert warnings == ["warning: iPXE and UEFI HTTP boot clients in 10.0.0.0/24 (install) "
+                        "get the default entry: iPXE matches a MAC or a whole address, not a "
+                        "network (pxelinux and GRUB do)"]
+    assert main([*argv, "--loaders", "pxelinux,grub"]) == 0
+    assert "warning: iPXE" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("extra", "says"), [
+    (["--client", MAC, "HOSTNAME=a", "--local", "52:54:00:12:34:56"],
+     f"--client {MAC} 'HOSTNAME=a' and --local {MAC} name the same client"),
+    (["--client", MAC, "HOSTNAME=a", "--client", "52:54:00:12:34:56", "HOSTNAME=b"],
+     f"--client {MAC} 'HOSTNAME=a' and --client {MAC} 'HOSTNAME=b' name the same client"),
+    (["--local", "10.0.0.0/24", "--client", "0A0000", "HOSTNAME=c"],
+     "--client 0A0000 'HOSTNAME=c' and --local 10.0.0.0/24 name the same client"),
+])
+def test_conflicting_client_entries_are_refused(cli_state, tmp_path, capsys, extra, says):
+    """Which entry was meant cannot be guessed: the last one used to win,
+    or --local dropped the --client string, without a word."""
+    out = tmp_path / "lab"
+    assert main(["--root", str(cli_state.root), "pxe", "build", "--output", str(out), *extra]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and says in err[0], err
+    assert not out.exists()
+
+
+def test_a_client_given_the_same_entry_twice_is_one_entry(cli_state, tmp_path):
+    out = tmp_path / "lab"
+    assert main(["--root", str(cli_state.root), "pxe", "build", "--output", str(out),
+                 "--local", MAC, "--local", KEY]) == 0
+    info = read_info(out)
+    assert info is not None and list(info.clients) == [KEY]
