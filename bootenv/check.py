@@ -10,7 +10,9 @@ by plain modalias lines (`cat /sys/bus/*/devices/*/modalias`).  Storage
 controllers and NICs are checked: a PCI device and the devices it carries
 (virtio-pci's virtio device needs virtio_blk or virtio_net besides
 virtio_pci).  The check fails when a disk controller, or the install NIC
-(any NIC when the inventory does not say which), has no driver.
+(any NIC when the inventory does not say which), has no driver, and when
+the machine has no NIC at all: every install, from the network or from
+media, fetches the image from the image server.
 """
 
 from __future__ import annotations
@@ -229,6 +231,9 @@ def check(devices: Sequence[Device], carried: Carried, full: AliasTable | None
     problems = [f"{r.device.kind} {r.device.label}: {r.verdict()}"
                 for r in rows if r.device.needed and not r.ok]
     nics = [r for r in rows if r.device.nic]
+    if not nics:
+        problems.append("no NIC in the inventory: the install fetches the image from the "
+                        "image server over the network")
     if nics and not any(r.device.needed for r in nics) and not any(r.ok for r in nics):
         problems.append("no NIC can be driven: the install needs one")
     return CheckResult(tuple(rows), tuple(problems))
@@ -251,16 +256,15 @@ def load_manifest(bootenv: Path) -> dict[str, Any]:
 def full_kernel_aliases(carried: Carried, kernels_dir: Path, kernel: str | None
                         ) -> tuple[AliasTable | None, str]:
     """The full kernel's alias table, found by name or path (the manifest's
-    by default); None and why when it is not at hand."""
-    candidates = []
+    by default); None and why when the manifest's is not at hand.  One
+    named (`kernel`) must be there: ConfigError if not."""
     if kernel:
-        p = Path(kernel)
-        candidates.append(p if "/" in kernel else kernels_dir / kernel)
-    else:
-        if carried.kernel_name:
-            candidates.append(kernels_dir / carried.kernel_name)
-        if carried.kernel_path:
-            candidates.append(Path(carried.kernel_path))
+        return _named_kernel(carried, kernels_dir, kernel)
+    candidates = []
+    if carried.kernel_name:
+        candidates.append(kernels_dir / carried.kernel_name)
+    if carried.kernel_path:
+        candidates.append(Path(carried.kernel_path))
     for c in candidates:
         mdir = c / "lib" / "modules" / carried.kver
         if (mdir / "modules.alias").is_file():
@@ -268,3 +272,18 @@ def full_kernel_aliases(carried: Carried, kernels_dir: Path, kernel: str | None
     return None, ("the full kernel is not at hand "
                   f"({', '.join(map(str, candidates)) or 'not named'}): missing drivers "
                   "are not named")
+
+
+def _named_kernel(carried: Carried, kernels_dir: Path, kernel: str) -> tuple[AliasTable, str]:
+    """--kernel: the one asked for, or an error (a typo must not quietly
+    turn into a check that names no missing driver)."""
+    c = Path(kernel) if "/" in kernel else kernels_dir / kernel
+    if not c.is_dir():
+        raise ConfigError(f"--kernel {kernel}: no such kernel ({c})",
+                          hint="a name `sysclone kernel list` shows, or a kernel tree directory")
+    mdir = c / "lib" / "modules" / carried.kver
+    if not (mdir / "modules.alias").is_file():
+        raise ConfigError(f"--kernel {kernel}: no modules.alias for {carried.kver}, the boot "
+                          f"environment's kernel, in {mdir}",
+                          hint="the kernel the boot environment was built from")
+    return kernel_aliases(mdir), str(c)

@@ -105,7 +105,7 @@ def capture(state: StateRoot, opts: CaptureOptions, progress: Progress | None = 
         say(f"reading {source.describe()}")
         facts = read_facts(source, password, before_pull=True)
         rules = [*ex.skipped_mount_rules(skipped_mounts(fact_out(facts, "findmnt"))),
-                 *_store_rules(state, opts.source), *user_rules]
+                 *_store_rules(state, opts.source, name), *user_rules]
         with v.stage(name, from_parent=True) as s:
             _check_space(facts, s.dir, s.parent is None)
             say(f"pulling / from {opts.source.describe()}")
@@ -119,6 +119,7 @@ def capture(state: StateRoot, opts: CaptureOptions, progress: Progress | None = 
                 vanished = _pull(v, s, source, password, rules, say, pre, sparse)
             finally:
                 hashes = pre.close()
+            _check_captured(s.tree, name, opts.source)
             facts = {**facts, **rest.result()} if rest is not None else facts
             golden = None if isinstance(opts.source, LocalSource) else \
                 golden_layout(facts, exact=opts.exact_geometry)
@@ -224,21 +225,59 @@ def _secret_file(state: StateRoot, source: Source) -> Iterator[Path | None]:
         path.unlink(missing_ok=True)
 
 
-def _store_rules(state: StateRoot, source: Source) -> list[ex.Rule]:
-    """Never capture the store into itself (an image server capturing its own /)."""
+def _store_rules(state: StateRoot, source: Source, name: str) -> list[ex.Rule]:
+    """Never capture sysclone's own state into itself (an image server
+    capturing its own /, or the state root given as the source): whatever
+    of it lies at or below the source is left out."""
     why = "the image store itself"
     if isinstance(source, LocalSource):
-        base = str(source.path).rstrip("/")
-        rules = []
-        for p in (state.root, state.cache_dir):
-            s = str(p)
-            if s.startswith(base + "/"):
-                rules.append(ex.literal_exclude(s[len(base):], why))
-        return rules
+        return _local_store_rules(state, source.path, name)
     if isinstance(source, SshSource) and source.host in ("127.0.0.1", "::1", "localhost"):
         return [ex.literal_exclude(str(state.root), why),
                 ex.literal_exclude(str(state.cache_dir), why)]
     return []
+
+
+def _own_parts(state: StateRoot) -> dict[str, Path]:
+    """What of the state root is sysclone's (sysclone.paths), and the cache."""
+    return {"images": state.images, "kernels": state.kernels, "boot environments":
+            state.bootenvs, "scripts": state.scripts, "overrides": state.overrides,
+            "PXE tree": state.pxe, "run directory": state.run, "initrds": state.initrds,
+            "client logs": state.logs, "VM disks": state.vms, "cache": state.cache_dir}
+
+
+def _local_store_rules(state: StateRoot, source: Path, name: str) -> list[ex.Rule]:
+    # Real paths: a source or root reached through a symlink is the same place.
+    base = Path(os.path.realpath(source))
+    root = Path(os.path.realpath(state.root))
+    images = Path(os.path.realpath(state.images))
+    staging = Path(os.path.realpath(Versions(state).vdir(name)))
+    what = "the image store itself"
+    if (base == images or images in base.parents) and \
+            (base == staging or base in staging.parents):
+        # The store, or the part of it the new version is staged in: it
+        # cannot be left out (it is the source), nor captured into itself.
+        raise ConfigError(f"--from {source}: that is sysclone's own image store ({root})",
+                          hint="copy an image with `sysclone image copy`")
+    if base in root.parents:  # the whole state root lies inside the source
+        places = [root, Path(os.path.realpath(state.cache_dir))]
+    else:  # the source is the state root or in it: its parts
+        places = [Path(os.path.realpath(p)) for p in _own_parts(state).values()]
+    outer = [p for p in dict.fromkeys(places) if not any(q in p.parents for q in places)]
+    return [ex.literal_exclude("/" + str(p.relative_to(base)), what)
+            for p in outer if base in p.parents]
+
+
+def _check_captured(tree: Path, name: str, source: Source) -> None:
+    """A capture that brought nothing at all (every path excluded, an empty
+    directory) is refused rather than stored and made current.  A tree of
+    directories only is something: the rules may keep just those."""
+    with os.scandir(tree) as entries:
+        if next(entries, None) is not None:
+            return
+    raise ConfigError(f"capture of {name} from {source.describe()}: nothing was captured, "
+                      "not one file", hint="check --exclude, --exclude-from and "
+                                           f"{ex.SERVER_FILE}: they may leave everything out")
 
 
 def _older_trees(v: Versions, name: str, parent: int | None) -> list[Path]:

@@ -22,7 +22,11 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import zlib
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 from imageserver import manifest
 from imageserver.manifest import Entry
@@ -30,6 +34,32 @@ from imageserver.manifest import Entry
 FULL = "manifest.jsonl.gz"
 DELTA = "manifest.delta.jsonl.gz"
 MAX_CHAIN = 16
+T = TypeVar("T")
+
+
+class Unreadable(ValueError):
+    """A manifest file that cannot be read: truncated, not gzip, not the
+    format.  Names the file (gzip and json errors do not)."""
+
+    def __init__(self, path: Path, why: str) -> None:
+        super().__init__(f"{path}: damaged, cannot be read ({why})")
+        self.path = path
+
+
+def _reading(path: Path, read: Callable[[], T]) -> T:
+    try:
+        return read()
+    except Unreadable:
+        raise
+    except FileNotFoundError:
+        raise
+    except (OSError, EOFError, zlib.error, ValueError, KeyError, TypeError,
+            AttributeError) as e:
+        # EOFError: a truncated gzip; ValueError: bad JSON or UTF-8;
+        # KeyError/TypeError/AttributeError: JSON of another shape.
+        why = e.strerror if isinstance(e, OSError) and e.strerror else \
+            str(e) or type(e).__name__
+        raise Unreadable(path, why) from None
 
 
 def lines_of(entries: list[Entry]) -> list[str]:
@@ -60,8 +90,11 @@ def base_of(vdir: Path) -> int | None:
     """The version a delta manifest is based on (None: a whole one)."""
     if (vdir / FULL).is_file() or not (vdir / DELTA).is_file():
         return None
-    with gzip.open(vdir / DELTA, "rt", encoding="utf-8") as f:
-        return int(json.loads(f.readline())["base"])
+
+    def read() -> int:
+        with gzip.open(vdir / DELTA, "rt", encoding="utf-8") as f:
+            return int(json.loads(f.readline())["base"])
+    return _reading(vdir / DELTA, read)
 
 
 def chain_length(vdir: Path) -> int:
@@ -86,19 +119,24 @@ def load(vdir: Path) -> list[Entry] | None:
         if deltas:
             raise FileNotFoundError(f"{d / FULL}: the base of {deltas[-1]} is missing")
         return None
-    by_path = {e.path: e for e in manifest.load(d / FULL)}
+    full = d / FULL
+    by_path = {e.path: e for e in _reading(full, lambda: manifest.load(full))}
     for delta in reversed(deltas):
-        with gzip.open(delta, "rt", encoding="utf-8") as f:
-            f.readline()  # {"base": N}
-            for line in f:
-                if not line.strip():
-                    continue
-                row = json.loads(line)
-                if row.get("gone"):
-                    by_path.pop(str(row["p"]), None)
-                else:
-                    by_path[str(row["p"])] = Entry.from_dict(row)
+        _reading(delta, partial(_apply, delta, by_path))
     return [by_path[p] for p in sorted(by_path, key=_order)]
+
+
+def _apply(delta: Path, by_path: dict[str, Entry]) -> None:
+    with gzip.open(delta, "rt", encoding="utf-8") as f:
+        f.readline()  # {"base": N}
+        for line in f:
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if row.get("gone"):
+                by_path.pop(str(row["p"]), None)
+            else:
+                by_path[str(row["p"])] = Entry.from_dict(row)
 
 
 def _order(path: str) -> tuple[str, ...]:

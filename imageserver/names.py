@@ -15,7 +15,8 @@ from sysclone.errors import ConfigError
 # \Z: no trailing newline.  No leading '-' (an option), '.' (hidden, '..') or
 # '@' (the version separator); no '/' (a path); no '..' anywhere.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}\Z")
-NAME_HINT = "use letters, digits, '.', '_', '+' or '-', at most 64"
+NAME_HINT = ("a letter or digit first, then letters, digits, '.', '_', '+' or '-', "
+             "at most 64 in all, no '..'")
 MAX_VERSION = 10**9
 
 

@@ -26,6 +26,10 @@ _USER = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}\Z")
 _MODULE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}\Z")
 _SSH_OPTION = re.compile(r"^[A-Za-z][A-Za-z0-9]*=[^\s'\"\\]+\Z")
 _SAFE_ARG = re.compile(r"^[^\s'\"\\]+\Z")
+# rsync's and scp's [user@]host:path, which sysclone does not take: a ':'
+# before any '/' (a local path with a ':' in its first part reads the same
+# way to rsync, so it is taken as such only when it is no directory here).
+_HOST_PATH = re.compile(r"^(?:[^/@:]+@)?(?:\[[^/\]]+\]|[^/:\[\]]+):")
 
 # Ours come after the user's --ssh-option: ssh keeps the first value it is
 # given for an option, so the user's win.
@@ -204,6 +208,11 @@ def parse_source(text: str, *, ssh_key: str | None = None, ssh_options: tuple[st
                                    "golden client")
         return DaemonSource(host, module, port or DEFAULT_PORT,
                             check_user(user) if at else USER, Path(secret_file))
+    if _HOST_PATH.match(text) and "/" in text and not text.startswith("ssh://") \
+            and not Path(text).is_dir():
+        raise ConfigError(f"--from {text!r}: sysclone does not take host:path",
+                          hint="an SSH source is [ssh://][user@]host[:port] (the whole / is "
+                               "captured; --exclude leaves parts out)")
     if "/" in text and not text.startswith("ssh://"):
         if ssh_key or ssh_options or secret_file:
             raise ConfigError("--ssh-key, --ssh-option and --secret-file are not for a "

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from imageserver.names import NAME_HINT, ImageRef, check_name, is_name
-from imageserver.versions import VersionInfo, Versions
+from imageserver.versions import VersionInfo, Versions, damaged
 from sysclone.errors import ConfigError
 from sysclone.paths import StateRoot
 
@@ -183,14 +183,23 @@ class ImageStore:
         v = self.versions
         n, tree = v.resolve(ref)
         if n is None:
-            meta = self.top / f"{ref.name}.json"
-            if not meta.is_file():
-                return self.record(ref.name, origin="unknown")
-            old = ImageInfo.from_json(meta.read_text())
-            return ImageInfo(old.name, old.created, old.origin, old.details, self.usage(tree))
+            return self._legacy_info(ref.name, tree)
         vi = v.info(ref.name, n)
         return ImageInfo(ref.name, vi.created, vi.origin, vi.details, self.usage(tree), n,
                          vi.source)
+
+    def _legacy_info(self, name: str, tree: Path) -> ImageInfo:
+        """An image from before versions, as its NAME.json says, or as its
+        directory shows when it has none.  Only read: `image list` and
+        friends never write into the store."""
+        meta = self.top / f"{name}.json"
+        if not meta.is_file():
+            return ImageInfo(name, tree.stat().st_mtime, "unknown", {}, self.usage(tree))
+        try:
+            old = ImageInfo.from_json(meta.read_text())
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+            raise damaged(meta, e) from None
+        return ImageInfo(old.name, old.created, old.origin, old.details, self.usage(tree))
 
     def describe(self, name: str | ImageRef) -> dict[str, Any]:
         """Everything known about an image or version, for `image show`."""
@@ -245,6 +254,8 @@ class ImageStore:
 
     def rollback(self, name: str, version: int) -> None:
         check_name(name)
+        if not self.versions.exists(name):
+            raise self.versions.unknown(name)
         with self.versions.lock(name):
             self.versions.set_current(name, version)
 
@@ -270,6 +281,9 @@ class ImageStore:
         check_name(old)
         check_name(new)
         v = self.versions
+        if old == new:  # else: its own lock, taken twice, reads as another sysclone's
+            raise ConfigError(f"image rename: {old!r} to the same name",
+                              hint="give another NEW name")
         if not self.exists(old):
             raise v.unknown(old)
         with v.lock(old), v.lock(new):

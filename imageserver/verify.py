@@ -6,7 +6,9 @@ in version.json, so an edited manifest is caught too).  A version kept as
 a read-only btrfs snapshot must still be read-only: one made writable
 again is reported even before anything in it differs.  diff compares two
 manifests and reads no tree at all (an image from before versions has no
-manifest: it is described on the fly).
+manifest: it is described on the fly).  A record that cannot be read
+(version.json, a manifest) is named in one line: verify reports it as
+damage, diff as an error.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from imageserver import manifest, manifestchain, snapshots
 from imageserver.names import ImageRef
 from imageserver.seal import load_manifest
 from imageserver.store import measure
-from imageserver.versions import Versions
+from imageserver.versions import DAMAGE_HINT, StoreDamage, VersionInfo, Versions
 from sysclone.errors import ConfigError
 from sysclone.paths import StateRoot
 
@@ -30,10 +32,12 @@ class Verified:
     changes: tuple[manifest.Change, ...]
     manifest_ok: bool
     writable: bool = False  # a read-only snapshot that was made writable
+    damage: tuple[str, ...] = ()  # records that cannot be read, each named
 
     @property
     def ok(self) -> bool:
-        return self.manifest_ok and not self.changes and not self.writable
+        return self.manifest_ok and not self.changes and not self.writable \
+            and not self.damage
 
 
 def verify(state: StateRoot, ref: ImageRef,
@@ -47,25 +51,35 @@ def verify(state: StateRoot, ref: ImageRef,
                           "manifest to verify against",
                           hint=f"make it a version: sysclone image copy {ref.name} NEWNAME")
     vdir = v.version_dir(ref.name, n)
-    info = v.info(ref.name, n)
-    mfile = manifestchain.file_of(vdir)
-    manifest_ok = mfile is not None and manifest.sha256_file(mfile) == info.manifest_sha256
+    damage: list[str] = []
+    info: VersionInfo | None = None
     try:
-        expected = manifestchain.load(vdir) or []
-    except (OSError, ValueError, KeyError) as e:  # a delta whose base was tampered with
-        if progress:
-            progress(f"manifest of {ref.name}@{n} unreadable: {e}")
-        expected, manifest_ok = [], False
-    if info.entries_sha256 is not None:  # what the manifest says, deltas applied
+        info = v.info(ref.name, n)
+    except StoreDamage as e:
+        damage.append(e.message)
+    mfile = manifestchain.file_of(vdir)
+    manifest_ok = info is not None and mfile is not None and \
+        manifest.sha256_file(mfile) == info.manifest_sha256
+    try:
+        expected = manifestchain.load(vdir)
+    except (OSError, ValueError, KeyError) as e:  # a delta whose base is gone or damaged
+        damage.append(str(e))
+        expected = None
+    if expected is None:
+        # Nothing to compare the tree with: every path would read as added.
+        return Verified(ImageRef(ref.name, n), 0, (), False,
+                        damage=tuple(damage) or (f"{vdir}: no manifest",))
+    if info is not None and info.entries_sha256 is not None:  # deltas applied
         manifest_ok = manifest_ok and manifestchain.entries_digest(expected) == \
             info.entries_sha256
-    writable = info.storage == snapshots.SNAPSHOT and not (
+    writable = info is not None and info.storage == snapshots.SNAPSHOT and not (
         snapshots.is_subvolume(tree) and snapshots.is_frozen(tree))
     if progress:
         progress(f"re-hashing {ref.name}@{n} ({len(expected)} paths)")
     actual = manifest.build(tree).entries
     return Verified(ImageRef(ref.name, n), len(expected),
-                    tuple(manifest.compare(expected, actual)), manifest_ok, writable)
+                    tuple(manifest.compare(expected, actual)), manifest_ok, writable,
+                    tuple(damage))
 
 
 def entries_of(state: StateRoot, ref: ImageRef) -> tuple[ImageRef, list[manifest.Entry]]:
@@ -75,7 +89,11 @@ def entries_of(state: StateRoot, ref: ImageRef) -> tuple[ImageRef, list[manifest
     n, tree = v.resolve(ref)
     if n is None:
         return ref, manifest.build(tree).entries
-    entries = load_manifest(v.version_dir(ref.name, n))
+    vdir = v.version_dir(ref.name, n)
+    try:
+        entries = load_manifest(vdir)
+    except (manifestchain.Unreadable, FileNotFoundError) as e:  # FNF: a delta's base
+        raise StoreDamage(str(e), hint=DAMAGE_HINT) from None
     return ImageRef(ref.name, n), entries if entries is not None else \
         manifest.build(tree).entries
 

@@ -9,6 +9,8 @@
                              older version, see imageserver/manifestchain.py)
         layout.xml, facts.json, modules, modaliases   (captures)
     ROOT/images/.versions/NAME/.new-XXXX/        a version being made
+    ROOT/images/.versions/.numbers/NAME          the highest version number NAME
+                                                 was ever given
 
 `ROOT/images/NAME` stays a chroot-able tree of the current version for
 everything that only reads it (rsyncd, the demo, tests).  A new version is
@@ -22,6 +24,12 @@ place; or, on btrfs, each `tree` is a subvolume snapshotted from the one
 it derives from and made read-only when committed.  An image made before
 versions existed (a plain directory) is adopted as version 1 when its
 first new version is committed.
+
+`NAME@N` names one content for good (install instructions, updateclient,
+the rsync modules refer to it): a number is never given twice, even once
+its version is deleted or pruned, or the whole image deleted.  The highest
+one given is kept apart from the versions (.numbers/NAME); a store from
+before it has none, and its highest stored version stands for it.
 """
 
 from __future__ import annotations
@@ -45,7 +53,21 @@ from sysclone.paths import StateRoot
 
 VERSIONS = ".versions"
 STAGING_PREFIX = ".new-"
+NUMBERS = ".numbers"  # in .versions: no image name starts with '.'
 _POINTER = re.compile(rf"^{re.escape(VERSIONS)}/([^/]+)/([1-9][0-9]*)/tree\Z")
+
+
+class StoreDamage(SyscloneError):
+    """A record of the store that cannot be read (a disk error, a crash
+    that predates the atomic writes, a hand edit): named, never a traceback."""
+
+
+DAMAGE_HINT = "restore it from a backup, or delete that version: sysclone image delete NAME@N"
+
+
+def damaged(path: Path, e: BaseException) -> StoreDamage:
+    why = e.strerror if isinstance(e, OSError) and e.strerror else str(e) or type(e).__name__
+    return StoreDamage(f"{path}: damaged, cannot be read ({why})", hint=DAMAGE_HINT)
 
 
 @dataclass(frozen=True)
@@ -159,7 +181,30 @@ class Versions:
                            hint="known images: " + (", ".join(known) or "none"))
 
     def info(self, name: str, n: int) -> VersionInfo:
-        return VersionInfo.from_json((self.version_dir(name, n) / "version.json").read_text())
+        path = self.version_dir(name, n) / "version.json"
+        try:
+            return VersionInfo.from_json(path.read_text())
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+            # ValueError: bad JSON or UTF-8; TypeError/AttributeError: JSON of another shape.
+            raise damaged(path, e) from None
+
+    def last_number(self, name: str) -> int:
+        """The highest version number `name` was ever given (0: none)."""
+        mark = self.top / VERSIONS / NUMBERS / check_name(name)
+        try:
+            given = int(mark.read_text().strip())
+        except FileNotFoundError:
+            given = 0  # a store from before the mark, or a new image
+        except (OSError, ValueError) as e:
+            raise damaged(mark, e) from None
+        return max(given, *self.numbers(name), 0)
+
+    def _mark(self, name: str, n: int) -> None:
+        """Write down that `name` was given n, before any version holds it:
+        a crash in between skips a number, never reuses one."""
+        marks = self.top / VERSIONS / NUMBERS
+        marks.mkdir(mode=0o755, exist_ok=True)
+        _write_atomic(marks / name, f"{n}\n")
 
     # -- changing ------------------------------------------------------------
     @contextmanager
@@ -238,17 +283,18 @@ class Versions:
         """Store a filled staging directory as the image's new current version.
         `adopt`: metadata for a legacy image, which becomes version 1."""
         vdir = self.vdir(s.name)
-        base = max(self.numbers(s.name), default=0)
+        base = self.last_number(s.name)
         if adopt is not None:
-            if base != 0 or not self.is_legacy(s.name):
+            if self.numbers(s.name) or not self.is_legacy(s.name):
                 raise SyscloneError(f"image {s.name}: cannot adopt a legacy tree twice")
             adopt.tree.rmdir()
             os.rename(self.pointer(s.name), adopt.tree)
             os.rename(adopt.dir, vdir / "1")
-            base = 1
+            base = max(base, 1)
         elif self.is_legacy(s.name):
             raise SyscloneError(f"image {s.name} is a plain directory; adopt it first")
         n = base + 1
+        self._mark(s.name, n)
         info = replace(info, version=n, storage=s.storage)
         if s.storage == snapshots.SNAPSHOT:
             snapshots.release(s.tree)
@@ -261,6 +307,8 @@ class Versions:
 
     def set_current(self, name: str, n: int) -> None:
         """Point NAME at version n with one rename (clients see old or new)."""
+        if not self.exists(name):
+            raise self.unknown(name)
         if n not in self.numbers(name):
             raise ConfigError(f"image {name} has no version {n}",
                               hint="its versions: "
@@ -315,7 +363,13 @@ class Versions:
         n = self.current(old)
         if n is None:
             raise self.unknown(old)
+        # NEW carries on from OLD's numbers (an image of that name deleted
+        # before may have given higher ones); OLD's mark stays: an image
+        # made under the old name later does not reuse them either.
+        last = max(self.last_number(old), self.last_number(new))
+        self._mark(old, self.last_number(old))
         os.rename(self.vdir(old), self.vdir(new))
+        self._mark(new, last)
         self.set_current(new, n)
         self.pointer(old).unlink()
 

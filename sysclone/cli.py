@@ -58,23 +58,36 @@ def cmd_image_bootstrap(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
 
 def cmd_image_list(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
     from imageserver.store import ImageStore
-    from imageserver.verify import disk_use
 
     store = ImageStore(state)
-    rows = []
+    rows, damage = [], []
     for n in store.names():
-        info = store.info(n)
-        count = len(store.versions.numbers(n))
-        rows.append({"name": n, "version": info.version or "-", "versions": count or 1,
-                     "origin": info.origin, "source": info.source or "",
-                     # every version, files they share counted once
-                     "size": f"{disk_use(state, n) / 2**20:,.0f} MiB",
-                     "files": f"{info.usage.files:,}" if info.usage else "?",
-                     # how versions share files: hardlink or btrfs-snapshot
-                     "storage": store.storage(n)})
+        try:
+            rows.append(_image_row(state, store, n))
+        except SyscloneError as e:  # one damaged image hides none of the others
+            damage.append(e)
+            rows.append({"name": n, "version": "?",
+                         "versions": len(store.versions.numbers(n)) or 1,
+                         "origin": "DAMAGED", "size": "?", "files": "?"})
     print_table(rows, ["name", "version", "versions", "origin", "source", "size", "files",
                        "storage"])
-    return 0
+    for problem in damage:
+        print(f"sysclone: error: {problem}", file=sys.stderr)
+    return 1 if damage else 0
+
+
+def _image_row(state: StateRoot, store: Any, n: str) -> dict[str, Any]:
+    from imageserver.verify import disk_use
+
+    info = store.info(n)
+    count = len(store.versions.numbers(n))
+    return {"name": n, "version": info.version or "-", "versions": count or 1,
+            "origin": info.origin, "source": info.source or "",
+            # every version, files they share counted once
+            "size": f"{disk_use(state, n) / 2**20:,.0f} MiB",
+            "files": f"{info.usage.files:,}" if info.usage else "?",
+            # how versions share files: hardlink or btrfs-snapshot
+            "storage": store.storage(n)}
 
 
 def cmd_image_show(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
@@ -201,11 +214,15 @@ def cmd_bootenv_check(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
     from bootenv import check
     from imageserver.monitor import read_inventory
 
+    if a.inventory and a.client:
+        raise ConfigError("bootenv check: --inventory and --client exclude each other",
+                          hint="give one: the inventory file, or the client whose last "
+                               "inventory to check")
+    if not a.inventory and not a.client:
+        raise ConfigError("bootenv check: give --inventory FILE or --client NAME")
     bootenv = Path(a.bootenv)
     carried = check.Carried.from_manifest(check.load_manifest(bootenv),
                                           str(bootenv / "manifest.json"))
-    if bool(a.inventory) == bool(a.client):
-        raise ConfigError("bootenv check: give --inventory FILE or --client NAME")
     if a.client:
         inv = read_inventory(state.logs, a.client)
         if inv is None:
@@ -226,8 +243,8 @@ def cmd_bootenv_check(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
         print(row.describe())
     for n in notes:
         print(f"note: {n}")
-    if not result.rows:
-        print("note: no storage controller or NIC in the inventory")
+    if not any(r.device.kind == "storage" for r in result.rows):
+        print("note: no storage controller in the inventory")
     if result.ok:
         print(f"ok: {bootenv} drives every disk controller and the install NIC")
         return 0
@@ -565,7 +582,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"sysclone: error: {e}", file=sys.stderr)
-        return 1
+        # Some commands give errors their own status: 2 for bad usage, 3 for
+        # an update rolled back (updateclient), 2 for diff and verify.
+        status = e.fields.get("status")
+        return status if isinstance(status, int) and status > 1 else 1
     except OSError as e:
         # A path the user gave that cannot be used (permissions, a full
         # disk, a file where a directory belongs): one line, like the rest.

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -141,22 +142,46 @@ def add_capture(isub: Any, add: Add) -> None:
 
 def cmd_image_versions(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
     from imageserver.store import ImageStore
+    from imageserver.versions import StoreDamage
 
     store = ImageStore(state)
-    current = store.versions.current(a.name) if not store.versions.is_legacy(a.name) else None
-    rows = []
-    for vi in store.version_infos(a.name):
+    v = store.versions
+    if not store.exists(a.name):
+        raise v.unknown(a.name)
+    if v.is_legacy(a.name):
+        # One version, unnumbered: the row `image list` counts.
+        info = store.info(a.name)
+        used = info.usage
+        print_table([{"version": "- *", "created": _when(info.created), "origin": info.origin,
+                      "source": info.source or "", "files": f"{used.files:,}" if used else "?",
+                      "size": _mib(used.bytes if used else None), "new": "",
+                      "storage": "plain"}],
+                    VERSION_COLUMNS)
+        ui.info(f"image {a.name} was stored before versions existed: it has one, unnumbered")
+        return 0
+    current = v.current(a.name)
+    rows, damage = [], []
+    for n in v.numbers(a.name):
+        mark = " *" if n == current else ""
+        try:
+            vi = v.info(a.name, n)
+        except StoreDamage as e:  # the others are still worth listing
+            damage.append(e)
+            rows.append({"version": f"{n}{mark}", "origin": "DAMAGED"})
+            continue
         u = vi.usage or {}
-        rows.append({"version": f"{vi.version}{' *' if vi.version == current else ''}",
+        rows.append({"version": f"{vi.version}{mark}",
                      "created": _when(vi.created), "origin": vi.origin,
                      "source": vi.source or "", "files": f"{u.get('files', 0):,}",
                      "size": _mib(u.get("bytes")), "new": _mib(vi.added_bytes),
                      "storage": vi.storage})
-    if not rows:
-        ui.info(f"image {a.name} was stored before versions existed: it has one, unnumbered")
-    print_table(rows, ["version", "created", "origin", "source", "files", "size", "new",
-                       "storage"])
-    return 0
+    print_table(rows, VERSION_COLUMNS)
+    for problem in damage:
+        print(f"sysclone: error: {problem}", file=sys.stderr)
+    return 1 if damage else 0
+
+
+VERSION_COLUMNS = ["version", "created", "origin", "source", "files", "size", "new", "storage"]
 
 
 def cmd_image_rollback(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
@@ -184,12 +209,25 @@ def cmd_image_prune(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
     return 0
 
 
+def _trouble(e: SyscloneError | OSError) -> SyscloneError:
+    """diff and verify exit 1 for differences found, so an error is 2 (as
+    for diff(1)): a script tells "changed" from "could not tell"."""
+    if isinstance(e, OSError):
+        where = f": {e.filename}" if e.filename else ""
+        e = SyscloneError(f"{e.strerror or e}{where}")
+    e.fields["status"] = 2
+    return e
+
+
 def cmd_image_diff(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
     from imageserver.names import ImageRef
     from imageserver.verify import diff
 
-    ra, rb, changes = diff(state, ImageRef.parse(a.a), ImageRef.parse(a.b),
-                           ignore=frozenset({"mtime"}) if a.ignore_times else frozenset())
+    try:
+        ra, rb, changes = diff(state, ImageRef.parse(a.a), ImageRef.parse(a.b),
+                               ignore=frozenset({"mtime"}) if a.ignore_times else frozenset())
+    except (SyscloneError, OSError) as e:
+        raise _trouble(e) from None
     for c in changes:
         print(c.describe())
     counts = {k: sum(1 for c in changes if c.kind == k) for k in ("added", "removed",
@@ -202,8 +240,16 @@ def cmd_image_verify(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
     from imageserver.names import ImageRef
     from imageserver.verify import verify
 
-    with ui.step(f"verify {a.ref}") as update:
-        r = verify(state, ImageRef.parse(a.ref), update)
+    try:
+        with ui.step(f"verify {a.ref}") as update:
+            r = verify(state, ImageRef.parse(a.ref), update)
+    except (SyscloneError, OSError) as e:
+        raise _trouble(e) from None
+    for d in r.damage:
+        print(f"damaged: {d}")
+    if r.damage:
+        ui.info(f"{r.ref}: damaged: its records cannot be read")
+        return 1
     if not r.manifest_ok:
         print(f"manifest of {r.ref} does not match the hash recorded with the version")
     if r.writable:
@@ -263,13 +309,15 @@ def add_image_actions(isub: Any, add: Add) -> None:
     p.add_argument("--keep", type=int, metavar="K", help="versions to keep (required)")
     p = add(isub, "diff", cmd_image_diff,
             "what differs between two images or versions (NAME or NAME@N): added, removed "
-            "and changed paths with what changed; exit status 1 if any")
+            "and changed paths with what changed; exit status 0 if none, 1 if any, 2 on "
+            "error (an unknown image, a bad reference, a damaged manifest)")
     p.add_argument("a")
     p.add_argument("b")
     p.add_argument("--ignore-times", action="store_true", help="leave mtime-only changes out")
     p = add(isub, "verify", cmd_image_verify,
             "re-hash a stored version against its manifest and name every difference; "
-            "exit status 1 if any")
+            "exit status 0 if none, 1 if any or if its records are damaged, 2 on error "
+            "(an unknown image, a bad reference)")
     p.add_argument("ref", metavar="NAME[@N]")
     p = add(isub, "chroot", cmd_image_chroot,
             "run a command (default: a shell) in a private copy of an image with /proc, "

@@ -30,6 +30,7 @@ import sys
 from collections.abc import Sequence
 
 from sysclone import cli
+from sysclone.errors import ConfigError
 
 # option -> why it is accepted but does nothing
 DROPPED = {
@@ -132,6 +133,9 @@ def _notes(a: argparse.Namespace) -> None:
 
 
 def _run(argv: list[str], a: argparse.Namespace) -> int:
+    """Run `sysclone ARGV`.  Values the user gave as positionals go after a
+    `--` in ARGV (callers put it there): `si_rmimage -- -x` deletes an
+    image named '-x' (refused as a name), it never becomes an option."""
     refusal = _refusal(a)
     if refusal:
         print(refusal, file=sys.stderr)
@@ -157,7 +161,11 @@ def si_getimage(args: Sequence[str] | None = None) -> int:
     _dropped(ap, "--autodetect-disks", "--listing", flag=True)
     a = ap.parse_args(args)
     host = a.golden_client
-    argv = ["image", "capture", a.image]
+    problem = _golden_client_problem(host)
+    if problem:
+        print(f"si_getimage: {problem}", file=sys.stderr)
+        return 2
+    argv = ["image", "capture"]
     if (a.ssh_user or a.ssh_key) and a.secret_file:
         print("si_getimage: --secret-file is for a si_prepareclient export, not with "
               "--ssh-user or --ssh-key (SSH)", file=sys.stderr)
@@ -172,7 +180,22 @@ def si_getimage(args: Sequence[str] | None = None) -> int:
         argv += ["--exclude", e]
     for f in a.exclude_file:
         argv += ["--exclude-from", f]
-    return _run(argv, a)
+    return _run([*argv, "--", a.image], a)
+
+
+def _golden_client_problem(host: str) -> str | None:
+    """--golden-client is a host as this server reaches it, nothing else:
+    it goes into an ssh:// or rsync:// source."""
+    from imageserver.sources import check_host
+
+    try:
+        check_host(host)
+    except ConfigError:
+        local = " (for a local directory: sysclone image capture NAME --from DIR)" \
+            if "/" in host else ""
+        return (f"--golden-client {host!r} is not a host name or an IP address: the golden "
+                f"client, as this server reaches it{local}")
+    return None
 
 
 def si_prepareclient(args: Sequence[str] | None = None) -> int:
@@ -206,7 +229,7 @@ def si_rmimage(args: Sequence[str] | None = None) -> int:
     ap.add_argument("image")
     _dropped(ap, "--force", "--verbose", flag=True)
     a = ap.parse_args(args)
-    return _run(["image", "delete", a.image], a)
+    return _run(["image", "delete", "--", a.image], a)
 
 
 def si_cpimage(args: Sequence[str] | None = None) -> int:
@@ -217,7 +240,7 @@ def si_cpimage(args: Sequence[str] | None = None) -> int:
     _dropped(ap, "--verbose", "--force", flag=True)
     _refused(ap, "--server", "--ssh-user", why=COPY_ELSEWHERE)
     a = ap.parse_args(args)
-    return _run(["image", "copy", a.source, a.destination], a)
+    return _run(["image", "copy", "--", a.source, a.destination], a)
 
 
 def si_mvimage(args: Sequence[str] | None = None) -> int:
@@ -226,7 +249,7 @@ def si_mvimage(args: Sequence[str] | None = None) -> int:
     ap.add_argument("destination")
     _dropped(ap, "--verbose", "--force", flag=True)
     a = ap.parse_args(args)
-    return _run(["image", "rename", a.source, a.destination], a)
+    return _run(["image", "rename", "--", a.source, a.destination], a)
 
 
 def _words(values: list[str]) -> list[str]:
@@ -271,10 +294,10 @@ def si_pushupdate(args: Sequence[str] | None = None) -> int:
     a = ap.parse_args(args)
     clients = [f"{a.ssh_user}@{c}" if a.ssh_user and "@" not in c else c
                for c in _words(a.client)]
-    argv = ["push-update", *clients, "--server", a.server]
+    argv = ["push-update", "--server", a.server]
     argv += ["--image", a.image] if a.image else []
     argv += ["--concurrency", str(a.concurrency)] if a.concurrency else []
-    return _run(argv, a)
+    return _run([*argv, "--", *clients], a)
 
 
 def si_mkbootserver(args: Sequence[str] | None = None) -> int:

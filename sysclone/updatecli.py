@@ -28,7 +28,10 @@ def cmd_updateclient(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
 
     problem = client.check_args(a)
     if problem:
-        raise ConfigError(problem)
+        # 2, as the served client exits for bad usage (and the README says).
+        raise ConfigError(problem, status=2)
+    if a.rollback:
+        _refuse_rollback_early(a)
     network = None
     check = None
     if a.autoinstall:
@@ -44,6 +47,25 @@ def cmd_updateclient(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
     if a.json:
         print(json.dumps(result, sort_keys=True))
     return 0
+
+
+def _refuse_rollback_early(a: argparse.Namespace) -> None:
+    """A --rollback with nothing to roll back is refused before the client
+    takes its lock: a refused command writes nothing (the lock would create
+    var/lib/sysclone/updateclient under --system-root)."""
+    import os
+
+    from imageserver.updateclient import client
+
+    root = os.path.abspath(a.system_root)
+    point = os.path.join(root, client.STATE_DIR, "rollback")
+    # Not root, or no such root: the client refuses that first, writing nothing.
+    if os.geteuid() == 0 and os.path.isdir(root) \
+            and not os.path.isfile(os.path.join(point, "point.json")):
+        try:
+            client.RollbackPoint.load(point)
+        except client.UpdateError as e:
+            raise SyscloneError(e.message, hint=e.hint or None, status=e.status) from None
 
 
 def cmd_push_update(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:

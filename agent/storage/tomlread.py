@@ -380,6 +380,13 @@ class _Reader:
                        label=t["label"], src_line=self.where.table(key))
 
 
+# Where the form is described: `sysclone layout --help` does not, and the
+# README's disk layout section does in prose; a converted XML layout shows it.
+TOML_HINT = ("the TOML form is SystemImager's disks-layout as tables: [[disk]], "
+             "[[disk.part]], [[fsinfo]]... (README, Install parameters: disk layouts); "
+             "`sysclone layout convert LAYOUT.xml --to toml` writes one")
+
+
 def parse_toml(text: str | bytes, source_name: str = "<layout>") -> Layout:
     """A layout from its TOML form; errors name `source_name` and the line.
     Checks the schema only: call validate.validate() before acting on it."""
@@ -395,5 +402,5 @@ def parse_toml(text: str | bytes, source_name: str = "<layout>") -> Layout:
         line = f":{m.group(1)}" if m else ""
         reason = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(e))
         raise ConfigError(f"{source_name}{line}: not valid TOML: {reason}",
-                          hint="see the TOML form in `sysclone layout --help`") from None
+                          hint=TOML_HINT) from None
     return _Reader(text, source_name).layout(data)

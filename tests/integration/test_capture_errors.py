@@ -201,3 +201,34 @@ def test_interrupted_capture_leaves_no_trace(sig, tmp_path, state, stored, capsy
     # The next capture starts cleanly.
     assert main(["--root", str(state.root), "image", "capture", "web", "--from", str(big)]) == 0
     assert ImageStore(state).versions.numbers("web") == [1, 2]
+
+
+def test_a_capture_of_nothing_is_refused(tmp_path, state, stored, capsys):
+    """An --exclude-from that leaves everything out used to be stored and
+    made current, silently."""
+    before = fingerprint(state.images)
+    everything = tmp_path / "everything"
+    everything.write_text("- *\n")
+    line = error(state, capsys, "image", "capture", "web", "--from", str(stored),
+                 "--exclude-from", str(everything))
+    assert "nothing was captured" in line and "--exclude-from" in line
+    assert fingerprint(state.images) == before
+
+
+def test_the_state_root_as_source_leaves_the_store_out(state, stored, capsys):
+    """`image capture self --from $SYSCLONE_ROOT` used to capture the store,
+    its own staging directory included."""
+    (state.root / "notes.txt").write_text("the admin's own file\n")
+    assert main(["--root", str(state.root), "--cache", str(state.cache_dir), "image",
+                 "capture", "self", "--from", str(state.root)]) == 0
+    tree = ImageStore(state).path("self")
+    assert (tree / "notes.txt").read_text() == "the admin's own file\n"
+    assert (tree / "images").is_dir() and not any((tree / "images").iterdir())
+    assert not (tree / "run").exists() or not any((tree / "run").iterdir())
+
+
+def test_the_image_store_as_source_is_refused(state, stored, capsys):
+    before = fingerprint(state.images)
+    line = error(state, capsys, "image", "capture", "self", "--from", str(state.images))
+    assert "sysclone's own image store" in line
+    assert fingerprint(state.images) == before

@@ -111,7 +111,8 @@ def test_bad_image_name_is_a_one_line_error(argv, root, capsys):
     assert main(["--root", str(root), *argv]) == 1
     assert one_line_error(capsys) == (
         "sysclone: error: image name 'bad/name' is not valid "
-        "(use letters, digits, '.', '_', '+' or '-', at most 64)")
+        "(a letter or digit first, then letters, digits, '.', '_', '+' or '-', "
+        "at most 64 in all, no '..')")
 
 
 def test_unknown_image_is_a_one_line_error(root, capsys):

@@ -65,23 +65,58 @@ def test_check_passes_and_fails_with_exit_codes(root, tmp_path, capsys):
     assert "FAIL: storage virtio:d00000008v00001AF4: no driver: virtio_scsi would drive it" in out
 
 
+DISK = {"slot": "0000:00:03.0", "vendor": "1af4", "device": "1001", "class": "010000",
+        "modalias": "pci:v00001AF4d00001001sv00001AF4sd00000002bc01sc00i00",
+        "children": ["virtio:d00000002v00001AF4"], "driver": "virtio-pci"}
+NIC = {"slot": "0000:00:02.0", "vendor": "1af4", "device": "1000", "class": "020000",
+       "modalias": "pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00",
+       "children": ["virtio:d00000001v00001AF4"], "driver": "virtio-pci"}
+
+
 def test_check_by_client_name(root, capsys):
     log = root / "log"
     log.mkdir()
     (log / "node01.inventory.json").write_text(json.dumps({
-        "pci": [{"slot": "0000:00:03.0", "vendor": "1af4", "device": "1001", "class": "010000",
-                 "modalias": "pci:v00001AF4d00001001sv00001AF4sd00000002bc01sc00i00",
-                 "children": ["virtio:d00000002v00001AF4"], "driver": "virtio-pci"}],
-        "disks": [{"name": "vda", "controller": "0000:00:03.0"}], "nics": []}))
+        "pci": [DISK, NIC], "disks": [{"name": "vda", "controller": "0000:00:03.0"}],
+        "nics": [{"name": "ens2", "pci": "0000:00:02.0", "mac": "52:54:00:12:34:56"}],
+        "install_nic": "52:54:00:12:34:56"}))
     assert run(root, "bootenv", "check", str(root / "bootenv/uyok"), "--client", "node01") == 0
-    assert "virtio_pci, virtio_blk" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "virtio_pci, virtio_blk" in out and "virtio_pci, virtio_net" in out
     assert run(root, "bootenv", "check", str(root / "bootenv/uyok"), "--client", "node02") == 1
     assert "no inventory from client 'node02'" in capsys.readouterr().err
+
+
+def test_a_machine_without_a_nic_fails(root, tmp_path, capsys):
+    """It cannot fetch the image: it used to pass ("ok: ... drives ... the
+    install NIC"), with a note."""
+    inv = tmp_path / "inv.json"
+    inv.write_text(json.dumps({"pci": [DISK], "nics": [],
+                               "disks": [{"name": "vda", "controller": "0000:00:03.0"}]}))
+    assert run(root, "bootenv", "check", str(root / "bootenv/uyok"), "--inventory",
+               str(inv)) == 1
+    out = capsys.readouterr().out
+    assert "FAIL: no NIC in the inventory" in out and "ok:" not in out
+
+
+def test_a_kernel_that_does_not_exist_is_an_error(root, tmp_path, capsys):
+    inv = tmp_path / "inv.json"
+    inv.write_text(json.dumps({"pci": [DISK, NIC]}))
+    be = str(root / "bootenv/uyok")
+    assert run(root, "bootenv", "check", be, "--inventory", str(inv), "--kernel", "nosuch") == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.strip() == (
+        f"sysclone: error: --kernel nosuch: no such kernel ({root}/kernels/nosuch) (a name "
+        "`sysclone kernel list` shows, or a kernel tree directory)")
+    assert run(root, "bootenv", "check", be, "--inventory", str(inv), "--kernel",
+               "golden-k") == 0
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--inventory", "/nonexistent.json"], "--inventory /nonexistent.json: No such file"),
     ([], "give --inventory FILE or --client NAME"),
+    (["--inventory", "x", "--client", "n"], "--inventory and --client exclude each other"),
 ])
 def test_check_errors(root, capsys, argv, message):
     assert run(root, "bootenv", "check", str(root / "bootenv/uyok"), *argv) == 1

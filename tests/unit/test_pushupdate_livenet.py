@@ -249,7 +249,7 @@ def ran(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     (sicompat.si_updateclient, ["--server", "s", "--autoinstall", "--reboot"],
      ["updateclient", "--server", "s", "--autoinstall"]),
     (sicompat.si_pushupdate, ["--clients", "n1 n2,n3", "--server", "s", "--ssh-user", "admin"],
-     ["push-update", "admin@n1", "admin@n2", "admin@n3", "--server", "s"]),
+     ["push-update", "--server", "s", "--", "admin@n1", "admin@n2", "admin@n3"]),
     (sicompat.si_mkbootserver, ["-interface", "lab0", "--run"],
      ["bootserver", "--interface", "lab0", "--mode", "full", "--run"]),
     (sicompat.si_mkautoinstallcd, ["-out-file", "a.iso", "-append", "console=ttyS0",

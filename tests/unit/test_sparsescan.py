@@ -125,6 +125,8 @@ def test_capture_pulls_in_one_or_two_runs(scan: bytes, runs: int, tmp_path: Path
         listed = [a.split("=", 1) for a in argv if a.startswith(("--files-from=",
                                                                    "--exclude-from="))]
         lists.extend((opt, Path(f).read_text()) for opt, f in listed)
+        (Path(argv[-1]) / "etc").mkdir(exist_ok=True)  # a capture of nothing is refused
+        (Path(argv[-1]) / "etc/hostname").write_text("golden\n")
         return FakeResult(stdout="")
 
     fake_commands.add(["ssh"], FakeResult(stdout=scan))

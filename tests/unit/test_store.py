@@ -175,7 +175,9 @@ def test_info_without_metadata_measures_the_image(store, state):
     info = store.info("captured")
     assert info.origin == "unknown"
     assert info.usage is not None and info.usage.files == 2
-    assert (state.images / "captured.json").is_file()
+    # Reading writes nothing into the store (it used to record NAME.json).
+    assert not (state.images / "captured.json").exists()
+    assert sorted(p.name for p in state.images.iterdir()) == ["captured"]
 
 
 def test_info_unknown_image_lists_the_known_ones(store):
