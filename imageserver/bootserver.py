@@ -315,12 +315,17 @@ def _static_leases(state: StateRoot, a: argparse.Namespace,
     network is refused: it was typed for this one, and dnsmasq could not
     hand it out."""
     given: dict[str, StaticLease] = {}
+    typed: dict[str, str] = {}
     for text in a.host or ():
         h = StaticLease.parse(text)
         if h.ip and ipaddress.IPv4Address(h.ip) not in net:
             raise ConfigError(f"--host {text}: {h.ip} is outside the served network {net}",
                               hint="give an address in it, or only MAC,NAME")
-        given[h.mac] = h
+        if h.mac in given and given[h.mac] != h:
+            # dnsmasq would take one of them; which one is nobody's guess.
+            raise ConfigError(f"--host {typed[h.mac]} and --host {text} name the same MAC "
+                              f"{h.mac}", hint="give each machine one --host")
+        given[h.mac], typed[h.mac] = h, text
     by_mac: dict[str, StaticLease] = {}
     for h in [] if a.no_seen else seen_clients(state):
         if h.ip and ipaddress.IPv4Address(h.ip) not in net:

@@ -197,9 +197,28 @@ def cmd_layout_convert(a: argparse.Namespace, state: StateRoot, ui: Ui) -> int:
     return 0
 
 
+# The TOML form in short (what a TOML parse error's hint points to).
+TOML_FORM = """\
+The TOML form has SystemImager's elements and attributes as tables and keys:
+
+  [[disk]]                      dev = "/dev/sda", label_type = "gpt",
+                                unit_of_measurement = "MiB"
+  [[disk.part]]                 num = 1, size = 1 (or "*"), p_type = "primary",
+                                flags = ["bios_grub"]
+  [[raid_disk]], [[luks_dev]]   RAID arrays, LUKS volumes
+  [[lvm_group]], [[lvm_group.lv]]  LVM groups and their volumes
+  [bootloader]                  flavor = "grub2", install_type = "legacy"
+  [[bootloader.target]]         dev = "/dev/sda"
+  [[fsinfo]]                    line = 10, real_dev = "/dev/sda2", mp = "/",
+                                fs = "ext4"
+
+`sysclone layout convert LAYOUT.xml --to toml` shows any XML layout in it."""
+
+
 def add_layout_commands(sub: Any, add: Add) -> None:
     la = sub.add_parser("layout", help="check, plan and convert disk layouts",
-                        description="Disk layouts: SystemImager XML or its TOML form.")
+                        description="Disk layouts: SystemImager XML or its TOML form.",
+                        epilog=TOML_FORM, formatter_class=argparse.RawDescriptionHelpFormatter)
     lsub = la.add_subparsers(dest="layout_command", metavar="ACTION", required=True)
     p = add(lsub, "check", cmd_layout_check,
             "list every problem of each layout, as the agent would refuse it (exit 1 if any)")

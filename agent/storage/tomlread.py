@@ -380,10 +380,9 @@ class _Reader:
                        label=t["label"], src_line=self.where.table(key))
 
 
-# Where the form is described: `sysclone layout --help` does not, and the
-# README's disk layout section does in prose; a converted XML layout shows it.
+# `sysclone layout --help` shows the form; a converted XML layout too.
 TOML_HINT = ("the TOML form is SystemImager's disks-layout as tables: [[disk]], "
-             "[[disk.part]], [[fsinfo]]... (README, Install parameters: disk layouts); "
+             "[[disk.part]], [[fsinfo]]... (see `sysclone layout --help`); "
              "`sysclone layout convert LAYOUT.xml --to toml` writes one")
 
 

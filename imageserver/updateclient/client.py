@@ -1369,6 +1369,9 @@ def _finish(server: Server, host: str | None, version: str, result: dict,
 
 def rollback(a: argparse.Namespace) -> dict:
     root = _check_root(a.system_root)
+    # Refused before the lock: a machine with nothing to roll back gets no
+    # state directory either.
+    RollbackPoint.load(os.path.join(root, STATE_DIR, "rollback"))
     with locked(root):
         point = RollbackPoint.load(os.path.join(root, STATE_DIR, "rollback"))
         if point.rolled_back:

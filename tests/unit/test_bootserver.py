@@ -286,6 +286,19 @@ def test_a_host_address_outside_the_network_is_refused(state):
     assert cfg.hosts == (StaticLease("52:54:00:aa:bb:cc", None, "node5"),)
 
 
+def test_two_hosts_for_one_mac_are_refused(state):
+    with pytest.raises(ConfigError, match=r"^--host 52:54:00:aa:bb:cc,node5 and --host "
+                                          r"52:54:00:AA:BB:CC,node6 name the same MAC "
+                                          r"52:54:00:aa:bb:cc"):
+        config_from_options(state, opts(address="192.168.77.1/24",
+                                        host=["52:54:00:aa:bb:cc,node5",
+                                              "52:54:00:AA:BB:CC,node6"]))
+    # the same entry twice is one lease
+    cfg = config_from_options(state, opts(address="192.168.77.1/24",
+                                          host=["52:54:00:aa:bb:cc,node5"] * 2))
+    assert cfg.hosts == (StaticLease("52:54:00:aa:bb:cc", None, "node5"),)
+
+
 def test_a_router_outside_the_network_is_refused(state):
     with pytest.raises(ConfigError, match=r"^--router 10\.0\.0\.1 is outside the served "
                                           r"network 192\.168\.77\.0/24 "):

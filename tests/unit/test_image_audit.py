@@ -301,6 +301,18 @@ def test_a_toml_parse_error_points_where_the_form_is_described():
 
     with pytest.raises(ConfigError) as e:
         parse_toml("a = \n", "x.toml")
-    assert "layout --help" not in (e.value.hint or "")
-    assert "sysclone layout convert" in (e.value.hint or "") and "[[disk]]" in (e.value.hint
-                                                                                or "")
+    hint = e.value.hint or ""
+    assert "sysclone layout convert" in hint and "[[disk]]" in hint
+    # and where it points, the form is described
+    assert "`sysclone layout --help`" in hint
+
+
+def test_layout_help_describes_the_toml_form(capsys):
+    from sysclone.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["layout", "--help"])
+    out = capsys.readouterr().out
+    for table in ("[[disk]]", "[[disk.part]]", "[[raid_disk]]", "[[lvm_group]]", "[[fsinfo]]",
+                  "[bootloader]"):
+        assert table in out

@@ -348,3 +348,15 @@ def test_the_running_script_keeps_itself(tmp_path, monkeypatch):
     assert client.own_script(str(tmp_path)) == "/root/update*client.py"
     assert client.own_script(str(tmp_path / "root/elsewhere")) is None
     assert "/root/update\\*client.py" in client.excludes_for(str(tmp_path), [], [], [])
+
+
+def test_a_refused_rollback_writes_nothing(tmp_path):
+    """No rollback point: refused before the lock, so the machine gets no
+    state directory from it."""
+    import argparse
+
+    a = argparse.Namespace(system_root=str(tmp_path), no_health_check=True, server=None,
+                           no_report=True, hostname=None)
+    with pytest.raises(client.UpdateError, match="no rollback point"):
+        client.rollback(a)
+    assert list(tmp_path.iterdir()) == []
