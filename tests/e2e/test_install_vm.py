@@ -77,9 +77,26 @@ def vm_bootenv(installer: Installer) -> Path:
                          modules_arg=VM_MODULES).kernel.parent
 
 
+# cluster.xml puts this one machine in a group with an override; the host
+# has one of its own, which wins where both hold a file (imageserver.cluster).
+CLUSTER = f"""<xml><name>all</name>
+  <group><name>e2e-group</name><override>e2e-group</override><node>{HOSTNAME}</node></group>
+</xml>
+"""
+OVERRIDES = {HOSTNAME: {"etc/sysclone-override": "the host's\n"},
+             "e2e-group": {"etc/sysclone-override": "the group's\n",
+                           "etc/sysclone-group-only": "the group's only\n"}}
+
+
 @pytest.fixture(scope="module")
 def installed(installer: Installer, vm_bootenv: Path) -> Path:
     """Install HOSTNAME once; the tests below inspect the result."""
+    installer.state.scripts.mkdir(parents=True, exist_ok=True)
+    (installer.state.scripts / "cluster.xml").write_text(CLUSTER)
+    for name, files in OVERRIDES.items():
+        for rel, text in files.items():
+            (installer.state.overrides / name / rel).parent.mkdir(parents=True, exist_ok=True)
+            (installer.state.overrides / name / rel).write_text(text)
     disk = blank_disk(installer.state.vms / f"{HOSTNAME}.img", 4 << 30)
     with installer.boot(f"{HOSTNAME}-install", disk, installer.append(HOSTNAME),
                         memory=MEMORY, bootenv=vm_bootenv) as vm:
@@ -113,10 +130,16 @@ def test_installed_files_match_the_image(installer: Installer, installed: Path,
         fstab = (root / "etc/fstab").read_text()
         resume = (root / "etc/initramfs-tools/conf.d/resume").read_text()
         netfiles = sorted(p.name for p in (root / "etc/network/interfaces.d").iterdir())
+        overridden = {rel: (root / rel).read_text()
+                      for rel in ("etc/sysclone-override", "etc/sysclone-group-only")}
     # What the configure and bootloader steps are meant to write, and
     # nothing else: the initrd was kept, byte for byte.
+    # And the overrides cluster.xml gives this host, the host's own winning.
     expected = {"etc/fstab", "etc/hostname", "etc/hosts", "etc/initramfs-tools/conf.d/resume",
-                "lost+found", *(f"etc/network/interfaces.d/{n}" for n in netfiles)}
+                "lost+found", *(f"etc/network/interfaces.d/{n}" for n in netfiles),
+                "etc/sysclone-override", "etc/sysclone-group-only"}
+    assert overridden == {"etc/sysclone-override": "the host's\n",
+                          "etc/sysclone-group-only": "the group's only\n"}
     unexpected = {p for p in diffs if p not in expected and not p.startswith("boot/grub/")}
     assert not unexpected, {p: diffs[p] for p in unexpected}
     assert f"boot/initrd.img-{kver}" not in diffs
