@@ -126,8 +126,17 @@ class Transfer:
 
 
 # All of the image at the URL, with -S (overrides: small, and nobody has said
-# which of their files are sparse).
+# which of their files are sparse).  Not in place: an override's file lands
+# on one the image put there, maybe a hard link that must not change too.
 WHOLE = Transfer()
+
+# The image itself goes onto filesystems made for it a moment ago (a kept
+# one is never written): no file is there to update, and nothing reads them
+# before the install ends, so each file is written where it belongs instead
+# of to a temporary name renamed at its end.  Under emulation (TCG, 2 vCPUs,
+# the demo image, five alternated pairs of installs in one VM) the bulk took
+# 6.2-6.9 s this way against 7.0-8.0 s, the whole install 0.35-1.3 s less.
+ONTO_NEW = ("--inplace",)
 
 
 def filter_literal(path: str) -> str:
@@ -147,7 +156,8 @@ def all_but(deferred: Sequence[str], sparse: Sequence[str] | None) -> Transfer:
     the `sparse` files, without -S; with -S for every file when `sparse` is
     None (not known)."""
     return Transfer(holes=sparse is None,
-                    options=(*(f"--exclude=/{d}/" for d in deferred), *_exclude(sparse or ())))
+                    options=(*ONTO_NEW, *(f"--exclude=/{d}/" for d in deferred),
+                             *_exclude(sparse or ())))
 
 
 def only(url: str, paths: Sequence[str], sparse: Sequence[str] | None) -> Transfer:
@@ -155,13 +165,13 @@ def only(url: str, paths: Sequence[str], sparse: Sequence[str] | None) -> Transf
     target, in one run (hard links between them kept), but the `sparse`
     files in them; with -S for every file when `sparse` is None."""
     inside = [f for f in sparse or () if any(f.startswith(f"{p}/") for p in paths)]
-    return Transfer(holes=sparse is None, options=("--relative", *_exclude(inside)),
+    return Transfer(holes=sparse is None, options=(*ONTO_NEW, "--relative", *_exclude(inside)),
                     sources=tuple(module_sources(url, [f"{p}/" for p in paths])))
 
 
 def sparse_only(url: str, files: Sequence[str]) -> Transfer:
     """Only the `files`, with -S, each to the same place under the target."""
-    return Transfer(holes=True, options=("--relative",),
+    return Transfer(holes=True, options=(*ONTO_NEW, "--relative"),
                     sources=tuple(module_sources(url, files)))
 
 

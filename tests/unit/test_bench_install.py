@@ -26,20 +26,22 @@ def test_the_bulk_without_holes_then_the_sparse_files() -> None:
         # The agent's fetch run, but for the deferred directories it leaves
         # for later: here they come in the same transfer.
         fetch.all_but((), sparse).argv(URL, "/sysroot"),
-        ["rsync", "-aHAXS", "--numeric-ids", "--checksum-choice=xxh64", "--stats", "--relative",
+        ["rsync", "-aHAXS", "--numeric-ids", "--checksum-choice=xxh64", "--stats",
+         "--inplace", "--relative",
          f"{URL}./var/log/faillog", "::demo@2/./var/log/lastlog", "/sysroot/"]]
     assert install.agent_rsyncs(URL, sparse)[0] == [
         "rsync", "-aHAX", "--numeric-ids", "--checksum-choice=xxh64",
-        "--stats", "--exclude=/var/log/faillog",
+        "--stats", "--inplace", "--exclude=/var/log/faillog",
         "--exclude=/var/log/lastlog", URL, "/sysroot/"]
 
 
 def test_one_run_with_holes_when_the_server_names_none() -> None:
     assert install.agent_rsyncs(URL, None) == [
         ["rsync", "-aHAXS", "--numeric-ids", "--checksum-choice=xxh64",
-         "--stats", URL, "/sysroot/"]]
+         "--stats", "--inplace", URL, "/sysroot/"]]
     assert install.agent_rsyncs(URL, ()) == [
-        ["rsync", "-aHAX", "--numeric-ids", "--checksum-choice=xxh64", "--stats", URL, "/sysroot/"]]
+        ["rsync", "-aHAX", "--numeric-ids", "--checksum-choice=xxh64", "--stats", "--inplace",
+         URL, "/sysroot/"]]
 
 
 def test_the_command_lines_reach_the_script_whole(tmp_path: Path) -> None:

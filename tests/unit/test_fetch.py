@@ -53,6 +53,8 @@ def test_pull_runs_rsync_and_reports_measured_progress(fake_commands: FakeComman
     fake_commands.add(["rsync"], FakeResult(stdout=sample("rsync-stats.txt")))
     seen: list[Progress] = []
     res = pull(URL, tmp_path, on_progress=seen.append, measure=GrowingDisk(), interval=3600)
+    # The whole module, as overrides come: never in place (an override's
+    # file may land on a hard link of another file of the image).
     assert fake_commands.calls == [["rsync", "-aHAXS", "--numeric-ids", "--checksum-choice=xxh64",
                                     "--stats",
                                     URL, f"{tmp_path}/"]]
@@ -176,22 +178,24 @@ SPARSE = ("var/log/lastlog", "usr/share/doc/big/holes.img", "var/lib/vm.raw")
 
 def test_the_bulk_comes_without_holes_but_the_sparse_files() -> None:
     assert fetch.all_but(DEFERRED, SPARSE).argv(URL, "/sysroot") == [
-        "rsync", "-aHAX", "--numeric-ids", "--checksum-choice=xxh64", "--stats",
+        "rsync", "-aHAX", "--numeric-ids", "--checksum-choice=xxh64", "--stats", "--inplace",
         "--exclude=/usr/share/doc/", "--exclude=/usr/lib/firmware/",
         "--exclude=/var/log/lastlog", "--exclude=/usr/share/doc/big/holes.img",
         "--exclude=/var/lib/vm.raw", URL, "/sysroot/"]
     # An image with no sparse file at all: nothing to exclude, no -S.
     assert fetch.all_but((), ()).argv(URL, "/sysroot") == [
-        "rsync", "-aHAX", "--numeric-ids", "--checksum-choice=xxh64", "--stats", URL, "/sysroot/"]
+        "rsync", "-aHAX", "--numeric-ids", "--checksum-choice=xxh64", "--stats", "--inplace", URL,
+        "/sysroot/"]
 
 
 def test_not_knowing_which_are_sparse_keeps_holes_everywhere() -> None:
     # An older server, or one that said "all": as before.
     assert fetch.all_but(DEFERRED, None).argv(URL, "/sysroot") == [
-        "rsync", "-aHAXS", "--numeric-ids", "--checksum-choice=xxh64", "--stats",
+        "rsync", "-aHAXS", "--numeric-ids", "--checksum-choice=xxh64", "--stats", "--inplace",
         "--exclude=/usr/share/doc/", "--exclude=/usr/lib/firmware/", URL, "/sysroot/"]
     assert fetch.only(URL, DEFERRED, None).argv(URL, "/sysroot") == [
-        "rsync", "-aHAXS", "--numeric-ids", "--checksum-choice=xxh64", "--stats", "--relative",
+        "rsync", "-aHAXS", "--numeric-ids", "--checksum-choice=xxh64", "--stats",
+        "--inplace", "--relative",
         "rsync://10.0.0.2:873/rocky9/./usr/share/doc/", "::rocky9/./usr/lib/firmware/",
         "/sysroot/"]
 
@@ -199,7 +203,8 @@ def test_not_knowing_which_are_sparse_keeps_holes_everywhere() -> None:
 def test_the_rest_leaves_out_the_sparse_files_in_it() -> None:
     # They came with the sparse run already: never twice.
     assert fetch.only(URL, DEFERRED, SPARSE).argv(URL, "/sysroot") == [
-        "rsync", "-aHAX", "--numeric-ids", "--checksum-choice=xxh64", "--stats", "--relative",
+        "rsync", "-aHAX", "--numeric-ids", "--checksum-choice=xxh64", "--stats",
+        "--inplace", "--relative",
         "--exclude=/usr/share/doc/big/holes.img",
         "rsync://10.0.0.2:873/rocky9/./usr/share/doc/", "::rocky9/./usr/lib/firmware/",
         "/sysroot/"]
@@ -210,7 +215,8 @@ def test_the_rest_leaves_out_the_sparse_files_in_it() -> None:
 
 def test_the_sparse_files_come_with_holes_each_in_its_place() -> None:
     assert fetch.sparse_only(URL, SPARSE).argv(URL, "/sysroot") == [
-        "rsync", "-aHAXS", "--numeric-ids", "--checksum-choice=xxh64", "--stats", "--relative",
+        "rsync", "-aHAXS", "--numeric-ids", "--checksum-choice=xxh64", "--stats",
+        "--inplace", "--relative",
         "rsync://10.0.0.2:873/rocky9/./var/log/lastlog",
         "::rocky9/./usr/share/doc/big/holes.img", "::rocky9/./var/lib/vm.raw", "/sysroot/"]
 
@@ -235,12 +241,12 @@ def test_pull_sparse_runs_its_own_command_line(fake_commands: FakeCommands,
     fetch.pull_only(URL, tmp_path, ["usr/share/doc"], ["var/log/lastlog"],
                     measure=GrowingDisk())
     assert fake_commands.calls == [
-        ["rsync", *SPARSE_FLAGS, "--relative", "rsync://10.0.0.2:873/rocky9/./var/log/lastlog",
-         f"{tmp_path}/"],
-        ["rsync", *RSYNC_FLAGS, "--exclude=/usr/share/doc/", "--exclude=/var/log/lastlog", URL,
-         f"{tmp_path}/"],
-        ["rsync", *RSYNC_FLAGS, "--relative", "rsync://10.0.0.2:873/rocky9/./usr/share/doc/",
-         f"{tmp_path}/"]]
+        ["rsync", *SPARSE_FLAGS, "--inplace", "--relative",
+         "rsync://10.0.0.2:873/rocky9/./var/log/lastlog", f"{tmp_path}/"],
+        ["rsync", *RSYNC_FLAGS, "--inplace", "--exclude=/usr/share/doc/",
+         "--exclude=/var/log/lastlog", URL, f"{tmp_path}/"],
+        ["rsync", *RSYNC_FLAGS, "--inplace", "--relative",
+         "rsync://10.0.0.2:873/rocky9/./usr/share/doc/", f"{tmp_path}/"]]
 
 
 # -- image_paths: which paths an image has, in one listing ------------------------------------

@@ -179,14 +179,16 @@ def test_the_bulk_without_holes_then_the_sparse_files_with(fake_commands: FakeCo
                           ["usr/share/doc/qemu/test.img", "var/log/lastlog"])
     assert runs == [
         ["rsync", "-aHAX", "--numeric-ids", "--checksum-choice=xxh64",
-         "--stats", "--exclude=/usr/share/doc/",
+         "--stats", "--inplace", "--exclude=/usr/share/doc/",
          "--exclude=/usr/lib/firmware/", "--exclude=/usr/share/doc/qemu/test.img",
          "--exclude=/var/log/lastlog", URL, "/sysroot/"],
         # Within the fetch phase, before anything reads /var/log; the one in
         # a deferred directory comes here too, and not again.
-        ["rsync", "-aHAXS", "--numeric-ids", "--checksum-choice=xxh64", "--stats", "--relative",
+        ["rsync", "-aHAXS", "--numeric-ids", "--checksum-choice=xxh64", "--stats",
+         "--inplace", "--relative",
          f"{URL}./usr/share/doc/qemu/test.img", "::deb12/./var/log/lastlog", "/sysroot/"],
-        ["rsync", "-aHAX", "--numeric-ids", "--checksum-choice=xxh64", "--stats", "--relative",
+        ["rsync", "-aHAX", "--numeric-ids", "--checksum-choice=xxh64", "--stats",
+         "--inplace", "--relative",
          "--exclude=/usr/share/doc/qemu/test.img", f"{URL}./usr/share/doc/",
          "::deb12/./usr/lib/firmware/", "/sysroot/"]]
     # rsync's --stats count of both runs (the sample's, twice).
@@ -207,10 +209,10 @@ def test_holes_everywhere_when_the_server_does_not_say_which(
     runs, rep = fetch_all(fake_commands, tmp_path, sparse)
     assert runs == [
         ["rsync", "-aHAXS", "--numeric-ids", "--checksum-choice=xxh64",
-         "--stats", "--exclude=/usr/share/doc/",
+         "--stats", "--inplace", "--exclude=/usr/share/doc/",
          "--exclude=/usr/lib/firmware/", URL, "/sysroot/"],
         ["rsync", "-aHAXS", "--numeric-ids", "--checksum-choice=xxh64",
-         "--stats", "--relative", f"{URL}./usr/share/doc/",
+         "--stats", "--inplace", "--relative", f"{URL}./usr/share/doc/",
          "::deb12/./usr/lib/firmware/", "/sysroot/"]]
     assert any("(every file checked for holes)" in line for line in rep.lines)
 
