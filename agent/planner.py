@@ -12,7 +12,6 @@ si.disk rule that chose more of them than the layout uses is refused here.
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -20,6 +19,7 @@ from typing import Any
 
 from agent.bootenvinfo import BootenvInfo
 from agent.disks import Disk, Probe
+from agent.names import is_store_name
 from agent.plan import (
     FS_FIXED_OVERHEAD,
     FS_MIN,
@@ -387,11 +387,6 @@ def make_plan(*, instructions: dict[str, Any], server: str, hostname: str,
                        root_stack=boot.root_stack)
 
 
-# An override's name, as the image store names images: it becomes the
-# rsync module override.NAME, so nothing in it may read as a path.
-_OVERRIDE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
-
-
 def _overrides(value: Any) -> tuple[str, ...]:
     """The instructions' overrides, most important first: plain names."""
     if value is None:
@@ -399,7 +394,8 @@ def _overrides(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or len(value) > 64:
         raise ConfigError("the server's instructions: overrides is not a list of names")
     for o in value:
-        if not isinstance(o, str) or not _OVERRIDE.fullmatch(o) or ".." in o:
+        # It becomes the rsync module override.NAME: named as the store names.
+        if not isinstance(o, str) or not is_store_name(o):
             raise ConfigError(f"the server's instructions: override {o!r} is not a plain name")
     return tuple(value)
 

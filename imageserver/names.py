@@ -7,21 +7,14 @@ rsync URLs; they are checked here, where they enter.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
+from agent.names import is_store_name as is_name
 from sysclone.errors import ConfigError
 
-# \Z: no trailing newline.  No leading '-' (an option), '.' (hidden, '..') or
-# '@' (the version separator); no '/' (a path); no '..' anywhere.
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}\Z")
 NAME_HINT = ("a letter or digit first, then letters, digits, '.', '_', '+' or '-', "
              "at most 64 in all, no '..'")
 MAX_VERSION = 10**9
-
-
-def is_name(name: str) -> bool:
-    return bool(NAME_RE.match(name)) and ".." not in name
 
 
 def check_name(name: str) -> str:
