@@ -202,7 +202,7 @@ class _Handler(BaseHTTPRequestHandler):
             groups = cluster.load(state.scripts)
             image = (q.get("image") or groups.image_for(host)
                      or self.server.policy.default_image or "").split("@")[0]
-            names = tuple(g.name for g in groups.groups_of(host))
+            names = groups.group_names(host)
             scripts = clientfiles.scripts_for(state.scripts, host, names, image or None,
                                               q.get("script") or None, with_data=False)
             net = clientfiles.network_config_for(state.scripts, host, names, image or None,

@@ -73,6 +73,10 @@ class Cluster:
         names = {hostname.lower(), hostname.split(".")[0].lower()}
         return tuple(g for g in self.groups if names & g.nodes)
 
+    def group_names(self, hostname: str | None) -> tuple[str, ...]:
+        """What the per-client lookups take (imageserver.lookup.candidates)."""
+        return tuple(g.name for g in self.groups_of(hostname))
+
     def image_for(self, hostname: str | None) -> str | None:
         return next((g.image for g in self.groups_of(hostname) if g.image), None)
 

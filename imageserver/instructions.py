@@ -67,7 +67,7 @@ def resolve(state: StateRoot, q: ClientQuery, policy: ServerPolicy,
     store = store or ImageStore(state)
     # cluster.xml: the client's groups, the image its group names, overrides.
     cluster = clusterlib.load(state.scripts)
-    groups = tuple(g.name for g in cluster.groups_of(q.hostname))
+    groups = cluster.group_names(q.hostname)
     wanted = q.image or cluster.image_for(q.hostname) or policy.default_image
     if not wanted:
         raise ConfigError("no image named for this client",

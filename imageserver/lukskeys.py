@@ -51,7 +51,7 @@ def find_key(scripts: Path, hostname: str | None, image: str | None,
     from imageserver import cluster
 
     base = scripts / KEY_DIR
-    groups = tuple(g.name for g in cluster.load(scripts).groups_of(hostname))
+    groups = cluster.load(scripts).group_names(hostname)
     for name in candidates(hostname, groups, image):
         if "/" in name or name in (".", ".."):  # names come from clients
             continue
