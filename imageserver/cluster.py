@@ -102,12 +102,12 @@ def parse(data: str | bytes, source: str) -> Cluster:
         raise _error(source, root, f"the document element is <{root.tag}>, not <xml>")
     _only(source, root, {"master", "name", "override", "group"})
     name = _one_text(source, root, "name") or "all"
-    groups = [_group(source, g) for g in root.children if g.tag == "group"]
-    seen: set[str] = set()
-    for g, node in zip(groups, (c for c in root.children if c.tag == "group"), strict=True):
-        if g.name in seen:
+    groups: list[Group] = []
+    for node in (c for c in root.children if c.tag == "group"):
+        g = _group(source, node)
+        if any(g.name == other.name for other in groups):
             raise _error(source, node, f"group {g.name!r} is defined twice")
-        seen.add(g.name)
+        groups.append(g)
     ordered = sorted(enumerate(groups), key=lambda ig: (ig[1].priority is None,
                                                         ig[1].priority or 0, ig[0]))
     return Cluster(name, _overrides(source, root), tuple(g for _, g in ordered))
