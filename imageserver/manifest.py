@@ -25,6 +25,7 @@ import stat
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from json.encoder import encode_basestring_ascii as _str
 from operator import attrgetter
 from pathlib import Path
 from typing import Any
@@ -214,15 +215,26 @@ def build(tree: Path, reuse: Reuse | None = None,
 
 
 # --- files ------------------------------------------------------------------
-# One encoder for every line: json.dumps with arguments of its own builds an
-# encoder per call, a fifth of the time a manifest's lines take.
-_ENCODER = json.JSONEncoder(separators=(",", ":"))
-
-
 def line(e: Entry) -> str:
     """An entry as a line of a manifest file (and of what entries_sha256
-    is taken over)."""
-    return _ENCODER.encode(e.to_dict()) + "\n"
+    is taken over): exactly json.dumps(e.to_dict(), separators=(",", ":")),
+    which stored manifests and their digests were written with, built
+    directly -- 23 ms of every capture's sealing went to the dict and the
+    encoder's walk of it, for the demo image's 10,900 paths, and 9 ms so."""
+    out = (f'{{"p":{_str(e.path)},"t":{_str(e.type)},"m":{e.mode},"u":{e.uid},'
+           f'"g":{e.gid},"mt":{e.mtime_ns}')
+    if e.type == "f":
+        out += f',"s":{e.size},"h":{"null" if e.sha256 is None else _str(e.sha256)}'
+    if e.target is not None:
+        out += f',"l":{_str(e.target)}'
+    if e.rdev is not None:
+        out += f',"r":{_str(e.rdev)}'
+    if e.link is not None:
+        out += f',"k":{_str(e.link)}'
+    if e.xattrs:
+        out += ',"x":{' + ",".join(f"{_str(k)}:{_str(v)}" for k, v in dict(e.xattrs).items()) \
+            + "}"
+    return out + "}\n"
 
 
 def save(entries: Iterable[Entry], path: Path, lines: Iterable[str] | None = None) -> str:

@@ -76,12 +76,14 @@ class UsageCounter:
         self.seen = set() if seen is None else seen
         self.by_dir: dict[str, int] = {}
         self.total = self.files = self.transfer = 0
+        # The by_dir keys a path counts towards, by its parent directory:
+        # made once per directory, not once per path.
+        self._keys: dict[str, list[str]] = {}
 
     def add(self, rel: str, st: os.stat_result) -> None:
         """`rel`: "/usr/bin/ls" below the tree; the tree itself is not counted."""
         if rel == "/":
             return
-        parts = rel.strip("/").split("/")[:-1]
         if not stat.S_ISDIR(st.st_mode):
             self.files += 1
             if st.st_nlink > 1:
@@ -92,9 +94,15 @@ class UsageCounter:
                 self.transfer += st.st_size
         size = st.st_blocks * 512
         self.total += size
-        for i in range(0, min(len(parts), self.depth) + 1):
-            k = "/" + "/".join(parts[:i])
-            self.by_dir[k] = self.by_dir.get(k, 0) + size
+        parent = rel[:rel.rfind("/")]  # "" for a path right below the tree
+        keys = self._keys.get(parent)
+        if keys is None:
+            parts = parent.strip("/").split("/") if parent else []
+            keys = self._keys[parent] = ["/" + "/".join(parts[:i])
+                                         for i in range(min(len(parts), self.depth) + 1)]
+        by_dir = self.by_dir
+        for k in keys:
+            by_dir[k] = by_dir.get(k, 0) + size
 
     def result(self) -> ImageUsage:
         return ImageUsage(self.total, self.files, dict(sorted(self.by_dir.items())),

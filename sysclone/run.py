@@ -150,8 +150,28 @@ def spawn(
         cwd=cwd,
         bufsize=1,
     )
-    try:
+    with _reaped(proc):
         yield proc
+
+
+@contextmanager
+def spawn_raw(argv: Sequence[Arg]) -> Iterator[subprocess.Popen[bytes]]:
+    """spawn() for output read in whatever pieces the pipe holds
+    (stdout.read(n) returns at once with what there is), stderr merged:
+    for output too plentiful to take a line at a time."""
+    args = _argv(argv, None)
+    log.debug("+ %s &", shlex.join(args))
+    proc: Any = _popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, env=base_env(), text=False, bufsize=0)
+    with _reaped(proc):
+        yield proc
+
+
+@contextmanager
+def _reaped(proc: subprocess.Popen[Any]) -> Iterator[None]:
+    """The process is killed if the block exits early, and waited for."""
+    try:
+        yield
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -17,7 +17,7 @@ import io
 import os
 import subprocess
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ DATA = Path(__file__).resolve().parent / "unit" / "data"
 
 @dataclass
 class FakeResult:
-    stdout: str | bytes = ""  # bytes: what sysclone.run.run_bytes reads
+    stdout: str | bytes = ""  # given to a command run with text=False as UTF-8
     stderr: str | bytes = ""
     returncode: int = 0
 
@@ -62,6 +62,8 @@ class FakeCommands:
         for prefix, result in reversed(self.rules):
             if args[: len(prefix)] == prefix:
                 r = result(args) if callable(result) else result
+                if kwargs.get("text", True) is False:  # as a real pipe gives it
+                    r = replace(r, stdout=_raw(r.stdout), stderr=_raw(r.stderr))
                 return _FakeProc(args, r)
         raise AssertionError(f"unit test tried to run a real command: {args}")
 
@@ -78,6 +80,10 @@ def rsync_listing(missing: tuple[str, ...] = ()) -> Callable[[list[str]], FakeRe
                       "directory (2)\n" for p in asked if p in missing)
         return FakeResult(stdout=out, stderr=err, returncode=23 if err else 0)
     return answer
+
+
+def _raw(out: str | bytes) -> bytes:
+    return out.encode("utf-8", "surrogateescape") if isinstance(out, str) else out
 
 
 class _FakeProc:

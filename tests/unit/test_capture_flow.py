@@ -23,6 +23,7 @@ from imageserver.transfer import (
     explain,
     pull_argv,
     run_rsync,
+    take_lines,
 )
 from sysclone import sicompat
 from sysclone.cli import main
@@ -84,6 +85,51 @@ def test_run_rsync_sees_messages_glued_to_progress(fake_commands):
     fake_commands.add(["rsync"], FakeResult(stdout="file has vanished: \"/tmp/x\"\n",
                                             returncode=24))
     assert run_rsync(["rsync", "x"], "capture") == ['file has vanished: "/tmp/x"']
+
+
+def test_rsync_output_read_in_pieces():
+    """A capture's rsync output as the pipe gives it: pieces that end
+    anywhere.  Every file reaches on_item once, progress updates never do
+    (they start with \r; the one after each file ends with \n), a
+    message glued to one is still found, and the status line gets the
+    newest line of each piece."""
+    data = (b"cd+++++++++ 0 ./\n"
+            b"\r              0   0%    0.00kB/s    0:00:00 (xfr#1, to-chk=2/4)\n"
+            b">f+++++++++ 39 etc/a b\n"
+            b"\r          3,040   1%    0.00kB/s    0:00:00  "
+            b"\r          3,040   1%    0.00kB/s    0:00:00 (xfr#2, to-chk=1/4)\n"
+            b">f+++++++++ 41 odd\\#377name\n"
+            b"\r          5,000  50%    1.90MB/s    0:00:00 (xfr#3, to-chk=0/4)"
+            b"rsync: [receiver] write failed on \"/t/f\": No space left on device (28)\n"
+            b"file has vanished: \"/x\"\n")
+    for cut in range(1, len(data)):
+        items: list[str] = []
+        messages: list[str] = []
+        shown: list[str] = []
+
+        def on_item(line: str, items: list[str] = items) -> bool:
+            if line[:2] in (">f", "cd"):
+                items.append(line)
+                return True
+            return False
+        rest = b""
+        for piece in (data[:cut], data[cut:]):
+            rest, latest = take_lines(rest + piece, on_item, messages)
+            shown.append(latest)
+        assert rest == b""
+        assert items == ["cd+++++++++ 0 ./", ">f+++++++++ 39 etc/a b",
+                         ">f+++++++++ 41 odd\\#377name"], cut
+        assert messages == ['rsync: [receiver] write failed on "/t/f": No space left on '
+                            'device (28)', 'file has vanished: "/x"'], cut
+        assert shown[-1] == 'file has vanished: "/x"'
+
+
+def test_run_rsync_reads_a_last_line_without_its_newline(fake_commands):
+    out = "".join(f"rsync: message {i}\n" for i in range(250))
+    fake_commands.add(["rsync"], FakeResult(stdout=out + "rsync: last", returncode=99))
+    with pytest.raises(CaptureError, match="rsync: message 248; rsync: message 249; "
+                                           "rsync: last"):
+        run_rsync(["rsync", "x"], "capture")
 
 
 def stream(nonce: str, facts: dict[str, tuple[int, str]]) -> str:

@@ -144,3 +144,22 @@ def copy(src: Path, dst: Path) -> None:
     for rel, st in reversed(list(manifest.walk_tree(src))):
         os.utime(str(dst) + rel if rel != "/" else dst, ns=(st.st_atime_ns, st.st_mtime_ns),
                  follow_symlinks=False)
+
+
+def test_line_is_json_dumps_of_every_kind_of_entry():
+    """line() builds the text itself: it must stay, byte for byte, what
+    json.dumps of to_dict() gives (stored manifests' digests depend on it)."""
+    odd = os.fsdecode(b"/odd \xff\n\"q\"\\ \xc3\xa9 \t")
+    entries = [
+        manifest.Entry("/", "d", 0o755, 0, 0, 1),
+        manifest.Entry(odd, "f", 0o4755, 1000, 100, 2, 7, "ab" * 32,
+                       xattrs=(("security.capability", "cd" * 32), ("user.é", "ef" * 32))),
+        manifest.Entry("/f-unhashed", "f", 0o600, 0, 0, -5, 0, None),
+        manifest.Entry("/h", "f", 0o644, 0, 0, 3, 1, "00" * 32, link=odd),
+        manifest.Entry("/l", "l", 0o777, 0, 0, 4, target="../ü/\u2028x"),
+        manifest.Entry("/dev/null", "c", 0o666, 0, 0, 5, rdev="1:3"),
+        manifest.Entry("/p", "p", 0o600, 2**40, 2**33, 10**18),
+    ]
+    for e in entries:
+        assert manifest.line(e) == json.dumps(e.to_dict(), separators=(",", ":")) + "\n"
+        assert manifest.Entry.from_dict(json.loads(manifest.line(e))) == e
