@@ -95,7 +95,7 @@ def test_rsync_output_read_in_pieces():
     newest line of each piece."""
     data = (b"cd+++++++++ 0 ./\n"
             b"\r              0   0%    0.00kB/s    0:00:00 (xfr#1, to-chk=2/4)\n"
-            b">f+++++++++ 39 etc/a b\n"
+            b">f+++++++++ 39 etc/a b \n"
             b"\r          3,040   1%    0.00kB/s    0:00:00  "
             b"\r          3,040   1%    0.00kB/s    0:00:00 (xfr#2, to-chk=1/4)\n"
             b">f+++++++++ 41 odd\\#377name\n"
@@ -117,7 +117,7 @@ def test_rsync_output_read_in_pieces():
             rest, latest = take_lines(rest + piece, on_item, messages)
             shown.append(latest)
         assert rest == b""
-        assert items == ["cd+++++++++ 0 ./", ">f+++++++++ 39 etc/a b",
+        assert items == ["cd+++++++++ 0 ./", ">f+++++++++ 39 etc/a b ",
                          ">f+++++++++ 41 odd\\#377name"], cut
         assert messages == ['rsync: [receiver] write failed on "/t/f": No space left on '
                             'device (28)', 'file has vanished: "/x"'], cut
