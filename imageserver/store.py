@@ -74,39 +74,38 @@ class UsageCounter:
                  ) -> None:
         self.depth = depth
         self.seen = set() if seen is None else seen
-        self.by_dir: dict[str, int] = {}
+        # Bytes by the directory holding them; result() adds each to the
+        # keys of its first `depth` levels (a sum per path took a fifth of
+        # a capture's manifest walk).
+        self.in_dir: dict[str, int] = {}
         self.total = self.files = self.transfer = 0
-        # The by_dir keys a path counts towards, by its parent directory:
-        # made once per directory, not once per path.
-        self._keys: dict[str, list[str]] = {}
 
     def add(self, rel: str, st: os.stat_result) -> None:
         """`rel`: "/usr/bin/ls" below the tree; the tree itself is not counted."""
         if rel == "/":
             return
-        if not stat.S_ISDIR(st.st_mode):
+        mode = st.st_mode
+        if not stat.S_ISDIR(mode):
             self.files += 1
             if st.st_nlink > 1:
                 if (st.st_dev, st.st_ino) in self.seen:
                     return
                 self.seen.add((st.st_dev, st.st_ino))
-            if stat.S_ISREG(st.st_mode):
+            if stat.S_ISREG(mode):
                 self.transfer += st.st_size
         size = st.st_blocks * 512
         self.total += size
         parent = rel[:rel.rfind("/")]  # "" for a path right below the tree
-        keys = self._keys.get(parent)
-        if keys is None:
-            parts = parent.strip("/").split("/") if parent else []
-            keys = self._keys[parent] = ["/" + "/".join(parts[:i])
-                                         for i in range(min(len(parts), self.depth) + 1)]
-        by_dir = self.by_dir
-        for k in keys:
-            by_dir[k] = by_dir.get(k, 0) + size
+        self.in_dir[parent] = self.in_dir.get(parent, 0) + size
 
     def result(self) -> ImageUsage:
-        return ImageUsage(self.total, self.files, dict(sorted(self.by_dir.items())),
-                          self.transfer)
+        by_dir: dict[str, int] = {}
+        for parent, size in self.in_dir.items():
+            parts = parent.strip("/").split("/") if parent else []
+            for i in range(min(len(parts), self.depth) + 1):
+                k = "/" + "/".join(parts[:i])
+                by_dir[k] = by_dir.get(k, 0) + size
+        return ImageUsage(self.total, self.files, dict(sorted(by_dir.items())), self.transfer)
 
 
 def measure(tree: Path, depth: int = USAGE_DEPTH, seen: set[tuple[int, int]] | None = None

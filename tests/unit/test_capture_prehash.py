@@ -6,7 +6,9 @@ from __future__ import annotations
 import hashlib
 import os
 
-from imageserver import manifest
+import pytest
+
+from imageserver import manifest, prehash
 from imageserver.prehash import OUT_FORMAT, Prehasher, is_item, reuse_from, unescape
 
 
@@ -81,3 +83,10 @@ def test_a_manifest_takes_the_workers_xattrs(tmp_path, monkeypatch):
     w = manifest.build(tmp_path, prehashed=known)
     assert sorted(os.path.basename(p) for p in read) == sorted([os.path.basename(tmp_path), "b"])
     assert w.prehashed == 1 and w.hashed == 1
+
+
+@pytest.mark.parametrize(("cpus", "workers"), [(None, 1), (1, 1), (2, 1), (3, 2), (5, 4),
+                                               (64, 4)])
+def test_hashing_threads_leave_rsync_a_cpu(monkeypatch, cpus, workers):
+    monkeypatch.setattr(prehash.os, "cpu_count", lambda: cpus)
+    assert prehash.default_workers() == workers
