@@ -14,7 +14,10 @@
                the ratio is of what the filesystem itself reports used
                (df; btrfs: `filesystem usage`, metadata included): every
                directory, inode, manifest and record counted; and on an
-               ext4 made with -O inline_data, as the README advises
+               ext4 made with -O inline_data, as the README advises.
+               Rows of hard-linked trees also print what such trees
+               need at least: every version after the first has
+               directories of its own and its new data (the floor)
 
     python -m bench.capture [--rounds N] [--link RATE] [--filesystems btrfs,xfs,ext4]
                             [--json FILE]
@@ -253,9 +256,13 @@ def versions(g: Golden, count: int = 10, state: StateRoot | None = None,
     vdirs = [store.versions.version_dir("many", n) for n in store.versions.numbers("many")]
     records = sum(p.lstat().st_blocks * 512 for d in vdirs for p in d.iterdir()
                   if p.name != "tree")
-    row = {"fs": fs_name(state.images), "storage": store.storage("many"), "versions": count,
+    storage = store.storage("many")
+    added = statistics.mean(store.versions.info("many", n).added_bytes
+                            for n in store.versions.numbers("many")[1:])
+    row = {"fs": fs_name(state.images), "storage": storage, "versions": count,
            "one_bytes": one, "all_bytes": total, "disk_use_ratio": total / one,
            "records_bytes_per_version": records / len(vdirs),
+           "added_bytes_per_version": added,
            "capture_s": {"first": seconds[0], "others_median": statistics.median(seconds[1:])},
            "target": TARGETS["versions"]}
     if dedicated:
@@ -263,8 +270,30 @@ def versions(g: Golden, count: int = 10, state: StateRoot | None = None,
                     "fs_all_bytes": fs_all, "ratio": fs_all / fs_one})
     else:
         row.update({"measured_by": "sysclone disk_use", "ratio": total / one})
+    if storage == "hardlink":
+        # Plain trees of hard links: each version has directories of its
+        # own, besides the data it changed -- the least any record-free
+        # store of such trees can cost, against which the ratio is read.
+        dirs = dir_bytes(vdirs[-1] / "tree")
+        row.update({"dir_bytes_per_version": dirs,
+                    "tree_floor": tree_floor(fs_one if dedicated else one, count, dirs, added)})
     _delete_image(g, "many", state)
     return row
+
+
+def tree_floor(one: int, count: int, dirs: int, added: float) -> float:
+    """`count` versions of plain hard-linked trees / one: every version
+    after the first pays its directories and its new data."""
+    return (one + (count - 1) * (dirs + added)) / one
+
+
+def dir_bytes(tree: Path) -> int:
+    """What the directories of a tree take on disk (the tree's own
+    filesystem's count, st_blocks)."""
+    total = os.lstat(tree).st_blocks * 512
+    for top, dirs, _files in os.walk(tree):
+        total += sum(os.lstat(os.path.join(top, d)).st_blocks * 512 for d in dirs)
+    return total
 
 
 def versions_on(g: Golden, fs: str, work: Path, count: int = 10) -> dict[str, Any]:
@@ -287,8 +316,13 @@ def describe_versions(r: dict[str, Any]) -> str:
     else:
         sizes = (f"{r['all_bytes'] / mib:.0f} MiB for {r['versions']} versions vs "
                  f"{r['one_bytes'] / mib:.0f} MiB for one")
+    floor = ""
+    if "tree_floor" in r:
+        floor = (f"; each version's own directories {r['dir_bytes_per_version'] / mib:.1f} MiB "
+                 f"+ new data {r['added_bytes_per_version'] / mib:.1f} MiB: plain trees "
+                 f"need {r['tree_floor']:.3f} before any record")
     return (f"{r['fs']}, {r['storage']}, by {r['measured_by']}: {sizes}; records "
-            f"{r['records_bytes_per_version'] / 1024:.0f} KiB/version")
+            f"{r['records_bytes_per_version'] / 1024:.0f} KiB/version{floor}")
 
 
 def main(argv: list[str] | None = None) -> int:

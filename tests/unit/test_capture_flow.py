@@ -192,6 +192,35 @@ def test_ssh_probe_of_some_facts_and_the_rest_beside_the_pull(fake_commands, mon
     assert "ControlMaster=no" in rest and not any(a.startswith("ControlPersist") for a in rest)
 
 
+def test_the_shared_connection_closes_once_released_or_at_the_end(fake_commands):
+    """release(): nothing more goes over SSH, so the master connection is
+    told to exit in the background while the capture seals its version;
+    the block's end waits for that.  Without release(), or when the
+    capture fails, the end closes it.  Always once, and its socket
+    directory goes."""
+    from imageserver.capture import _one_connection
+
+    fake_commands.add(["ssh"], FakeResult())
+    exits = lambda: [c for c in fake_commands.calls if c[-3:-1] == ["-O", "exit"]]  # noqa: E731
+    with _one_connection(parse_source("root@golden")) as (src, release):
+        sockets = Path(src.control_path).parent
+        assert sockets.is_dir() and not exits()
+        release()
+        release()
+        done = exits()
+    assert len(exits()) == 1 and exits()[0][-1] == "golden" and not sockets.exists()
+    assert len(done) <= 1  # it may have run already, never twice
+    with pytest.raises(RuntimeError), \
+            _one_connection(parse_source("root@golden")) as (src, release):
+        raise RuntimeError("the pull failed")
+    assert len(exits()) == 2
+    # A source that shares nothing: nothing to close.
+    local = LocalSource(Path("/srv/golden"))
+    with _one_connection(local) as (src, release):
+        release()
+    assert src is local and len(exits()) == 2
+
+
 def test_local_probe_sees_the_mounts_below(fake_commands, tmp_path):
     mounts = {"filesystems": [
         {"target": "/", "source": "/dev/vda", "fstype": "ext4", "fsroot": "/"},
