@@ -52,6 +52,7 @@ import json
 import os
 import random
 import shutil
+import stat
 import statistics
 import tempfile
 import time
@@ -64,6 +65,7 @@ from bench.golden import LINK_RATE, Golden, golden_over_ssh, over_link
 from bench.pagecache import warm_tree
 from imageserver.capture import CaptureOptions, capture
 from imageserver.excludes import ExcludeOptions
+from imageserver.manifest import walk_tree
 from imageserver.snapshots import fs_name
 from imageserver.store import ImageStore
 from imageserver.verify import disk_use
@@ -253,12 +255,12 @@ def versions(g: Golden, count: int = 10, state: StateRoot | None = None,
         seconds.append(_capture(g, "many", state))
     total, fs_all = disk_use(state, "many"), fs_used(state.images) - empty
     store = ImageStore(state)
-    vdirs = [store.versions.version_dir("many", n) for n in store.versions.numbers("many")]
+    numbers = store.versions.numbers("many")
+    vdirs = [store.versions.version_dir("many", n) for n in numbers]
     records = sum(p.lstat().st_blocks * 512 for d in vdirs for p in d.iterdir()
                   if p.name != "tree")
     storage = store.storage("many")
-    added = statistics.mean(store.versions.info("many", n).added_bytes
-                            for n in store.versions.numbers("many")[1:])
+    added = statistics.mean(store.versions.info("many", n).added_bytes for n in numbers[1:])
     row = {"fs": fs_name(state.images), "storage": storage, "versions": count,
            "one_bytes": one, "all_bytes": total, "disk_use_ratio": total / one,
            "records_bytes_per_version": records / len(vdirs),
@@ -289,11 +291,8 @@ def tree_floor(one: int, count: int, dirs: int, added: float) -> float:
 
 def dir_bytes(tree: Path) -> int:
     """What the directories of a tree take on disk (the tree's own
-    filesystem's count, st_blocks)."""
-    total = os.lstat(tree).st_blocks * 512
-    for top, dirs, _files in os.walk(tree):
-        total += sum(os.lstat(os.path.join(top, d)).st_blocks * 512 for d in dirs)
-    return total
+    filesystem's count, st_blocks), the tree itself included."""
+    return sum(st.st_blocks * 512 for _, st in walk_tree(tree) if stat.S_ISDIR(st.st_mode))
 
 
 def versions_on(g: Golden, fs: str, work: Path, count: int = 10) -> dict[str, Any]:
